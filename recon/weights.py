@@ -1,0 +1,133 @@
+"""Fetch pretrained files: official URLs, local paths or ``file://`` URLs, resumable, verified.
+
+NVIDIA publishes no checksums, so none is hard-coded: each file takes an optional sha256. When it
+is given, a mismatch is refused and the bad file removed; when it is empty, the digest computed
+here is returned so the caller can record it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+OFFICIAL_URLS = {
+    "ffhq": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
+    "ngc-ffhq-1024": "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/"
+                     "stylegan2-ffhq-1024x1024.pkl",
+    "ngc-ffhq-512": "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/"
+                    "stylegan2-ffhq-512x512.pkl",
+    "ngc-ffhq-256": "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/"
+                    "stylegan2-ffhq-256x256.pkl",
+    "vgg16": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt",
+}
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched or failed verification; the message says what to do."""
+
+
+def sha256_of(path, chunk: int = CHUNK) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_source(source: str) -> str:
+    """A name from OFFICIAL_URLS, an http(s)/file URL, or a local path."""
+    return OFFICIAL_URLS.get(source, source)
+
+
+def _local_path(source: str) -> Optional[Path]:
+    parsed = urllib.parse.urlparse(source)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return Path(source)
+    return None
+
+
+def _verify(path: Path, sha256: str, source: str) -> str:
+    digest = sha256_of(path)
+    if sha256 and digest.lower() != sha256.strip().lower():
+        path.unlink(missing_ok=True)
+        raise DownloadError(f"{source}: sha256 mismatch (expected {sha256}, got {digest}); "
+                            f"the bad file was removed")
+    return digest
+
+
+def fetch(source: str, dest, sha256: str = "", progress: bool = True, timeout: float = 30.0,
+          hint: str = "") -> str:
+    """Make ``dest`` a verified copy of ``source``; returns its sha256.
+
+    ``source`` may be a key of :data:`OFFICIAL_URLS`, an ``http(s)://`` or ``file://`` URL, or a
+    local path. An existing ``dest`` is verified and kept, so a file copied there by hand is used. An interrupted HTTP download resumes from ``dest.part``. ``hint`` names the
+    params.yaml key to edit, for the offline message.
+    """
+    from tqdm import tqdm
+
+    url = resolve_source(source)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    if dest.is_file():  # already fetched (a cache outside DVC's outputs): verify, don't refetch
+        return _verify(dest, sha256, str(dest))
+
+    local = _local_path(url)
+    if local is not None:
+        if not local.is_file():
+            raise DownloadError(f"{url}: no such file")
+        shutil.copyfile(local, part)
+        digest = _verify(part, sha256, url)
+        os.replace(part, dest)
+        return digest
+
+    done = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"User-Agent": "recon"})
+    if done:
+        req.add_header("Range", f"bytes={done}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and done:  # the partial file is already complete
+            resp = None
+        else:
+            raise DownloadError(_offline_message(url, dest, hint, f"HTTP {exc.code} {exc.reason}")) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DownloadError(_offline_message(url, dest, hint, str(reason))) from exc
+
+    if resp is not None:
+        with resp:
+            resumed = done and resp.status == 206
+            if not resumed:
+                done = 0
+            length = resp.headers.get("Content-Length")
+            total = (int(length) + done) if length else None
+            with open(part, "ab" if resumed else "wb") as out, tqdm(
+                    total=total, initial=done, unit="B", unit_scale=True, desc=dest.name,
+                    disable=not progress) as bar:
+                try:
+                    for block in iter(lambda: resp.read(CHUNK), b""):
+                        out.write(block)
+                        bar.update(len(block))
+                except (OSError, urllib.error.URLError) as exc:
+                    raise DownloadError(f"{url}: download interrupted ({exc}); run again to resume "
+                                        f"from {part}") from exc
+    digest = _verify(part, sha256, url)
+    os.replace(part, dest)
+    return digest
+
+
+def _offline_message(url: str, dest: Path, hint: str, reason: str) -> str:
+    where = f" (params.yaml: {hint})" if hint else ""
+    return (f"could not download {url}: {reason}.\n"
+            f"  If this machine is offline, download the file elsewhere, then either copy it to {dest},\n"
+            f"  or point the source{where} at a local path or a file:// URL, e.g. file:///data/{Path(url).name}")

@@ -106,14 +106,16 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", fused_modconv: bool = True,
-                gain: float = 1) -> torch.Tensor:
+                gain: float = 1, noise_input: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``noise_input`` ([N or 1, 1, res, res] or [res, res]) replaces ``noise_const`` in
+        ``const`` mode: the projector optimizes one noise map per target this way."""
         styles = self.affine(w)
         noise = None
         if self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) \
                 * self.noise_strength
         if self.use_noise and noise_mode == "const":
-            noise = self.noise_const * self.noise_strength
+            noise = (self.noise_const if noise_input is None else noise_input) * self.noise_strength
         # Upsampling uses a transposed convolution, which flips the kernel itself.
         x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=(self.up == 1),
@@ -243,8 +245,10 @@ class SynthesisBlock(nn.Module):
                                     resample_filter=resample_filter)
 
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
-                force_fp32: bool = False, fused_modconv: Optional[bool] = None, noise_mode: str = "random"):
+                force_fp32: bool = False, fused_modconv: Optional[bool] = None, noise_mode: str = "random",
+                noise_inputs: Optional[dict] = None):
         w_iter = iter(ws.unbind(dim=1))
+        noise_inputs = noise_inputs or {}
         # fp16 only on CUDA: CPU half convolutions are slow and not what NVIDIA ran.
         use_fp16 = self.use_fp16 and not force_fp32 and ws.device.type == "cuda"
         dtype = torch.float16 if use_fp16 else torch.float32
@@ -253,18 +257,22 @@ class SynthesisBlock(nn.Module):
 
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
-            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv,
+                           noise_input=noise_inputs.get("conv1"))
         elif self.architecture == "resnet":
             x = x.to(dtype)
             y = self.skip(x, gain=np.sqrt(0.5))
-            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv,
+                           noise_input=noise_inputs.get("conv0"))
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv,
-                           gain=np.sqrt(0.5))
+                           gain=np.sqrt(0.5), noise_input=noise_inputs.get("conv1"))
             x = y + x
         else:
             x = x.to(dtype)
-            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
-            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv,
+                           noise_input=noise_inputs.get("conv0"))
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv,
+                           noise_input=noise_inputs.get("conv1"))
 
         if img is not None:
             img = upsample2d(img, self.resample_filter)
@@ -306,7 +314,9 @@ class SynthesisNetwork(nn.Module):
         return [getattr(self, f"b{res}") for res in self.block_resolutions]
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "random", force_fp32: bool = False,
-                fused_modconv: Optional[bool] = None) -> torch.Tensor:
+                fused_modconv: Optional[bool] = None, noise_inputs: Optional[dict] = None) -> torch.Tensor:
+        """``noise_inputs``: optional ``{"b8.conv0": tensor, ...}`` overriding ``noise_const`` maps
+        in ``const`` mode (keys as :meth:`noise_buffers` without ``.noise_const``)."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
@@ -318,13 +328,19 @@ class SynthesisNetwork(nn.Module):
             # Each block's ToRGB shares its ws row with the next block's conv0.
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             w_idx += block.num_conv
+            prefix = f"b{block.resolution}."
+            block_noise = {k[len(prefix):]: v for k, v in (noise_inputs or {}).items() if k.startswith(prefix)}
             x, img = block(x, img, block_ws, force_fp32=force_fp32, fused_modconv=fused_modconv,
-                           noise_mode=noise_mode)
+                           noise_mode=noise_mode, noise_inputs=block_noise)
         return img
 
     def noise_buffers(self):
         """``{name: buffer}`` of every ``noise_const`` map, in state_dict order (the projector's)."""
         return {name: buf for name, buf in self.named_buffers() if name.endswith("noise_const")}
+
+    def noise_layers(self):
+        """``{"b4.conv1": resolution, ...}``: the layers that take noise, in state_dict order."""
+        return {name[: -len(".noise_const")]: int(buf.shape[-1]) for name, buf in self.noise_buffers().items()}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,244 @@
+"""Differentiable degradations, applied the same way to the target (once) and to every generated image.
+
+Every function takes and returns float images ``[N, C, H, W]`` in the generator's range [-1, 1].
+Degraded targets are written as 8-bit files (:func:`to_uint8`) and read back for the loss, which is
+what users have. Masks are ``[N or 1, 1, H, W]`` floats with **1 = known pixel, 0 = missing**; mask
+files (``<stem>_mask.png``) use the common inpainting convention **white = missing (the hole),
+black = known**.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+class DegradationError(ValueError):
+    """A degradation that cannot be applied as configured (raised before any work starts)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Value-range conversions
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """``[N, 3, H, W]`` in [-1, 1] -> ``uint8 [N, H, W, 3]`` (round half up, clipped)."""
+    x = (img.detach().float().cpu() + 1) * 127.5
+    return x.clamp(0, 255).add(0.5).floor().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def from_uint8(arr: np.ndarray) -> torch.Tensor:
+    """``uint8 [H, W, 3]`` or ``[N, H, W, 3]`` -> float ``[N, 3, H, W]`` in [-1, 1]."""
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        a = a[None]
+    return torch.from_numpy(a.astype(np.float32)).permute(0, 3, 1, 2) / 127.5 - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The operations
+
+def gaussian_kernel1d(kernel_size: int, sigma: float) -> torch.Tensor:
+    """Normalised 1D Gaussian taps ``[kernel_size]``."""
+    x = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).float()
+
+
+def check_blur(kernel_size: int, sigma: float, size: int) -> None:
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise DegradationError(f"blur kernel size must be odd and positive, got {kernel_size}")
+    if kernel_size >= size:
+        raise DegradationError(f"blur kernel size {kernel_size} is not smaller than the {size} px image")
+    if not sigma > 0:
+        raise DegradationError(f"blur sigma must be > 0, got {sigma}")
+
+
+def gaussian_blur(img: torch.Tensor, kernel_size: int = 21, sigma: float = 6.0) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding. ``[N, C, H, W]`` -> same shape."""
+    check_blur(kernel_size, sigma, min(img.shape[-2:]))
+    k = gaussian_kernel1d(kernel_size, sigma).to(img.device, img.dtype)
+    c, p = img.shape[1], kernel_size // 2
+    x = F.pad(img, [p, p, p, p], mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def grayscale(img: torch.Tensor) -> torch.Tensor:
+    """Luminance 0.299 R + 0.587 G + 0.114 B, as three equal channels. ``[N, 3, H, W]``."""
+    w = img.new_tensor(LUMA).view(1, 3, 1, 1)
+    return (img * w).sum(1, keepdim=True).repeat(1, 3, 1, 1)
+
+
+def downsample(img: torch.Tensor, factor: int) -> torch.Tensor:
+    """Super-resolution operator: area-average by ``factor``, then bilinear back to the input size,
+    so degraded images keep the generator's resolution. ``[N, C, H, W]`` -> same shape."""
+    if factor < 2 or img.shape[-1] % factor or img.shape[-2] % factor:
+        raise DegradationError(f"downsample factor must be >= 2 and divide the {img.shape[-1]} px size, "
+                               f"got {factor}")
+    small = F.avg_pool2d(img, factor)
+    return F.interpolate(small, size=img.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def fill_missing(img: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Keep known pixels (mask 1) and replace missing ones (mask 0) by ``fill`` (same for both images
+    of a comparison, so the hole carries no signal)."""
+    return img * mask + fill * (1 - mask)
+
+
+def centre_mask(size: int, fraction: float) -> torch.Tensor:
+    """``[1, 1, size, size]`` mask with a centred square hole covering ``fraction`` of the side."""
+    if not 0 < fraction < 1:
+        raise DegradationError(f"mask fraction must be in (0, 1), got {fraction}")
+    hole = int(round(size * fraction))
+    m = torch.ones(1, 1, size, size)
+    a = (size - hole) // 2
+    m[..., a:a + hole, a:a + hole] = 0
+    return m
+
+
+def mask_from_file(path, size: int) -> torch.Tensor:
+    """Read a mask PNG (white = missing), resized to ``size`` (nearest), as ``[1, 1, S, S]`` 1 = known."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L").resize((size, size), Image.Resampling.NEAREST))
+    except OSError as exc:
+        raise DegradationError(f"{path}: cannot read mask ({exc})") from exc
+    return torch.from_numpy((arr < 128).astype(np.float32))[None, None]
+
+
+def mask_from_color(img_uint8: np.ndarray, color: Sequence[int], tolerance: int = 8) -> torch.Tensor:
+    """Mask of a photo whose hole is painted in a solid ``color``: ``[1, 1, H, W]``, 1 = known."""
+    diff = np.abs(img_uint8.astype(np.int16) - np.asarray(color, np.int16)[None, None]).max(-1)
+    return torch.from_numpy((diff > tolerance).astype(np.float32))[None, None]
+
+
+def check_mask(mask: torch.Tensor, name: str = "mask") -> None:
+    known = float(mask.mean())
+    if known >= 1.0:
+        raise DegradationError(f"{name} covers nothing: every pixel is known")
+    if known <= 0.0:
+        raise DegradationError(f"{name} covers everything: no pixel is known")
+
+
+# ----------------------------------------------------------------------------------------------
+# A configured chain of operations
+
+@dataclass
+class Degradation:
+    """A chain of operations from ``params.yaml``, bound to an image size (and per-target masks).
+
+    ``ops``: list of dicts, each with ``type`` in ``none``, ``blur`` (``kernel``, ``sigma``),
+    ``grayscale``, ``mask`` (per-target masks passed in ``masks``; ``fill`` ``noise`` or ``gray``),
+    ``downsample`` (``factor``), ``noise`` (``sigma`` in 0-255 units; target only).
+    """
+    ops: List[dict]
+    size: int
+    masks: Optional[torch.Tensor] = None     # [N or 1, 1, H, W], 1 = known
+    seed: int = 0
+    _fill: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def __post_init__(self):
+        known = {"none", "blur", "grayscale", "mask", "downsample", "noise"}
+        for op in self.ops:
+            t = op.get("type")
+            if t not in known:
+                raise DegradationError(f"unknown degradation {t!r}; expected one of {sorted(known)}")
+            if t == "blur":
+                check_blur(int(op.get("kernel", 21)), float(op.get("sigma", 6.0)), self.size)
+            if t == "downsample":
+                f = int(op.get("factor", 4))
+                if f < 2 or self.size % f:
+                    raise DegradationError(f"downsample factor {f} must be >= 2 and divide {self.size}")
+            if t == "mask":
+                if self.masks is None:
+                    raise DegradationError("a mask degradation needs masks")
+                for i in range(self.masks.shape[0]):
+                    check_mask(self.masks[i])
+                if op.get("fill", "noise") not in ("noise", "gray"):
+                    raise DegradationError(f"mask fill must be 'noise' or 'gray', got {op.get('fill')!r}")
+            if t == "noise" and not float(op.get("sigma", 0)) >= 0:
+                raise DegradationError("noise sigma must be >= 0")
+        if self.masks is not None and self.masks.shape[-1] != self.size:
+            raise DegradationError(f"mask is {self.masks.shape[-1]} px, images are {self.size} px")
+
+    @property
+    def has_mask(self) -> bool:
+        return any(op["type"] == "mask" for op in self.ops)
+
+    def fill(self, device, dtype=torch.float32) -> torch.Tensor:
+        """The values that missing pixels take in both images: fixed seeded noise, or mid-gray."""
+        op = next(op for op in self.ops if op["type"] == "mask")
+        if op.get("fill", "noise") == "gray":
+            return torch.zeros(1, 3, self.size, self.size, device=device, dtype=dtype)
+        if self._fill is None or self._fill.device != torch.device(device):
+            g = torch.Generator().manual_seed(self.seed + 7919)
+            self._fill = (torch.rand(1, 3, self.size, self.size, generator=g) * 2 - 1).to(device, dtype)
+        return self._fill
+
+    def _apply(self, img: torch.Tensor, target: bool, batch_index=None) -> torch.Tensor:
+        x = img
+        for op in self.ops:
+            t = op["type"]
+            if t == "blur":
+                x = gaussian_blur(x, int(op.get("kernel", 21)), float(op.get("sigma", 6.0)))
+            elif t == "grayscale":
+                x = grayscale(x)
+            elif t == "downsample":
+                x = downsample(x, int(op.get("factor", 4)))
+            elif t == "mask":
+                m = self.masks.to(x.device, x.dtype)
+                if batch_index is not None and m.shape[0] > 1:
+                    m = m[batch_index]
+                x = fill_missing(x, m, self.fill(x.device, x.dtype))
+            elif t == "noise" and target:
+                # Noise is in the observation, not an operator on the estimate: target only.
+                # One seeded draw per image, so a target gets the same noise alone or in a batch.
+                g = torch.Generator().manual_seed(self.seed + 104729)
+                n = torch.randn(x.shape[1:], generator=g).to(x.device, x.dtype)
+                x = x + n * (float(op.get("sigma", 10.0)) / 127.5)
+        return x
+
+    def __call__(self, img: torch.Tensor, batch_index=None) -> torch.Tensor:
+        """Degrade generated images (differentiable)."""
+        return self._apply(img, target=False, batch_index=batch_index)
+
+    def target(self, img: torch.Tensor, batch_index=None) -> torch.Tensor:
+        """Degrade clean targets once (adds observation noise where configured)."""
+        return self._apply(img, target=True, batch_index=batch_index)
+
+
+def parse_chain(spec) -> List[dict]:
+    """``'blur'``, ``{'type': 'blur', ...}`` or a list of those -> list of op dicts."""
+    if spec is None:
+        return []
+    if isinstance(spec, (str, dict)):
+        spec = [spec]
+    ops = []
+    for item in spec:
+        op = {"type": item} if isinstance(item, str) else dict(item)
+        if op.get("type") != "none":
+            ops.append(op)
+    return ops
+
+
+def psnr_torch(a: torch.Tensor, b: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """PSNR in dB per image for [-1, 1] images ``[N, C, H, W]`` (peak-to-peak 2); ``mask`` selects pixels."""
+    d = (a.float() - b.float()).square()
+    if mask is not None:
+        m = mask.float().expand_as(d)
+        mse = (d * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    else:
+        mse = d.flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-20))
+
+
+def mask_path_for(photo: Path) -> Path:
+    return photo.with_name(photo.stem + "_mask.png")
+

@@ -1,0 +1,59 @@
+"""NVIDIA's VGG16 perceptual distance, called exactly as the official projector calls it.
+
+Value ranges at each boundary (mixing them up is the classic bug):
+  generator output ``[-1, 1]`` --(x + 1) * 127.5--> VGG input ``[0, 255]`` float
+  --area resize to 256 when larger--> ``vgg16(img, resize_images=False, return_lpips=True)``
+  --> feature vectors; distance = squared L2 between them (per image).
+Files on disk are uint8 [0, 255]; :func:`recon.degrade.from_uint8` maps them to [-1, 1].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def to_vgg_range(img: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, H, W]`` in [-1, 1] -> [0, 255], area-resized to 256 px when larger."""
+    x = (img + 1) * (255 / 2)
+    if x.shape[2] > 256:
+        x = F.interpolate(x, size=(256, 256), mode="area")
+    return x
+
+
+def load_vgg16(path, device="cpu") -> torch.jit.ScriptModule:
+    """Load NVIDIA's ``vgg16.pt`` (TorchScript: code and weights, no pickle of Python objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: VGG16 file not found (the download_weights stage fetches it)")
+    try:
+        return torch.jit.load(str(path), map_location=device).eval()
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: not a TorchScript VGG16 file ({str(exc).splitlines()[0]})") from exc
+
+
+class VGGFeatures:
+    """Feature function ``img [-1, 1] -> [N, D]`` around a TorchScript VGG16-LPIPS module."""
+
+    def __init__(self, vgg: torch.jit.ScriptModule):
+        self.vgg = vgg
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return self.vgg(to_vgg_range(img), resize_images=False, return_lpips=True)
+
+
+def perceptual_distance(features: FeatureFn, a: torch.Tensor, b_features: torch.Tensor) -> torch.Tensor:
+    """Per-image squared L2 between ``features(a)`` and precomputed ``b_features``: ``[N]``."""
+    return (features(a) - b_features).square().sum(dim=1)
+
+
+def masked_inputs(img: torch.Tensor, mask: Optional[torch.Tensor], fill: Optional[torch.Tensor]) -> torch.Tensor:
+    """The masked variant: missing pixels (mask 0) of both images are replaced by the same ``fill``
+    before the network sees them, so only known pixels drive the distance."""
+    if mask is None:
+        return img
+    return img * mask + (fill if fill is not None else 0) * (1 - mask)

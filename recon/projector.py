@@ -1,0 +1,409 @@
+"""Latent optimization: find the ws (and noise maps) whose degraded image matches a degraded target.
+
+The default is NVIDIA's official projector (stylegan2-ada-pytorch ``projector.py``): w_avg and the
+RMS w distance from ``w_avg_samples`` mapped z's, Adam with a learning-rate ramp-up and cosine
+ramp-down, decaying Gaussian noise on w, and optimized noise maps with their autocorrelation
+regularization and per-step re-normalization. Beyond it:
+
+* a batch of targets in one forward pass, each with its own latents, noise maps and random
+  stream (a target gives the same result alone or in any batch);
+* the reference study's latent-distance regularization ``latent_dist_reg_weight * |w - w_avg|^2``;
+* latent spaces ``w``, ``w+`` and ``w->w+`` (W first, then one w per layer, in the spirit of
+  Poirier-Ginter & Lalonde, CVPR 2023);
+* any differentiable degradation applied to every generated image before the loss;
+* snapshots every K steps and exact resume; non-finite losses stop with the target and step named;
+* the saved image is the one that was optimized (w and the optimized noise maps), unlike the
+  official tool, which re-renders with the network's own noise buffers.
+
+Value ranges: targets and generated images are ``[N, 3, R, R]`` in [-1, 1]; the feature function
+maps them to [0, 255] itself (see :mod:`recon.perceptual`).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .degrade import Degradation, fill_missing, to_uint8
+from .imageio import save_png, write_atomic
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+LATENT_SPACES = ("w", "w+", "w->w+")
+
+
+class ProjectionError(RuntimeError):
+    """The optimization cannot go on (non-finite loss); the last good snapshot is kept."""
+
+
+@dataclass
+class ProjectorConfig:
+    num_steps: int = 1000
+    w_avg_samples: int = 10000
+    w_avg_seed: int = 123
+    initial_learning_rate: float = 0.1
+    initial_noise_factor: float = 0.05
+    lr_rampdown_length: float = 0.25
+    lr_rampup_length: float = 0.05
+    noise_ramp_length: float = 0.75
+    regularize_noise_weight: float = 1e5
+    latent_dist_reg_weight: float = 0.0
+    latent_space: str = "w"
+    w_plus_switch: float = 0.5     # for 'w->w+': fraction of the steps spent in W
+    optimize_noise: bool = True
+    seed: int = 303
+    snapshot_every: int = 100      # 0 disables snapshots
+
+    def validate(self) -> "ProjectorConfig":
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.latent_space not in LATENT_SPACES:
+            raise ValueError(f"latent_space must be one of {LATENT_SPACES}, got {self.latent_space!r}")
+        if not 0 <= self.w_plus_switch <= 1:
+            raise ValueError(f"w_plus_switch must be in [0, 1], got {self.w_plus_switch}")
+        if self.w_avg_samples < 2:
+            raise ValueError("w_avg_samples must be >= 2")
+        for name in ("initial_learning_rate", "regularize_noise_weight", "latent_dist_reg_weight"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        return self
+
+    def fingerprint(self) -> str:
+        keep = {k: v for k, v in asdict(self).items() if k != "snapshot_every"}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Randomness: one stream per target, behind a seam so that recorded draws can be replayed.
+
+class TorchRandom:
+    """Draws from a CPU ``torch.Generator`` (the same on every device), in the official order:
+    the noise maps in state_dict order, then one w-noise draw per step."""
+
+    def __init__(self, seed: int):
+        self.gen = torch.Generator().manual_seed(int(seed))
+
+    def noise_init(self, name: str, shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.gen)
+
+    def w_noise_unit(self, step: int, shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.gen)
+
+    def get_state(self):
+        return self.gen.get_state()
+
+    def set_state(self, state) -> None:
+        self.gen.set_state(state)
+
+
+class RecordedRandom:
+    """Replays recorded draws (``noise_init[name]`` and ``w_noise_unit[step]``), e.g. an official run's."""
+
+    def __init__(self, noise_init: Dict[str, torch.Tensor], w_noise_unit: torch.Tensor):
+        self.noise = noise_init
+        self.w_noise = w_noise_unit
+
+    def noise_init(self, name: str, shape) -> torch.Tensor:
+        return self.noise[name].reshape(shape).clone()
+
+    def w_noise_unit(self, step: int, shape) -> torch.Tensor:
+        return self.w_noise[step].reshape(shape).clone()
+
+    def get_state(self):
+        return torch.zeros(0, dtype=torch.uint8)
+
+    def set_state(self, state) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of the official algorithm
+
+_W_STATS_CACHE: Dict[tuple, tuple] = {}
+
+
+@torch.no_grad()
+def w_stats(G, samples: int = 10000, seed: int = 123, batch: int = 2000):
+    """``(w_avg [1, 1, w_dim] float32, w_std float)`` over mapped z from ``RandomState(seed)``.
+
+    ``w_std`` is the RMS distance ``sqrt(sum((w - w_avg)^2) / samples)`` over all elements."""
+    if G.c_dim:
+        raise ValueError("the projector needs an unconditional generator (c_dim = 0)")
+    key = (id(G), samples, seed, str(next(G.parameters()).device))
+    if key not in _W_STATS_CACHE:
+        device = next(G.parameters()).device
+        z = np.random.RandomState(seed).randn(samples, G.z_dim)
+        ws = [G.mapping(torch.from_numpy(z[i:i + batch]).to(device), None)[:, :1, :].cpu()
+              for i in range(0, samples, batch)]
+        w = torch.cat(ws).numpy().astype(np.float32)
+        w_avg = np.mean(w, axis=0, keepdims=True)
+        w_std = float((np.sum((w - w_avg) ** 2) / samples) ** 0.5)
+        _W_STATS_CACHE[key] = (torch.from_numpy(w_avg), w_std)
+    w_avg, w_std = _W_STATS_CACHE[key]
+    return w_avg.clone(), w_std
+
+
+def learning_rate(step: int, cfg: ProjectorConfig) -> float:
+    t = step / cfg.num_steps
+    ramp = min(1.0, (1.0 - t) / cfg.lr_rampdown_length)
+    ramp = 0.5 - 0.5 * np.cos(ramp * np.pi)
+    ramp = ramp * min(1.0, t / cfg.lr_rampup_length)
+    return cfg.initial_learning_rate * ramp
+
+
+def w_noise_scale(step: int, w_std: float, cfg: ProjectorConfig) -> float:
+    t = step / cfg.num_steps
+    return w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2
+
+
+def noise_regularization(noise: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-target sum over maps and scales of squared one-pixel autocorrelations: ``[B]``."""
+    reg = 0.0
+    for n in noise.values():
+        while True:
+            reg = reg + (n * torch.roll(n, shifts=1, dims=3)).mean(dim=[1, 2, 3]) ** 2
+            reg = reg + (n * torch.roll(n, shifts=1, dims=2)).mean(dim=[1, 2, 3]) ** 2
+            if n.shape[2] <= 8:
+                break
+            n = F.avg_pool2d(n, kernel_size=2)
+    return reg
+
+
+@torch.no_grad()
+def renormalize_noise(noise: Dict[str, torch.Tensor]) -> None:
+    for n in noise.values():
+        n -= n.mean(dim=[1, 2, 3], keepdim=True)
+        n *= n.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+@dataclass
+class ProjectionResult:
+    name: str
+    ws: torch.Tensor                   # [num_ws, w_dim]
+    noise: Dict[str, torch.Tensor]     # layer -> [res, res]
+    image: torch.Tensor                # [3, R, R] in [-1, 1]: synthesis(ws, optimized noise)
+    degraded: torch.Tensor             # [3, R, R]: degradation(image)
+    history: List[dict]
+    w_trajectory: Optional[torch.Tensor] = None   # [steps, num_ws, w_dim] when recorded
+
+    def save(self, out_dir) -> Path:
+        """Write image.png, degraded.png, latents.npz (ws, noise maps) and loss.csv."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_png(out / "image.png", to_uint8(self.image[None])[0])
+        save_png(out / "degraded.png", to_uint8(self.degraded[None])[0])
+        arrays = {"ws": self.ws.cpu().numpy()}
+        arrays.update({f"noise/{k}": v.cpu().numpy() for k, v in self.noise.items()})
+
+        def write_npz(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        write_atomic(out / "latents.npz", write_npz)
+
+        def write_csv(tmp):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(self.history[0]))
+                writer.writeheader()
+                writer.writerows(self.history)
+        write_atomic(out / "loss.csv", write_csv)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The optimization
+
+@dataclass
+class _State:
+    step: int
+    space: str                      # 'w' or 'w+' (current)
+    w_opt: torch.Tensor             # [B, 1 or num_ws, w_dim]
+    noise: Dict[str, torch.Tensor]  # layer -> [B, 1, res, res]
+    optimizer: torch.optim.Optimizer
+    history: List[List[dict]]
+    trajectory: Optional[List[torch.Tensor]] = None
+
+
+class Projector:
+    """Projects batches of targets into a generator's latent space.
+
+    Args:
+        G: the generator (eval mode; its weights are never changed).
+        features: ``img [-1, 1] -> [N, D]`` (e.g. :class:`recon.perceptual.VGGFeatures`).
+        cfg: hyperparameters.
+    """
+
+    def __init__(self, G, features: FeatureFn, cfg: ProjectorConfig = ProjectorConfig()):
+        self.G = G
+        self.features = features
+        self.cfg = cfg.validate()
+        self.device = next(G.parameters()).device
+        self.w_avg, self.w_std = w_stats(G, cfg.w_avg_samples, cfg.w_avg_seed)
+        self.w_avg = self.w_avg.to(self.device)
+        self.layers = G.synthesis.noise_layers()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _space_at(self, step: int) -> str:
+        if self.cfg.latent_space == "w->w+":
+            return "w" if step < round(self.cfg.w_plus_switch * self.cfg.num_steps) else "w+"
+        return self.cfg.latent_space
+
+    def _make_optimizer(self, w_opt, noise):
+        params = [w_opt] + (list(noise.values()) if self.cfg.optimize_noise else [])
+        return torch.optim.Adam(params, betas=(0.9, 0.999), lr=self.cfg.initial_learning_rate)
+
+    def _init_state(self, batch: int, rngs, record_w: bool) -> _State:
+        space = self._space_at(0)
+        rows = 1 if space == "w" else self.G.num_ws
+        w_opt = self.w_avg.repeat(batch, rows, 1).detach().clone().requires_grad_(True)
+        noise = {}
+        for layer, res in self.layers.items():
+            draws = [rng.noise_init(f"{layer}.noise_const", (res, res)) for rng in rngs]
+            noise[layer] = torch.stack(draws)[:, None].to(self.device).requires_grad_(self.cfg.optimize_noise)
+        return _State(0, space, w_opt, noise, self._make_optimizer(w_opt, noise), [[] for _ in range(batch)],
+                      [] if record_w else None)
+
+    def _switch_to_w_plus(self, st: _State) -> None:
+        w_opt = st.w_opt.detach().repeat(1, self.G.num_ws, 1).requires_grad_(True)
+        st.w_opt, st.space = w_opt, "w+"
+        st.optimizer = self._make_optimizer(w_opt, st.noise)
+
+    def _snapshot(self, st: _State, rngs, names, path: Path) -> None:
+        data = dict(fingerprint=self.cfg.fingerprint(), names=list(names), step=st.step, space=st.space,
+                    w_opt=st.w_opt.detach().cpu(), noise={k: v.detach().cpu() for k, v in st.noise.items()},
+                    optimizer=st.optimizer.state_dict(), rng=[r.get_state() for r in rngs],
+                    history=json.dumps(st.history),
+                    trajectory=torch.stack(st.trajectory) if st.trajectory else None)
+        write_atomic(path, lambda tmp: torch.save(data, tmp))
+
+    def _resume(self, path: Path, names, rngs, record_w: bool) -> Optional[_State]:
+        if not path.is_file():
+            return None
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data["fingerprint"] != self.cfg.fingerprint() or data["names"] != list(names):
+            raise ProjectionError(f"{path}: snapshot was made with other settings or targets; "
+                                  "delete it to start over")
+        w_opt = data["w_opt"].to(self.device).requires_grad_(True)
+        noise = {k: v.to(self.device).requires_grad_(self.cfg.optimize_noise) for k, v in data["noise"].items()}
+        opt = self._make_optimizer(w_opt, noise)
+        opt.load_state_dict(data["optimizer"])
+        for r, s in zip(rngs, data["rng"]):
+            r.set_state(s)
+        traj = list(data["trajectory"].to(self.device)) if (record_w and data["trajectory"] is not None) else (
+            [] if record_w else None)
+        return _State(data["step"], data["space"], w_opt, noise, opt, json.loads(data["history"]), traj)
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def _ws(self, w: torch.Tensor) -> torch.Tensor:
+        return w.repeat(1, self.G.num_ws, 1) if w.shape[1] == 1 else w
+
+    def synthesize(self, w: torch.Tensor, noise: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.G.synthesis(self._ws(w), noise_mode="const", noise_inputs=noise)
+
+    def project(self, targets: torch.Tensor, degradation: Optional[Degradation] = None,
+                names: Optional[Sequence[str]] = None, rngs=None, snapshot_path=None, progress: bool = True,
+                record_w: bool = False, on_snapshot: Optional[Callable] = None) -> List[ProjectionResult]:
+        """Optimize one latent (and noise maps) per target.
+
+        Args:
+            targets: ``[B, 3, R, R]`` degraded targets in [-1, 1] (as read from the 8-bit files).
+            degradation: applied to every generated image; None for plain reconstruction.
+            names: one per target, for messages and snapshots.
+            rngs: one random source per target (default: :class:`TorchRandom` with ``cfg.seed``).
+            snapshot_path: write a snapshot there every ``cfg.snapshot_every`` steps and resume
+                from it when it exists.
+            record_w: keep the w of every step (``ProjectionResult.w_trajectory``).
+            on_snapshot: called as ``on_snapshot(step, images [B, 3, R, R])`` at each snapshot.
+        """
+        from tqdm import tqdm
+
+        cfg, G = self.cfg, self.G
+        R = G.img_resolution
+        if targets.ndim != 4 or targets.shape[1:] != (G.img_channels, R, R):
+            raise ValueError(f"targets must be [B, {G.img_channels}, {R}, {R}] for this generator, "
+                             f"got {tuple(targets.shape)}")
+        B = targets.shape[0]
+        names = list(names) if names is not None else [f"target{i}" for i in range(B)]
+        rngs = list(rngs) if rngs is not None else [TorchRandom(cfg.seed) for _ in range(B)]
+        if len(names) != B or len(rngs) != B:
+            raise ValueError("names and rngs must have one entry per target")
+        if degradation is not None and degradation.size != R:
+            raise ValueError(f"degradation is for {degradation.size} px images, generator makes {R} px")
+
+        targets = targets.to(self.device, torch.float32)
+        if degradation is not None and degradation.has_mask:
+            fill = degradation.fill(self.device)
+            targets = fill_missing(targets, degradation.masks.to(self.device), fill)
+        with torch.no_grad():
+            target_features = self.features(targets)
+
+        snapshot_path = Path(snapshot_path) if snapshot_path else None
+        st = (self._resume(snapshot_path, names, rngs, record_w) if snapshot_path else None) or \
+            self._init_state(B, rngs, record_w)
+
+        bar = tqdm(total=cfg.num_steps, initial=st.step, desc=f"project {names[0]}" + (f" +{B - 1}" if B > 1 else ""),
+                   unit="step", disable=not progress)
+        while st.step < cfg.num_steps:
+            step = st.step
+            if st.space == "w" and self._space_at(step) == "w+":
+                self._switch_to_w_plus(st)
+            lr = learning_rate(step, cfg)
+            for group in st.optimizer.param_groups:
+                group["lr"] = lr
+            scale = w_noise_scale(step, self.w_std, cfg)
+            unit = torch.cat([r.w_noise_unit(step, (1,) + tuple(st.w_opt.shape[1:])) for r in rngs]).to(self.device)
+
+            synth = self.synthesize(st.w_opt + unit * scale, st.noise)
+            degraded = degradation(synth) if degradation is not None else synth
+            dist = (target_features - self.features(degraded)).square().sum(dim=1)
+            reg = noise_regularization(st.noise)
+            latent = (st.w_opt - self.w_avg).square().sum(dim=[1, 2]) * cfg.latent_dist_reg_weight
+            loss = dist + reg * cfg.regularize_noise_weight + latent
+
+            bad = ~torch.isfinite(loss.detach())
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                where = f"; last good snapshot: {snapshot_path}" if snapshot_path and snapshot_path.exists() else ""
+                raise ProjectionError(f"target {names[i]}: non-finite loss at step {step} "
+                                      f"(learning rate {lr:.4g}){where}")
+            st.optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            st.optimizer.step()
+            renormalize_noise(st.noise)
+
+            for i in range(B):
+                st.history[i].append(dict(step=step, loss=float(loss[i].detach()), dist=float(dist[i].detach()), noise_reg=float(reg[i].detach()),
+                                          latent_reg=float(latent[i].detach()), lr=lr, w_noise_scale=scale))
+            if st.trajectory is not None:
+                st.trajectory.append(self._ws(st.w_opt.detach()).clone())
+            st.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.mean()):.4g}")
+            if snapshot_path and cfg.snapshot_every and (st.step % cfg.snapshot_every == 0) and st.step < cfg.num_steps:
+                self._snapshot(st, rngs, names, snapshot_path)
+                if on_snapshot is not None:
+                    with torch.no_grad():
+                        on_snapshot(st.step, self.synthesize(st.w_opt, st.noise))
+        bar.close()
+
+        with torch.no_grad():
+            image = self.synthesize(st.w_opt, st.noise)
+            degraded = degradation(image) if degradation is not None else image
+        ws = self._ws(st.w_opt.detach())
+        traj = torch.stack(st.trajectory) if st.trajectory is not None else None
+        return [ProjectionResult(names[i], ws[i].cpu(), {k: v[i, 0].detach().cpu() for k, v in st.noise.items()},
+                                 image[i].cpu(), degraded[i].cpu(), st.history[i],
+                                 traj[:, i].cpu() if traj is not None else None) for i in range(B)]

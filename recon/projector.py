@@ -59,6 +59,7 @@ class ProjectorConfig:
     latent_space: str = "w"
     w_plus_switch: float = 0.5     # for 'w->w+': fraction of the steps spent in W
     optimize_noise: bool = True
+    noise_init: str = "random"     # 'random' (official) or 'const': the generator's own noise maps
     seed: int = 303
     snapshot_every: int = 100      # 0 disables snapshots
 
@@ -69,6 +70,8 @@ class ProjectorConfig:
             raise ValueError(f"latent_space must be one of {LATENT_SPACES}, got {self.latent_space!r}")
         if not 0 <= self.w_plus_switch <= 1:
             raise ValueError(f"w_plus_switch must be in [0, 1], got {self.w_plus_switch}")
+        if self.noise_init not in ("random", "const"):
+            raise ValueError(f"noise_init must be 'random' or 'const', got {self.noise_init!r}")
         if self.w_avg_samples < 2:
             raise ValueError("w_avg_samples must be >= 2")
         for name in ("initial_learning_rate", "regularize_noise_weight", "latent_dist_reg_weight"):
@@ -157,12 +160,12 @@ def learning_rate(step: int, cfg: ProjectorConfig) -> float:
     ramp = min(1.0, (1.0 - t) / cfg.lr_rampdown_length)
     ramp = 0.5 - 0.5 * np.cos(ramp * np.pi)
     ramp = ramp * min(1.0, t / cfg.lr_rampup_length)
-    return cfg.initial_learning_rate * ramp
+    return float(cfg.initial_learning_rate * ramp)
 
 
 def w_noise_scale(step: int, w_std: float, cfg: ProjectorConfig) -> float:
     t = step / cfg.num_steps
-    return w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2
+    return float(w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2)
 
 
 def noise_regularization(noise: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -269,8 +272,13 @@ class Projector:
         rows = 1 if space == "w" else self.G.num_ws
         w_opt = self.w_avg.repeat(batch, rows, 1).detach().clone().requires_grad_(True)
         noise = {}
+        buffers = self.G.synthesis.noise_buffers()
         for layer, res in self.layers.items():
-            draws = [rng.noise_init(f"{layer}.noise_const", (res, res)) for rng in rngs]
+            name = f"{layer}.noise_const"
+            if self.cfg.noise_init == "const":
+                draws = [buffers[name].detach().cpu().clone() for _ in rngs]
+            else:
+                draws = [rng.noise_init(name, (res, res)) for rng in rngs]
             noise[layer] = torch.stack(draws)[:, None].to(self.device).requires_grad_(self.cfg.optimize_noise)
         return _State(0, space, w_opt, noise, self._make_optimizer(w_opt, noise), [[] for _ in range(batch)],
                       [] if record_w else None)
@@ -382,7 +390,8 @@ class Projector:
             st.optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()
             st.optimizer.step()
-            renormalize_noise(st.noise)
+            if cfg.optimize_noise:
+                renormalize_noise(st.noise)
 
             for i in range(B):
                 st.history[i].append(dict(step=step, loss=float(loss[i].detach()), dist=float(dist[i].detach()), noise_reg=float(reg[i].detach()),
@@ -391,7 +400,7 @@ class Projector:
                 st.trajectory.append(self._ws(st.w_opt.detach()).clone())
             st.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.mean()):.4g}")
+            bar.set_postfix(loss=f"{float(loss.detach().mean()):.4g}")
             if snapshot_path and cfg.snapshot_every and (st.step % cfg.snapshot_every == 0) and st.step < cfg.num_steps:
                 self._snapshot(st, rngs, names, snapshot_path)
                 if on_snapshot is not None:

@@ -1,0 +1,119 @@
+"""Degradation operators and the perceptual-loss boundary, with numbers."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from recon.degrade import (Degradation, DegradationError, centre_mask, downsample, fill_missing, from_uint8,
+                           gaussian_blur, gaussian_kernel1d, grayscale, mask_from_color, mask_from_file,
+                           parse_chain, psnr_torch, to_uint8)
+from recon.perceptual import VGGFeatures, to_vgg_range
+
+
+def test_uint8_roundtrip_and_ranges():
+    arr = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, 2)
+    x = from_uint8(arr)
+    assert x.shape == (1, 3, 16, 16) and x.min() == -1 and x.max() == 1
+    assert np.array_equal(to_uint8(x)[0], arr)
+    assert np.array_equal(to_uint8(torch.full((1, 3, 2, 2), 5.0))[0], np.full((2, 2, 3), 255))
+
+
+def test_gaussian_blur():
+    k = gaussian_kernel1d(21, 6.0)
+    assert k.sum().item() == pytest.approx(1.0, abs=1e-6) and torch.equal(k, k.flip(0))
+    assert k[10] / k[0] == pytest.approx(np.exp(0.5 * (10 / 6.0) ** 2), rel=1e-4)
+    const = torch.full((1, 3, 32, 32), 0.3)
+    torch.testing.assert_close(gaussian_blur(const, 21, 6.0), const)
+    x = torch.zeros(1, 1, 33, 33)
+    x[..., 16, 16] = 1
+    y = gaussian_blur(x, 21, 6.0)
+    torch.testing.assert_close(y[0, 0, 16, 6:27], k[:, None].mul(k[10]).squeeze(), atol=1e-7, rtol=1e-5)
+    with pytest.raises(DegradationError):
+        gaussian_blur(x, 20, 6.0)
+
+
+def test_grayscale_luma_weights():
+    x = torch.tensor([1.0, 0.0, -1.0]).view(1, 3, 1, 1)
+    g = grayscale(x)
+    assert g.shape == (1, 3, 1, 1)
+    assert torch.allclose(g, torch.full_like(g, 0.299 - 0.114))
+
+
+def test_downsample_keeps_size_and_low_frequencies():
+    x = torch.linspace(-1, 1, 64).view(1, 1, 1, 64).repeat(1, 3, 64, 1)
+    y = downsample(x, 4)
+    assert y.shape == x.shape
+    assert psnr_torch(y, x).item() > 35
+    checker = (torch.arange(64).view(1, -1) + torch.arange(64).view(-1, 1)) % 2 * 2 - 1.0
+    assert downsample(checker.view(1, 1, 64, 64).float(), 4).abs().max() < 1e-6
+
+
+def test_masks(tmp_path):
+    m = centre_mask(100, 0.4)
+    assert m.shape == (1, 1, 100, 100) and m.mean().item() == pytest.approx(1 - 0.16)
+    assert m[0, 0, 50, 50] == 0 and m[0, 0, 0, 0] == 1
+    # white = missing in mask files
+    hole = np.zeros((64, 64), np.uint8)
+    hole[10:20, 30:40] = 255
+    Image.fromarray(hole).save(tmp_path / "x_mask.png")
+    fm = mask_from_file(tmp_path / "x_mask.png", 32)
+    assert fm.shape == (1, 1, 32, 32) and fm[0, 0, 7, 17] == 0 and fm[0, 0, 0, 0] == 1
+    assert fm.mean().item() == pytest.approx(1 - 25 / 1024)
+    photo = np.full((8, 8, 3), 100, np.uint8)
+    photo[2:4, 2:4] = (0, 255, 0)
+    cm = mask_from_color(photo, (0, 255, 0), tolerance=8)
+    assert cm.sum().item() == 64 - 4 and cm[0, 0, 2, 2] == 0
+
+
+def test_mask_degradation_is_idempotent_and_shared_fill():
+    m = centre_mask(32, 0.4)
+    d = Degradation([{"type": "mask", "fill": "noise"}], 32, masks=m, seed=3)
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    da, db = d(a), d(b)
+    hole = m.expand_as(da) == 0
+    assert torch.equal(da[hole], db[hole])           # the hole carries no signal
+    torch.testing.assert_close(d(da), da)            # re-applying changes nothing
+    assert torch.equal(da[~hole], a[~hole])
+
+
+def test_chain_order_and_noise_only_on_target():
+    ops = parse_chain([{"type": "blur", "kernel": 5, "sigma": 1.0}, "grayscale", {"type": "noise", "sigma": 10}])
+    d = Degradation(ops, 32)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(d(x), grayscale(gaussian_blur(x, 5, 1.0)))
+    t = d.target(x)
+    resid = t - d(x)
+    assert resid.std().item() == pytest.approx(10 / 127.5, rel=0.1)
+    torch.testing.assert_close(resid[0], resid[1])   # the same draw alone or in a batch
+    assert parse_chain("none") == [] and parse_chain(None) == []
+    with pytest.raises(DegradationError, match="unknown degradation"):
+        Degradation([{"type": "sepia"}], 32)
+    with pytest.raises(DegradationError, match="divide"):
+        Degradation([{"type": "downsample", "factor": 3}], 32)
+
+
+def test_fill_missing():
+    m = torch.tensor([[[[1.0, 0.0]]]])
+    out = fill_missing(torch.tensor([[[[5.0, 6.0]]]]), m, torch.tensor([[[[7.0, 8.0]]]]))
+    assert out.tolist() == [[[[5.0, 8.0]]]]
+
+
+class Recorder(torch.nn.Module):
+    def forward(self, img, resize_images: bool = True, return_lpips: bool = False):
+        self.seen = (img.shape, float(img.min()), float(img.max()), resize_images, return_lpips)
+        return img.flatten(1)
+
+
+def test_vgg_boundary_ranges_and_resize():
+    rec = Recorder()
+    f = VGGFeatures(rec)
+    f(torch.full((1, 3, 512, 512), -1.0))
+    assert rec.seen == ((1, 3, 256, 256), 0.0, 0.0, False, True)
+    f(torch.full((1, 3, 128, 128), 1.0))
+    assert rec.seen == ((1, 3, 128, 128), 255.0, 255.0, False, True)
+    # area resize: a 2x2 checker of 512 px averages to flat grey at 256
+    x = torch.zeros(1, 3, 512, 512)
+    x[..., ::2, ::2] = 1
+    x[..., 1::2, 1::2] = 1
+    x = x * 2 - 1
+    assert torch.allclose(to_vgg_range(x), torch.full((1, 3, 256, 256), 127.5))

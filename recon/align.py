@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -303,10 +302,32 @@ def _select(dets: List[Detection], opts: AlignOptions) -> List[Detection]:
     return dets
 
 
+def align_mask(mask: np.ndarray, quad: np.ndarray, size: int) -> np.ndarray:
+    """Warp a photo-space mask (uint8, white = missing) into a face's aligned space: ``uint8 [S, S]``.
+    Outside the photo counts as known (black)."""
+    img = Image.fromarray(mask).transform((size, size), Image.Transform.QUAD, (np.asarray(quad) + 0.5).flatten(),
+                                          Image.Resampling.BILINEAR, fillcolor=0)
+    return np.where(np.asarray(img) >= 128, 255, 0).astype(np.uint8)
+
+
+def _user_mask(path: Path, shape, max_pixels: int) -> Optional[np.ndarray]:
+    mpath = path.with_name(path.stem + "_mask.png")
+    if not mpath.is_file():
+        return None
+    rgb, _ = load_photo(mpath, max_pixels=max_pixels)
+    if rgb.shape[:2] != shape[:2]:
+        raise PhotoError(f"{mpath}: mask is {rgb.shape[1]}x{rgb.shape[0]}, its photo is {shape[1]}x{shape[0]}")
+    return rgb.max(axis=2)
+
+
 def align_photo(path, out_dir, opts: AlignOptions = AlignOptions(), log=print) -> dict:
-    """Align every usable face of one photo into ``out_dir/<stem>_<k>.png``; return its manifest entry."""
+    """Align every usable face of one photo into ``out_dir/<stem>_<k>.png``; return its manifest entry.
+
+    A ``<stem>_mask.png`` beside the photo (white = missing) is warped along into
+    ``<stem>_<k>_mask.png`` for inpainting."""
     path = Path(path)
     rgb, info = load_photo(path, max_pixels=opts.max_pixels)
+    user_mask = _user_mask(path, rgb.shape, opts.max_pixels)
     entry = dict(file=path.name, **info, faces=[], skipped=[])
     dets = _select(detect_faces(rgb, opts.detector, opts.upsample, opts.min_score, opts.detect_max_side), opts)
     k = 0
@@ -320,11 +341,15 @@ def align_photo(path, out_dir, opts: AlignOptions = AlignOptions(), log=print) -
             continue
         name = f"{path.stem}_{k}.png"
         save_png(Path(out_dir) / name, face.image)
+        mask_name = None
+        if user_mask is not None:
+            mask_name = f"{path.stem}_{k}_mask.png"
+            save_png(Path(out_dir) / mask_name, align_mask(user_mask, face.quad, opts.size))
         entry["faces"].append(dict(
             index=k, file=name, box=det.box, score=round(det.score, 6), detector=det.detector,
             subdetector=det.subdetector, landmarks=lm.astype(int).tolist(), quad=face.quad.round(6).tolist(),
             qsize=round(face.qsize, 6), shrink=face.shrink, border=face.border, crop=face.crop,
-            pad_needed=face.pad_needed, pad_applied=face.pad_applied, padded=face.padded))
+            pad_needed=face.pad_needed, pad_applied=face.pad_applied, padded=face.padded, mask=mask_name))
         k += 1
     if not entry["faces"]:
         log(f"{path}: no usable face found", file=sys.stderr)
@@ -353,12 +378,3 @@ def align_paths(inputs, out_dir, opts: AlignOptions = AlignOptions(), manifest_n
     text = json.dumps(manifest, indent=1)
     write_atomic(out_dir / manifest_name, lambda tmp: Path(tmp).write_text(text))
     return manifest
-
-
-def psnr(a: np.ndarray, b: np.ndarray, mask: Optional[np.ndarray] = None, peak: float = 255.0) -> float:
-    """PSNR in dB between two images of equal shape, optionally over ``mask`` pixels only."""
-    d = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2
-    if mask is not None:
-        d = d[np.asarray(mask, dtype=bool)]
-    mse = float(d.mean()) if d.size else 0.0
-    return math.inf if mse == 0 else 10 * math.log10(peak ** 2 / mse)

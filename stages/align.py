@@ -2,9 +2,10 @@
 import argparse
 import sys
 
+from _common import load_params, section
+
 from recon.align import AlignOptions, align_paths
 from recon.imageio import PhotoError
-from recon.params import load_params, section
 
 
 def main() -> int:

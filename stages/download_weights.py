@@ -11,8 +11,9 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+from _common import load_params, section
+
 from recon.checkpoint import convert
-from recon.params import load_params, section
 from recon.safe_pickle import CheckpointError
 from recon.weights import DownloadError, fetch, resolve_source
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED, need
-from recon.align import (AlignError, AlignOptions, align_face, align_paths, detect_faces, ffhq_quad, landmarks68,
-                         paste_back, psnr)
+from recon.align import AlignError, AlignOptions, align_face, align_paths, detect_faces, ffhq_quad, paste_back
+from recon.metrics import psnr
 from recon.imageio import PhotoError, load_photo
 
 GOLDEN = SHARED / "golden" / "align"

@@ -186,9 +186,9 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
         done = out_dir / face["name"] / "done.json"
         if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fp:
             continue
-        img = Image.open(degraded_dir / face["degraded"])
-        if img.size != (R, R):
-            raise ValueError(f"{degraded_dir / face['degraded']}: target is {img.size[0]}x{img.size[1]}, the "
+        rgb, _ = load_photo(degraded_dir / face["degraded"])
+        if rgb.shape[:2] != (R, R):
+            raise ValueError(f"{degraded_dir / face['degraded']}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
                              f"generator makes {R}x{R} (set align.size to {R})")
         pending.append((face, fp))
     if len(pending) < len(faces):

@@ -1,0 +1,129 @@
+"""Stage functions: degrade writes 8-bit targets; project skips finished faces and resumes after a
+failure without losing anything; bad targets are refused before work; metrics behave."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import recon
+from recon.degrade import to_uint8
+from recon.imageio import PhotoError, save_png
+from recon.metrics import identity_distance, psnr, ssim
+from recon.pipeline import degrade_stage, project_stage, projector_config
+from recon.projector import Projector
+from tiny_vgg import write_tiny_vgg
+
+CFG = dict(num_steps=6, w_avg_samples=200, snapshot_every=3)
+
+
+@pytest.fixture()
+def setup(tmp_path, golden_dir):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    recon.convert(golden_dir / "official_format.pkl", weights / "generator.safetensors")
+    write_tiny_vgg(weights / "vgg16.pt")
+    G = recon.load_generator(weights / "generator.safetensors")
+    g = torch.Generator().manual_seed(1)
+    faces = to_uint8(G(torch.randn(3, 64, generator=g), None, truncation_psi=0.5, noise_mode="const"))
+    aligned = tmp_path / "aligned"
+    manifest = {"images": {}}
+    for k, img in enumerate(faces):
+        save_png(aligned / f"p{k}_0.png", img)
+        manifest["images"][f"p{k}.png"] = {"faces": [{"file": f"p{k}_0.png", "quad": [[0, 0], [0, 9], [9, 9], [9, 0]]}]}
+    (aligned / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path, weights, aligned
+
+
+def test_degrade_writes_8bit_targets_and_masks(setup):
+    tmp, _, aligned = setup
+    t = degrade_stage("mask", {"type": "mask", "source": "center", "fraction": 0.5}, aligned, tmp / "deg")
+    assert [f["name"] for f in t["faces"]] == ["p0_0", "p1_0", "p2_0"]
+    img = np.asarray(Image.open(tmp / "deg" / "p0_0.png"))
+    mask = np.asarray(Image.open(tmp / "deg" / "p0_0_mask.png"))
+    orig = np.asarray(Image.open(aligned / "p0_0.png"))
+    assert img.dtype == np.uint8 and mask.shape == (32, 32)
+    assert (mask[8:24, 8:24] == 255).all() and mask[0, 0] == 0   # white = missing
+    assert np.array_equal(img[mask == 0], orig[mask == 0])
+    assert not np.array_equal(img[mask == 255], orig[mask == 255])
+
+
+def test_project_stage_skips_done_faces_and_resumes_after_failure(setup, monkeypatch):
+    tmp, weights, aligned = setup
+    degrade_stage("blur", {"type": "blur", "kernel": 5, "sigma": 1.0}, aligned, tmp / "deg")
+    cfg = projector_config(CFG)
+    out = tmp / "proj"
+
+    real = Projector.project
+    calls = {"n": 0}
+
+    def failing(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("power cut")
+        return real(self, *a, **k)
+    monkeypatch.setattr(Projector, "project", failing)
+    with pytest.raises(RuntimeError, match="power cut"):
+        project_stage("blur", cfg, tmp / "deg", out, weights, batch_size=1, device="cpu")
+    first = out / "p0_0"
+    assert (first / "done.json").is_file()
+    stamp = (first / "image.png").stat().st_mtime_ns
+    monkeypatch.setattr(Projector, "project", real)
+
+    done = project_stage("blur", cfg, tmp / "deg", out, weights, batch_size=1, device="cpu")
+    assert done == ["p1_0", "p2_0"]
+    assert (first / "image.png").stat().st_mtime_ns == stamp
+    assert project_stage("blur", cfg, tmp / "deg", out, weights, batch_size=1, device="cpu") == []
+    # a changed setting invalidates every face
+    assert len(project_stage("blur", projector_config(dict(CFG, num_steps=7)), tmp / "deg", out, weights,
+                             batch_size=3, device="cpu")) == 3
+    # a face that is no longer a target is removed
+    t = json.loads((tmp / "deg" / "targets.json").read_text())
+    t["faces"] = t["faces"][:2]
+    (tmp / "deg" / "targets.json").write_text(json.dumps(t))
+    project_stage("blur", projector_config(dict(CFG, num_steps=7)), tmp / "deg", out, weights, device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == ["p0_0", "p1_0"]
+
+
+def test_project_stage_refuses_bad_targets_before_work(setup):
+    tmp, weights, aligned = setup
+    degrade_stage("none", {"type": "none"}, aligned, tmp / "deg")
+    big = np.zeros((64, 64, 3), np.uint8)
+    save_png(tmp / "deg" / "p1_0.png", big)
+    with pytest.raises(ValueError, match=r"p1_0\.png: target is 64x64, the generator makes 32x32"):
+        project_stage("none", projector_config(CFG), tmp / "deg", tmp / "proj", weights, device="cpu")
+    (tmp / "deg" / "p1_0.png").write_bytes(b"garbage")
+    with pytest.raises(PhotoError, match=r"p1_0\.png"):
+        project_stage("none", projector_config(CFG), tmp / "deg", tmp / "proj", weights, device="cpu")
+    assert not any((tmp / "proj").glob("*/done.json"))
+
+
+def test_projector_params_are_checked():
+    with pytest.raises(ValueError, match=r"unknown projector params \['num_step'\]"):
+        projector_config({"num_step": 10})
+    assert projector_config({"num_steps": "12", "latent_space": "w+"}).num_steps == 12
+
+
+def test_ssim_and_psnr():
+    rng = np.random.RandomState(0)
+    texture = (rng.rand(64, 64, 3) * 255).astype(np.uint8)
+    assert ssim(texture, texture) == pytest.approx(1.0) and psnr(texture, texture) == float("inf")
+    noisy = np.clip(texture + rng.randn(*texture.shape) * 20, 0, 255).astype(np.uint8)
+    # SSIM of signal variance s2 plus noise variance n2 is about 2 s2 / (2 s2 + n2): ~0.96 here
+    assert ssim(texture, noisy) == pytest.approx(2 * 5419 / (2 * 5419 + 400), abs=0.02)
+    assert psnr(texture, noisy) == pytest.approx(22.2, abs=1.0)
+    smooth = np.repeat(np.linspace(60, 200, 64)[None, :, None], 64, 0).repeat(3, 2).astype(np.uint8)
+    noisy_smooth = np.clip(smooth + rng.randn(*smooth.shape) * 20, 0, 255).astype(np.uint8)
+    assert ssim(smooth, noisy_smooth) < 0.3
+
+
+def test_identity_distance_separates_people(golden_dir):
+    from conftest import SHARED, need
+    g = need(SHARED / "golden" / "align")
+    hopper = np.asarray(Image.open(g / "grace_hopper_0.png").convert("RGB"))
+    luciano = np.asarray(Image.open(g / "luciano_0.png").convert("RGB"))
+    blurred = np.asarray(Image.fromarray(hopper).resize((256, 256)).resize((1024, 1024)))
+    assert identity_distance(hopper, blurred) < 0.4
+    assert identity_distance(hopper, luciano) > 0.6

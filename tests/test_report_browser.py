@@ -1,0 +1,55 @@
+"""The report renders in a real browser: headless Chromium loads the self-contained page from a
+folder with nothing else in it and takes a screenshot (skipped when no Chromium is installed)."""
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def make_report(tmp_path):
+    """A minimal pipeline output tree with one face, then the real report builder on it."""
+    from recon.imageio import save_png
+    from recon.pipeline import write_json
+    from recon.report import build_report
+    rng = np.random.RandomState(0)
+    face = (rng.rand(64, 64, 3) * 255).astype(np.uint8)
+    face[16:48, 16:48] = (220, 40, 40)
+    data = tmp_path / "data"
+    save_png(data / "aligned" / "p_0.png", face)
+    save_png(data / "degraded" / "blur" / "p_0.png", face // 2)
+    write_json(data / "degraded" / "blur" / "targets.json", dict(mode="blur", ops=[{"type": "blur"}], faces=[dict(
+        name="p_0", source=str(data / "aligned" / "p_0.png"), photo="p.png", quad=[[0, 0], [0, 63], [63, 63], [63, 0]],
+        degraded="p_0.png", mask=None)]))
+    out = data / "projected" / "blur" / "p_0"
+    save_png(out / "image.png", face)
+    save_png(out / "degraded.png", face // 2)
+    (out / "loss.csv").write_text("step,loss\n0,10\n1,5\n2,2\n")
+    write_json(out / "done.json", {})
+    save_png(tmp_path / "raw" / "p.png", np.full((80, 80, 3), 128, np.uint8))
+    build_report(["blur"], data, tmp_path / "raw", tmp_path / "reports", "degrade: {}", identity=False)
+    page = tmp_path / "alone" / "index.html"
+    page.parent.mkdir()
+    shutil.copy(tmp_path / "reports" / "index.html", page)  # nothing beside it: it must stand alone
+    return page
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium installed")
+def test_report_renders_in_headless_chromium(tmp_path):
+    page = make_report(tmp_path)
+    shot = tmp_path / "shot.png"
+    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900", f"--screenshot={shot}",
+           page.as_uri()]
+    subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file()
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert img.shape[:2] == (900, 1200)
+    # The embedded face images really render: the red square appears on the white page.
+    red = (img[..., 0] > 180) & (img[..., 1] < 90) & (img[..., 2] < 90)
+    assert red.sum() > 500
+    assert (img > 240).all(-1).mean() > 0.3  # and the page itself is there (white background)

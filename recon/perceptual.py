@@ -5,11 +5,15 @@ Value ranges at each boundary (mixing them up is the classic bug):
   --area resize to 256 when larger--> ``vgg16(img, resize_images=False, return_lpips=True)``
   --> feature vectors; distance = squared L2 between them (per image).
 Files on disk are uint8 [0, 255]; :func:`recon.degrade.from_uint8` maps them to [-1, 1].
+
+The masked variant for inpainting is the ``mask`` degradation: the missing pixels of both the
+target and every generated image are replaced by the same fill before they reach the network, so
+only known pixels drive the distance (see :class:`recon.degrade.Degradation`).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +53,3 @@ class VGGFeatures:
 def perceptual_distance(features: FeatureFn, a: torch.Tensor, b_features: torch.Tensor) -> torch.Tensor:
     """Per-image squared L2 between ``features(a)`` and precomputed ``b_features``: ``[N]``."""
     return (features(a) - b_features).square().sum(dim=1)
-
-
-def masked_inputs(img: torch.Tensor, mask: Optional[torch.Tensor], fill: Optional[torch.Tensor]) -> torch.Tensor:
-    """The masked variant: missing pixels (mask 0) of both images are replaced by the same ``fill``
-    before the network sees them, so only known pixels drive the distance."""
-    if mask is None:
-        return img
-    return img * mask + (fill if fill is not None else 0) * (1 - mask)

@@ -3,7 +3,8 @@
 Layout on disk:
   data/aligned/<face>.png, manifest.json           (align)
   data/degraded/<mode>/<face>.png, <face>_mask.png, targets.json   (degrade@mode)
-  data/projected/<mode>/<face>/image.png, degraded.png, latents.npz, loss.csv, done.json  (project@mode)
+  data/projected/<mode>/<face>/image.png, degraded.png, latents.npz, loss.csv, done.json,
+                              progress/stepNNNNN.png (one per snapshot)   (project@mode)
   data/synthetic/...                               (synthetic)
 """
 from __future__ import annotations
@@ -205,8 +206,13 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
         key = hashlib.sha256("|".join(fp for _, fp in chunk).encode()).hexdigest()[:16]
         snap = snap_dir / f"{key}.pt"
         snap_dir.mkdir(exist_ok=True)
+        def save_progress(step, images, batch_faces=batch_faces):
+            for face, img in zip(batch_faces, to_uint8(images)):
+                save_png(out_dir / face["name"] / "progress" / f"step{step:05d}.png", img)
+
         results = projector.project(imgs, degradation=d, names=[f["name"] for f in batch_faces],
-                                    rngs=[TorchRandom(cfg.seed) for _ in batch_faces], snapshot_path=snap)
+                                    rngs=[TorchRandom(cfg.seed) for _ in batch_faces], snapshot_path=snap,
+                                    on_snapshot=save_progress)
         for (face, fp), res in zip(chunk, results):
             res.save(out_dir / face["name"])
             write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fp, mode=mode, config=asdict(cfg),

@@ -69,6 +69,7 @@ def test_project_stage_skips_done_faces_and_resumes_after_failure(setup, monkeyp
         project_stage("blur", cfg, tmp / "deg", out, weights, batch_size=1, device="cpu")
     first = out / "p0_0"
     assert (first / "done.json").is_file()
+    assert sorted(p.name for p in (first / "progress").iterdir()) == ["step00003.png"]
     stamp = (first / "image.png").stat().st_mtime_ns
     monkeypatch.setattr(Projector, "project", real)
 

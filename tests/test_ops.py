@@ -220,3 +220,17 @@ def test_cuda_autograd_glue_bias_act():
     dy = torch.randn_like(y)
     for a, r in zip(torch.autograd.grad(y, [x, b], dy), torch.autograd.grad(y_ref, [x, b], dy)):
         torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("up", [1, 2])
+def test_fp16_modulated_conv_prenormalisation(up):
+    """The fp16 path pre-normalises weight and styles by their max (demodulation undoes it): in
+    half precision it must give the float32 result to fp16 accuracy, with styles large enough that
+    the raw products would lose precision."""
+    torch.manual_seed(0)
+    x, w, s = torch.randn(2, 8, 8, 8), torch.randn(6, 8, 3, 3), torch.randn(2, 8) * 30 + 10
+    f = setup_filter([1, 3, 3, 1])
+    ref = modulated_conv2d(x, w, s, up=up, padding=1, resample_filter=f, flip_weight=(up == 1))
+    half = modulated_conv2d(x.half(), w, s, up=up, padding=1, resample_filter=f, flip_weight=(up == 1))
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), ref, atol=1e-2, rtol=1e-2)

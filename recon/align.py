@@ -357,7 +357,7 @@ def align_photo(path, out_dir, opts: AlignOptions = AlignOptions(), log=print) -
 
 
 def align_paths(inputs, out_dir, opts: AlignOptions = AlignOptions(), manifest_name: str = "manifest.json",
-                progress: bool = True) -> dict:
+                progress: bool = True, overwrite: bool = False) -> dict:
     """Align every photo under ``inputs`` into ``out_dir`` and write ``out_dir/manifest.json``.
 
     A photo without a usable face is reported and recorded; an unreadable photo stops the run with
@@ -367,6 +367,9 @@ def align_paths(inputs, out_dir, opts: AlignOptions = AlignOptions(), manifest_n
 
     photos = list_photos(inputs)
     out_dir = Path(out_dir)
+    if not overwrite and (out_dir / manifest_name).exists():
+        raise FileExistsError(f"{out_dir / manifest_name}: an earlier alignment is there; choose another "
+                              "folder or pass overwrite=True (--force)")
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = dict(options=asdict(opts), images={}, no_face=[])
     for path in tqdm(photos, desc="align", unit="photo", disable=not progress):

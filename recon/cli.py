@@ -31,7 +31,7 @@ def _cmd_align(args) -> int:
 
     opts = AlignOptions(size=args.size, detector=args.detector, upsample=args.upsample, min_score=args.min_score,
                         largest_only=args.largest, max_faces=args.max_faces)
-    manifest = align_paths(args.inputs, args.out, opts)
+    manifest = align_paths(args.inputs, args.out, opts, overwrite=args.force)
     n = sum(len(e["faces"]) for e in manifest["images"].values())
     print(f"aligned {n} faces from {len(manifest['images'])} photos into {args.out}")
     return 0
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "positives score ~0.1, real faces >= 0.6)")
     p.add_argument("--largest", action="store_true", help="keep only the largest face of each photo")
     p.add_argument("--max-faces", type=int, default=0, help="keep at most N faces per photo (0 = all)")
+    p.add_argument("--force", action="store_true", help="write into a folder that holds an earlier alignment")
     p.set_defaults(func=_cmd_align)
 
     p = sub.add_parser("info", help="print a generator checkpoint's configuration")

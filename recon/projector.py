@@ -24,7 +24,7 @@ import csv
 import hashlib
 import json
 import math
-import os
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -131,7 +131,8 @@ class RecordedRandom:
 # ----------------------------------------------------------------------------------------------
 # Pieces of the official algorithm
 
-_W_STATS_CACHE: Dict[tuple, tuple] = {}
+# Per generator object (weakly held, so a freed generator's entry cannot be reused by another).
+_W_STATS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
@@ -141,8 +142,9 @@ def w_stats(G, samples: int = 10000, seed: int = 123, batch: int = 2000):
     ``w_std`` is the RMS distance ``sqrt(sum((w - w_avg)^2) / samples)`` over all elements."""
     if G.c_dim:
         raise ValueError("the projector needs an unconditional generator (c_dim = 0)")
-    key = (id(G), samples, seed, str(next(G.parameters()).device))
-    if key not in _W_STATS_CACHE:
+    cache = _W_STATS_CACHE.setdefault(G, {})
+    key = (samples, seed, str(next(G.parameters()).device))
+    if key not in cache:
         device = next(G.parameters()).device
         z = np.random.RandomState(seed).randn(samples, G.z_dim)
         ws = [G.mapping(torch.from_numpy(z[i:i + batch]).to(device), None)[:, :1, :].cpu()
@@ -150,8 +152,8 @@ def w_stats(G, samples: int = 10000, seed: int = 123, batch: int = 2000):
         w = torch.cat(ws).numpy().astype(np.float32)
         w_avg = np.mean(w, axis=0, keepdims=True)
         w_std = float((np.sum((w - w_avg) ** 2) / samples) ** 0.5)
-        _W_STATS_CACHE[key] = (torch.from_numpy(w_avg), w_std)
-    w_avg, w_std = _W_STATS_CACHE[key]
+        cache[key] = (torch.from_numpy(w_avg), w_std)
+    w_avg, w_std = cache[key]
     return w_avg.clone(), w_std
 
 

@@ -19,7 +19,7 @@ def main() -> int:
                         min_score=float(p["min_score"]), largest_only=bool(p["largest_only"]),
                         max_faces=int(p["max_faces"]), max_pixels=int(p["max_pixels"]))
     try:
-        manifest = align_paths([args.src], args.out, opts)
+        manifest = align_paths([args.src], args.out, opts, overwrite=True)  # DVC owns data/aligned
     except PhotoError as exc:
         print(f"align: error: {exc}", file=sys.stderr)
         return 1

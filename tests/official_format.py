@@ -54,16 +54,20 @@ def _easy(d, EasyDict):
 
 
 class _OfficialPickler(pickle.Pickler):
-    def __init__(self, f, protocol, reconstruct, EasyDict):
+    def __init__(self, f, protocol, reconstruct, EasyDict, flat_synthesis_kwargs=False):
         super().__init__(f, protocol=protocol)
         self.reconstruct = reconstruct
         self.EasyDict = EasyDict
+        self.flat = flat_synthesis_kwargs
 
     def reducer_override(self, obj):
         if isinstance(obj, torch.nn.Module):
             state = dict(obj.__dict__)
             if hasattr(obj, "config"):
-                state["_init_kwargs"] = _easy(copy.deepcopy(obj.config), self.EasyDict)
+                init = copy.deepcopy(obj.config)
+                if self.flat:  # the stylegan3 repository's Generator(..., **synthesis_kwargs)
+                    init.update(init.pop("synthesis_kwargs"))
+                state["_init_kwargs"] = _easy(init, self.EasyDict)
                 state["_init_args"] = ()
             meta = dict(type="class", version=6, module_src="# source omitted",
                         class_name=type(obj).__name__, state=state)
@@ -71,15 +75,15 @@ class _OfficialPickler(pickle.Pickler):
         return NotImplemented
 
 
-def dumps_official(networks: dict, protocol: int = 4) -> bytes:
+def dumps_official(networks: dict, protocol: int = 4, flat_synthesis_kwargs: bool = False) -> bytes:
     """Pickle ``{'G': ..., 'D': ..., 'G_ema': ..., ...}`` the way NVIDIA's training loop does."""
     reconstruct, EasyDict = _install_fake_modules()
     buf = io.BytesIO()
-    _OfficialPickler(buf, protocol, reconstruct, EasyDict).dump(networks)
+    _OfficialPickler(buf, protocol, reconstruct, EasyDict, flat_synthesis_kwargs).dump(networks)
     return buf.getvalue()
 
 
-def write_official_pkl(path, G, protocol: int = 4) -> None:
+def write_official_pkl(path, G, protocol: int = 4, flat_synthesis_kwargs: bool = False) -> None:
     """Write a snapshot-style pickle whose ``G_ema`` is ``G`` (``G`` is a perturbed copy)."""
     G_train = copy.deepcopy(G)
     with torch.no_grad():
@@ -87,4 +91,4 @@ def write_official_pkl(path, G, protocol: int = 4) -> None:
             p.add_(0.01)
     data = dict(training_set_kwargs=None, G=G_train, D=None, G_ema=G, augment_pipe=None)
     with open(path, "wb") as f:
-        f.write(dumps_official(data, protocol))
+        f.write(dumps_official(data, protocol, flat_synthesis_kwargs))

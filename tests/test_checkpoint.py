@@ -95,6 +95,18 @@ def test_self_built_official_pickles_of_every_architecture(tmp_path, synthesis, 
     assert torch.equal(G(z, None, noise_mode="const"), G3(z, None, noise_mode="const"))
 
 
+def test_stylegan3_repository_layout_with_flat_synthesis_kwargs(tmp_path):
+    """The NGC files come from the stylegan3 repository: synthesis kwargs flat in _init_kwargs,
+    conv_clamp 256 and 4 fp16 resolutions."""
+    G = tiny_generator(conv_clamp=256, num_fp16_res=4)
+    write_official_pkl(tmp_path / "sg3.pkl", G, flat_synthesis_kwargs=True)
+    G2 = recon.load_generator(tmp_path / "sg3.pkl")
+    sk = G2.config["synthesis_kwargs"]
+    assert (sk["channel_base"], sk["channel_max"], sk["conv_clamp"], sk["num_fp16_res"]) == (128, 32, 256.0, 4)
+    z = torch.randn(2, 16)
+    assert torch.equal(G(z, None, noise_mode="const"), G2(z, None, noise_mode="const"))
+
+
 def test_conditional_generator_pickle(tmp_path):
     torch.manual_seed(0)
     G = Generator(z_dim=8, c_dim=4, w_dim=8, img_resolution=8, img_channels=3,

@@ -1,9 +1,10 @@
-"""The ``recon`` command: ``recon convert``, ``recon info`` (and more subcommands as stages land)."""
+"""The ``recon`` command: ``convert``, ``info``, ``align``, ``project`` (the pipeline's steps, for direct use)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .imageio import PhotoError
 from .safe_pickle import CheckpointError
@@ -37,6 +38,51 @@ def _cmd_align(args) -> int:
     return 0
 
 
+def _cmd_project(args) -> int:
+    import torch
+
+    from .checkpoint import load_generator
+    from .degrade import Degradation, from_uint8, to_uint8
+    from .imageio import list_photos, load_photo, save_png
+    from .perceptual import VGGFeatures, load_vgg16
+    from .projector import Projector, ProjectorConfig
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    G = load_generator(args.generator, device=device)
+    features = VGGFeatures(load_vgg16(args.vgg, device))
+    cfg = ProjectorConfig(num_steps=args.steps, latent_space=args.space, seed=args.seed,
+                          latent_dist_reg_weight=args.latent_reg).validate()
+    ops = {"none": [], "blur": [{"type": "blur", "kernel": 21, "sigma": 6.0}], "grayscale": [{"type": "grayscale"}],
+           "sr4": [{"type": "downsample", "factor": 4}]}[args.degrade]
+    d = Degradation(ops, G.img_resolution) if ops else None
+    paths = list_photos(args.targets)
+    out = Path(args.out)
+    done = [p for p in paths if (out / p.stem / "image.png").exists()]
+    if done and not args.force:
+        raise FileExistsError(f"{out / done[0].stem}: already holds a result (pass --force to replace)")
+    projector = Projector(G, features, cfg)
+    for start in range(0, len(paths), args.batch):
+        chunk = paths[start:start + args.batch]
+        imgs = []
+        for p in chunk:
+            rgb, _ = load_photo(p)
+            if rgb.shape[:2] != (G.img_resolution, G.img_resolution):
+                raise PhotoError(f"{p}: {rgb.shape[1]}x{rgb.shape[0]}, the generator makes "
+                                 f"{G.img_resolution}x{G.img_resolution} (align it with --size)")
+            imgs.append(from_uint8(rgb))
+        targets = torch.cat(imgs)
+        if d is not None:  # what the pipeline does: degrade once, as an 8-bit image
+            targets = from_uint8(to_uint8(d.target(targets)))
+        for p, t in zip(chunk, to_uint8(targets)):
+            save_png(out / p.stem / "target.png", t)
+        for res in projector.project(targets, d, names=[p.stem for p in chunk],
+                                     snapshot_path=out / f".snapshot{start}.pt"):
+            res.save(out / res.name)
+        (out / f".snapshot{start}.pt").unlink(missing_ok=True)
+    print(f"projected {len(paths)} images into {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon", description="Face restoration by StyleGAN2 inversion.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a folder that holds an earlier alignment")
     p.set_defaults(func=_cmd_align)
 
+    p = sub.add_parser("project", help="project aligned faces into a generator (optionally degraded first)")
+    p.add_argument("targets", nargs="+", metavar="IMAGE_OR_DIR", help="aligned faces at the generator's size")
+    p.add_argument("--generator", required=True, help=".pkl or .safetensors")
+    p.add_argument("--vgg", required=True, help="NVIDIA's vgg16.pt")
+    p.add_argument("--out", required=True)
+    p.add_argument("--degrade", choices=("none", "blur", "grayscale", "sr4"), default="none",
+                   help="blur: kernel 21 sigma 6; sr4: 4x super-resolution (params.yaml has every option)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--space", choices=("w", "w+", "w->w+"), default="w")
+    p.add_argument("--latent-reg", type=float, default=0.0, help="latent_dist_reg_weight")
+    p.add_argument("--batch", type=int, default=4, help="targets per forward pass")
+    p.add_argument("--seed", type=int, default=303)
+    p.add_argument("--device", default="")
+    p.add_argument("--force", action="store_true", help="replace results already in --out")
+    p.set_defaults(func=_cmd_project)
+
     p = sub.add_parser("info", help="print a generator checkpoint's configuration")
     p.add_argument("path")
     p.set_defaults(func=_cmd_info)
@@ -72,7 +134,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, PhotoError, FileExistsError, FileNotFoundError) as exc:
+    except (CheckpointError, PhotoError, FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"recon {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

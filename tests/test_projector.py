@@ -233,3 +233,26 @@ def test_bad_input_is_refused_before_work(G, features, clean):
         Degradation([{"type": "mask"}], 32, masks=torch.zeros(1, 1, 32, 32))
     with pytest.raises(DegradationError, match="covers nothing"):
         Degradation([{"type": "mask"}], 32, masks=torch.ones(1, 1, 32, 32))
+
+
+def test_cli_project(golden_dir, tmp_path):
+    import subprocess
+    import sys
+    from PIL import Image
+    from recon.imageio import save_png
+    G = recon.load_generator(golden_dir / "G_ema.safetensors")
+    imgs = to_uint8(G(torch.randn(2, 64, generator=torch.Generator().manual_seed(0)), None, truncation_psi=0.5,
+                      noise_mode="const"))
+    for i, im in enumerate(imgs):
+        save_png(tmp_path / "in" / f"f{i}.png", im)
+    write_tiny_vgg(tmp_path / "vgg.pt")
+    cmd = [sys.executable, "-m", "recon.cli", "project", str(tmp_path / "in"), "--generator",
+           str(golden_dir / "official_format.pkl"), "--vgg", str(tmp_path / "vgg.pt"), "--out", str(tmp_path / "out"),
+           "--steps", "5", "--degrade", "grayscale", "--batch", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    target = np.asarray(Image.open(tmp_path / "out" / "f0" / "target.png")).astype(int)
+    assert (target[..., 0] == target[..., 2]).all()      # the degraded (gray) target was used
+    assert len(list(csv.DictReader(open(tmp_path / "out" / "f1" / "loss.csv")))) == 5
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 2 and "already holds a result" in again.stderr

@@ -75,8 +75,6 @@ def detect_faces(rgb: np.ndarray, detector: str = "hog", upsample: int = 1, min_
     Photos larger than ``max_side`` are searched on a downscaled copy (boxes scaled back), so huge
     inputs cannot exhaust memory; smaller photos are searched as they are.
     """
-    import dlib
-
     scale = 1.0
     search = rgb
     if max(rgb.shape[:2]) > max_side:

@@ -15,16 +15,15 @@ import shutil
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .degrade import (Degradation, DegradationError, centre_mask, from_uint8, mask_from_color, mask_from_file,
                       parse_chain, to_uint8)
 from .imageio import PhotoError, load_photo, save_png, write_atomic
-from .projector import ProjectionResult, Projector, ProjectorConfig, TorchRandom
+from .projector import Projector, ProjectorConfig, TorchRandom
 
 
 def log(msg: str) -> None:

@@ -1,5 +1,4 @@
 """Loading official pickles safely, the project's safetensors format, and conversion between them."""
-import io
 import json
 import os
 import pickle
@@ -11,7 +10,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import recon
-from recon.checkpoint import read_generator
 from recon.networks import Generator
 from recon.safe_pickle import CheckpointError
 

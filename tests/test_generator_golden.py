@@ -61,7 +61,6 @@ def test_full_generator_with_truncation(golden_G, golden_cases):
 
 
 def test_conv_clamp_variant(golden_dir, golden_cases):
-    import recon
     from recon.checkpoint import read_generator, build_generator
     cfg, state = read_generator(golden_dir / "G_ema.safetensors", golden_dir / "config.json")
     cfg = copy.deepcopy(cfg)

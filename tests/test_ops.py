@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recon.ops import bias_act, conv2d_resample, modulated_conv2d, setup_filter, upfirdn2d
+from recon.ops import bias_act, modulated_conv2d, setup_filter, upfirdn2d
 from recon.ops.bias_act import ACTIVATIONS, bias_act_ref, grad_from_output
 from recon.ops.upfirdn2d import backward_params, downsample2d, upfirdn2d_ref, upsample2d
 from recon.networks import normalize_2nd_moment

@@ -1,7 +1,6 @@
 """Stage functions: degrade writes 8-bit targets; project skips finished faces and resumes after a
 failure without losing anything; bad targets are refused before work; metrics behave."""
 import json
-import shutil
 
 import numpy as np
 import pytest

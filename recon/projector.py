@@ -321,7 +321,10 @@ class Projector:
         return w.repeat(1, self.G.num_ws, 1) if w.shape[1] == 1 else w
 
     def synthesize(self, w: torch.Tensor, noise: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.G.synthesis(self._ws(w), noise_mode="const", noise_inputs=noise)
+        # On CPU the activation-scaling path (fused_modconv=False) is ~20% faster than one grouped
+        # convolution and equal up to rounding; on CUDA keep NVIDIA's choice.
+        fused = None if self.device.type == "cuda" else False
+        return self.G.synthesis(self._ws(w), noise_mode="const", noise_inputs=noise, fused_modconv=fused)
 
     def project(self, targets: torch.Tensor, degradation: Optional[Degradation] = None,
                 names: Optional[Sequence[str]] = None, rngs=None, snapshot_path=None, progress: bool = True,

@@ -2,6 +2,7 @@
 import argparse
 import sys
 
+import torch
 from _common import load_params, section
 
 from recon.pipeline import project_stage, projector_config
@@ -16,12 +17,14 @@ def main() -> int:
     args = ap.parse_args()
     p = section(load_params(args.params), "project")
     run = dict(p["default"])
-    batch_size = int(run.pop("batch_size", 4))
+    batch_size = run.pop("batch_size", "auto")
     device = str(run.pop("device", "auto"))
+    if batch_size == "auto":  # measured: on CPU a batch costs more per target than one at a time
+        batch_size = 4 if (device == "cuda" or (device == "auto" and torch.cuda.is_available())) else 1
     run.update(p.get(args.mode) or {})
     try:
         done = project_stage(args.mode, projector_config(run), f"data/degraded/{args.mode}",
-                             f"data/projected/{args.mode}", "weights", batch_size, device)
+                             f"data/projected/{args.mode}", "weights", int(batch_size), device)
     except (ProjectionError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"project {args.mode}: error: {exc}", file=sys.stderr)
         return 1

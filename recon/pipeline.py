@@ -147,15 +147,14 @@ def load_models(weights_dir, device):
     return G, VGGFeatures(load_vgg16(weights_dir / "vgg16.pt", device))
 
 
-def _face_fingerprint(cfg: ProjectorConfig, targets: dict, face: dict, degraded_dir, weights_dir) -> str:
+def _face_fingerprint(cfg: ProjectorConfig, targets: dict, face: dict, degraded_dir, weights_digest: str) -> str:
     h = hashlib.sha256()
     h.update(cfg.fingerprint().encode())
+    h.update(weights_digest.encode())
     h.update(json.dumps(targets["ops"], sort_keys=True).encode())
     h.update(sha256_file(Path(degraded_dir) / face["degraded"]).encode())
     if face.get("mask"):
         h.update(sha256_file(Path(degraded_dir) / face["mask"]).encode())
-    h.update(sha256_file(Path(weights_dir) / "generator.safetensors").encode())
-    h.update(sha256_file(Path(weights_dir) / "vgg16.pt").encode())
     return h.hexdigest()[:24]
 
 
@@ -180,9 +179,11 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
         if stale.is_dir() and not stale.name.startswith(".") and stale.name not in names:
             shutil.rmtree(stale)
 
+    # The weights are hashed once per run, not once per face (the FFHQ generator is 120 MB).
+    weights_digest = "".join(sha256_file(Path(weights_dir) / n) for n in ("generator.safetensors", "vgg16.pt"))
     pending = []
     for face in faces:
-        fp = _face_fingerprint(cfg, targets, face, degraded_dir, weights_dir)
+        fp = _face_fingerprint(cfg, targets, face, degraded_dir, weights_digest)
         done = out_dir / face["name"] / "done.json"
         if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fp:
             continue

@@ -24,6 +24,7 @@ from .degrade import (Degradation, DegradationError, centre_mask, from_uint8, ma
                       parse_chain, to_uint8)
 from .imageio import PhotoError, load_photo, save_png, write_atomic
 from .projector import Projector, ProjectorConfig, TorchRandom
+from .weights import sha256_of
 
 
 def log(msg: str) -> None:
@@ -33,10 +34,6 @@ def log(msg: str) -> None:
 def write_json(path, data) -> None:
     text = json.dumps(data, indent=1, sort_keys=True)
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def sha256_file(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def aligned_faces(aligned_dir) -> List[dict]:
@@ -152,9 +149,9 @@ def _face_fingerprint(cfg: ProjectorConfig, targets: dict, face: dict, degraded_
     h.update(cfg.fingerprint().encode())
     h.update(weights_digest.encode())
     h.update(json.dumps(targets["ops"], sort_keys=True).encode())
-    h.update(sha256_file(Path(degraded_dir) / face["degraded"]).encode())
+    h.update(sha256_of(Path(degraded_dir) / face["degraded"]).encode())
     if face.get("mask"):
-        h.update(sha256_file(Path(degraded_dir) / face["mask"]).encode())
+        h.update(sha256_of(Path(degraded_dir) / face["mask"]).encode())
     return h.hexdigest()[:24]
 
 
@@ -180,7 +177,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
             shutil.rmtree(stale)
 
     # The weights are hashed once per run, not once per face (the FFHQ generator is 120 MB).
-    weights_digest = "".join(sha256_file(Path(weights_dir) / n) for n in ("generator.safetensors", "vgg16.pt"))
+    weights_digest = "".join(sha256_of(Path(weights_dir) / n) for n in ("generator.safetensors", "vgg16.pt"))
     pending = []
     for face in faces:
         fp = _face_fingerprint(cfg, targets, face, degraded_dir, weights_digest)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .align import paste_back
+from .composite import paste_known, transfer_luminance
 from .imageio import load_photo, write_atomic
 from .metrics import identity_distance, psnr, ssim
 
@@ -33,7 +34,7 @@ def _b64(img: np.ndarray, fmt: str = "PNG", max_side: Optional[int] = None) -> s
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def _img_tag(img: np.ndarray, title: str = "", size: int = 192, fmt: str = "PNG", max_side: int = 256) -> str:
+def _img_tag(img: np.ndarray, title: str = "", size: int = 160, fmt: str = "PNG", max_side: int = 256) -> str:
     return (f'<img src="{_b64(img, fmt, max_side)}" width="{size}" title="{html.escape(title)}" '
             f'alt="{html.escape(title)}">')
 
@@ -93,15 +94,22 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
         degraded, _ = load_photo(degraded_dir / face["degraded"])
         generated, _ = load_photo(out / "image.png")
         gen_degraded, _ = load_photo(out / "degraded.png")
-        hole = known = None
+        hole = known = composited = None
         if face.get("mask"):
-            m = np.asarray(Image.open(degraded_dir / face["mask"]).convert("L")) >= 128
-            hole, known = m, ~m
+            hmask = np.asarray(Image.open(degraded_dir / face["mask"]).convert("L")) >= 128
+            hole, known = hmask, ~hmask
+        op_types = [op["type"] for op in targets["ops"]]
+        if op_types == ["mask"]:
+            composited = paste_known(generated, degraded, hole)
+        elif op_types == ["grayscale"]:
+            composited = transfer_luminance(generated, degraded)
         m = dict(psnr=psnr(generated, original), ssim=ssim(generated, original),
                  psnr_degraded_input=psnr(degraded, original),
                  consistency_psnr=psnr(gen_degraded, degraded, known))
         if hole is not None:
             m["psnr_mask"] = psnr(generated, original, hole)
+        if composited is not None:
+            m["psnr_composited"] = psnr(composited, original)
         if identity:
             m["identity"] = identity_distance(original, generated)
         per_face[name] = m
@@ -109,15 +117,18 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
         plot_csv = plots_dir / mode / f"{name}.csv"
         plot_csv.parent.mkdir(parents=True, exist_ok=True)
         plot_csv.write_text("step,loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(curves[name])))
-        cells = "".join(f"<td>{_img_tag(im, t)}</td>" for im, t in (
-            (original, "original"), (degraded, "original degraded"), (generated, "generated"),
-            (gen_degraded, "generated degraded")))
+        images = [(original, "original"), (degraded, "original degraded"), (generated, "generated"),
+                  (gen_degraded, "generated degraded")]
+        if composited is not None:
+            images.append((composited, "generated + what the input knows"))
+        cells = "".join(f"<td>{_img_tag(im, t)}</td>" for im, t in images)
         metrics_cell = "<br>".join(f"{k}: {_fmt(v)}" for k, v in m.items())
         rows.append(f"<tr><th>{html.escape(name)}</th>{cells}<td class=m>{metrics_cell}</td></tr>")
         restored_by_photo.setdefault(face["photo"], []).append((face["quad"], generated))
 
     means = {k: _mean([m.get(k) for m in per_face.values()]) for k in
-             ("psnr", "ssim", "psnr_degraded_input", "consistency_psnr", "psnr_mask", "identity")}
+             ("psnr", "ssim", "psnr_degraded_input", "consistency_psnr", "psnr_mask", "psnr_composited",
+              "identity")}
     means = {k: v for k, v in means.items() if v is not None}
 
     pasted = []
@@ -133,11 +144,15 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
                       f"<td>{_img_tag(restored, 'restored', 360, 'JPEG', 720)}</td></tr>")
 
     ops = html.escape(json.dumps(targets["ops"]))
+    composite_head = ""
+    if [op["type"] for op in targets["ops"]] in (["mask"], ["grayscale"]):
+        composite_head = ("<th>Composited (known pixels pasted back)</th>" if targets["ops"][0]["type"] == "mask"
+                          else "<th>Composited (input luminance, generated colour)</th>")
     mean_txt = ", ".join(f"{k} {_fmt(v)}" for k, v in means.items())
     section = [f'<h2 id="{html.escape(mode)}">{html.escape(mode)}</h2>',
                f"<p>operations: <code>{ops}</code><br>means: {mean_txt}</p>",
                "<table><tr><th>face</th><th>Original</th><th>Original degraded</th><th>Generated</th>"
-               "<th>Generated degraded</th><th>metrics</th></tr>", *rows, "</table>"]
+               f"<th>Generated degraded</th>{composite_head}<th>metrics</th></tr>", *rows, "</table>"]
     if curves:
         section.append(_plot_losses(curves, f"{mode}: loss per step"))
     if pasted:

@@ -118,6 +118,9 @@ def test_repro_report_rerun_and_experiments(project):
         assert 0 < m["psnr"] < 100 and -1 <= m["ssim"] <= 1 and m["identity"] >= 0
         assert m["consistency_psnr"] > 0
     assert "psnr_mask" in metrics["mask"]
+    assert "psnr_composited" in metrics["mask"] and "psnr_composited" in metrics["grayscale"]
+    # pasting the known pixels back can only bring the result closer to the original
+    assert metrics["mask"]["psnr_composited"] > metrics["mask"]["psnr"]
     assert set(metrics["synthetic"]) == {"steps4_reg0", "steps4_reg0.01", "steps8_reg0", "steps8_reg0.01"}
     assert len(list((repo / "reports" / "plots" / "blur").glob("*.csv"))) == 2
 

@@ -127,3 +127,21 @@ def test_identity_distance_separates_people(golden_dir):
     blurred = np.asarray(Image.fromarray(hopper).resize((256, 256)).resize((1024, 1024)))
     assert identity_distance(hopper, blurred) < 0.4
     assert identity_distance(hopper, luciano) > 0.6
+
+
+def test_composites_keep_what_the_input_knows():
+    from recon.composite import paste_known, transfer_luminance
+    rng = np.random.RandomState(0)
+    original = (rng.rand(64, 64, 3) * 255).astype(np.uint8)
+    generated = (rng.rand(64, 64, 3) * 255).astype(np.uint8)
+    hole = np.zeros((64, 64), bool)
+    hole[16:48, 16:48] = True
+    out = paste_known(generated, original, hole)
+    assert np.array_equal(out[~hole], original[~hole])
+    assert np.array_equal(out[20:44, 20:44], generated[20:44, 20:44])  # past the 1-2 px ramp
+    gray = np.repeat((original.astype(float) @ [0.299, 0.587, 0.114]).round()[..., None], 3, 2).astype(np.uint8)
+    colour = transfer_luminance(generated, gray)
+    y = colour.astype(float) @ [0.299, 0.587, 0.114]
+    inside = (colour > 0).all(-1) & (colour < 255).all(-1)        # where nothing was clipped
+    assert np.abs(y - gray[..., 0])[inside].max() <= 1.0
+    assert inside.mean() > 0.5

@@ -36,6 +36,17 @@ def write_json(path, data) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def default_batch_size(device: str) -> int:
+    """Targets per forward pass for ``batch_size: auto``: measured on CPU, a batch costs more per
+    target than one at a time, so batch only on CUDA."""
+    return 4 if resolve_device(device) == "cuda" else 1
+
+
 def aligned_faces(aligned_dir) -> List[dict]:
     """The faces the align stage wrote, from its manifest: ``[{name, file, photo, quad, mask}]``."""
     aligned_dir = Path(aligned_dir)
@@ -163,7 +174,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     skipped on rerun; an interrupted batch resumes from its snapshot; results of faces that are no
     longer targets are removed. Returns the names projected in this run.
     """
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(device)
     targets = load_targets(degraded_dir)
     degraded_dir, out_dir = Path(degraded_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +199,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
         if rgb.shape[:2] != (R, R):
             raise ValueError(f"{degraded_dir / face['degraded']}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
                              f"generator makes {R}x{R} (set align.size to {R})")
-        pending.append((face, fp))
+        pending.append((face, fp, from_uint8(rgb)))
     if len(pending) < len(faces):
         log(f"project {mode}: {len(faces) - len(pending)} faces already done, {len(pending)} to go")
 
@@ -197,10 +208,10 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     done_names = []
     for start in range(0, len(pending), max(1, batch_size)):
         chunk = pending[start:start + batch_size]
-        batch_faces = [f for f, _ in chunk]
-        imgs = torch.cat([from_uint8(load_photo(degraded_dir / f["degraded"])[0]) for f in batch_faces])
+        batch_faces = [f for f, _, _ in chunk]
+        imgs = torch.cat([img for _, _, img in chunk])
         d = degradation_for(targets, batch_faces, degraded_dir, R)
-        key = hashlib.sha256("|".join(fp for _, fp in chunk).encode()).hexdigest()[:16]
+        key = hashlib.sha256("|".join(fp for _, fp, _ in chunk).encode()).hexdigest()[:16]
         snap = snap_dir / f"{key}.pt"
         snap_dir.mkdir(exist_ok=True)
         def save_progress(step, images, batch_faces=batch_faces):
@@ -210,7 +221,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
         results = projector.project(imgs, degradation=d, names=[f["name"] for f in batch_faces],
                                     rngs=[TorchRandom(cfg.seed) for _ in batch_faces], snapshot_path=snap,
                                     on_snapshot=save_progress)
-        for (face, fp), res in zip(chunk, results):
+        for (face, fp, _), res in zip(chunk, results):
             res.save(out_dir / face["name"])
             write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fp, mode=mode, config=asdict(cfg),
                                                                  target=face))
@@ -226,7 +237,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
 
 def synthetic_stage(params: dict, base_cfg: dict, out_dir, weights_dir="weights", device: str = "auto") -> dict:
     """Sample one image per seed, then invert all of them for every (num_steps, reg weight) pair."""
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(device)
     out_dir = Path(out_dir)
     G, features = load_models(weights_dir, device)
     seeds = [int(s) for s in params["seeds"]]

@@ -67,6 +67,12 @@ def _read_losses(csv_path: Path) -> List[float]:
     return [float(line.split(",")[i]) for line in lines[1:] if line]
 
 
+def _write_plot(path: Path, losses: List[float]) -> None:
+    """One DVC plot file: ``step,loss`` rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("step,loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(losses)))
+
+
 def _fmt(v) -> str:
     if v is None:
         return "–"
@@ -114,9 +120,7 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
             m["identity"] = identity_distance(original, generated)
         per_face[name] = m
         curves[name] = _read_losses(out / "loss.csv")
-        plot_csv = plots_dir / mode / f"{name}.csv"
-        plot_csv.parent.mkdir(parents=True, exist_ok=True)
-        plot_csv.write_text("step,loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(curves[name])))
+        _write_plot(plots_dir / mode / f"{name}.csv", curves[name])
         images = [(original, "original"), (degraded, "original degraded"), (generated, "generated"),
                   (gen_degraded, "generated degraded")]
         if composited is not None:
@@ -177,9 +181,7 @@ def synthetic_section(synthetic_dir: Path, plots_dir: Path):
             ps.append(p)
             cells.append(f"<td>{_img_tag(img, f'{tag} {s}', 128)}<br>PSNR {_fmt(p)}</td>")
             curves[f"{tag} {s}"] = _read_losses(synthetic_dir / tag / s / "loss.csv")
-            plot_csv = plots_dir / "synthetic" / f"{tag}_{s}.csv"
-            plot_csv.parent.mkdir(parents=True, exist_ok=True)
-            plot_csv.write_text("step,loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(curves[f'{tag} {s}'])))
+            _write_plot(plots_dir / "synthetic" / f"{tag}_{s}.csv", curves[f"{tag} {s}"])
         metrics[tag] = dict(psnr=_mean(ps), num_steps=run["num_steps"],
                             latent_dist_reg_weight=run["latent_dist_reg_weight"])
         rows.append(f"<tr><th>steps {run['num_steps']}, reg {run['latent_dist_reg_weight']:g}</th>{''.join(cells)}"

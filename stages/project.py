@@ -2,10 +2,9 @@
 import argparse
 import sys
 
-import torch
 from _common import load_params, section
 
-from recon.pipeline import project_stage, projector_config
+from recon.pipeline import default_batch_size, project_stage, projector_config
 from recon.projector import ProjectionError
 from recon.safe_pickle import CheckpointError
 
@@ -19,8 +18,8 @@ def main() -> int:
     run = dict(p["default"])
     batch_size = run.pop("batch_size", "auto")
     device = str(run.pop("device", "auto"))
-    if batch_size == "auto":  # measured: on CPU a batch costs more per target than one at a time
-        batch_size = 4 if (device == "cuda" or (device == "auto" and torch.cuda.is_available())) else 1
+    if batch_size == "auto":
+        batch_size = default_batch_size(device)
     run.update(p.get(args.mode) or {})
     try:
         done = project_stage(args.mode, projector_config(run), f"data/degraded/{args.mode}",

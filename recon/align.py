@@ -18,10 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .imageio import PhotoError, list_photos, load_photo, save_png, write_atomic
-
-
-class AlignError(ValueError):
-    """A face that cannot be aligned (degenerate landmarks)."""
+from .errors import AlignError
 
 
 # ----------------------------------------------------------------------------------------------

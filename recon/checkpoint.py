@@ -11,9 +11,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Annotated, List, Literal, Optional, Union
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from .networks import Generator
 from .ops import setup_filter
@@ -32,12 +33,94 @@ PathLike = Union[str, os.PathLike]
 # ----------------------------------------------------------------------------------------------
 # Config
 
+# Bounds on what a checkpoint may describe, checked before anything is allocated. Every official
+# StyleGAN2 generator is far inside them (FFHQ 1024 config-f: 30.4M parameters, 8 mapping layers).
+MAX_PARAMETERS = 200_000_000          # 800 MB of float32 weights
+MAX_DIM = 4096                        # z_dim, w_dim, mapping features, channels
+MAX_RESOLUTION = 4096
+MAX_MAPPING_LAYERS = 64
+
+
+class _StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Dim = Annotated[int, Field(ge=1, le=MAX_DIM), Strict()]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class MappingConfig(_StrictModel):
+    num_layers: Annotated[int, Field(ge=1, le=MAX_MAPPING_LAYERS), Strict()] = 8
+    embed_features: Optional[Dim] = None
+    layer_features: Optional[Dim] = None
+    activation: Literal["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"] = "lrelu"
+    lr_multiplier: FiniteFloat = 0.01
+    w_avg_beta: Optional[FiniteFloat] = 0.995
+
+
+class SynthesisConfig(_StrictModel):
+    channel_base: Annotated[int, Field(ge=1, le=1 << 20), Strict()] = 32768
+    channel_max: Dim = 512
+    num_fp16_res: Annotated[int, Field(ge=0, le=16), Strict()] = 0
+    conv_clamp: Optional[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = None
+    architecture: Literal["orig", "skip", "resnet"] = "skip"
+    resample_filter: Annotated[List[FiniteFloat], Field(min_length=1, max_length=16)] = [1, 3, 3, 1]
+    use_noise: Annotated[bool, Strict()] = True
+
+
+class GeneratorConfig(_StrictModel):
+    z_dim: Dim
+    c_dim: Annotated[int, Field(ge=0, le=MAX_DIM), Strict()]
+    w_dim: Dim
+    img_resolution: Annotated[int, Field(ge=4, le=MAX_RESOLUTION), Strict()]
+    img_channels: Annotated[int, Field(ge=1, le=4), Strict()]
+    mapping_kwargs: MappingConfig = MappingConfig()
+    synthesis_kwargs: SynthesisConfig = SynthesisConfig()
+
+    @model_validator(mode="after")
+    def _shape(self):
+        r, sk = self.img_resolution, self.synthesis_kwargs
+        if r & (r - 1):
+            raise ValueError(f"img_resolution must be a power of two, got {r}")
+        if sk.channel_base < r:
+            raise ValueError(f"synthesis_kwargs.channel_base {sk.channel_base} gives no channels at {r} px")
+        return self
+
+
+def count_parameters(cfg: dict) -> int:
+    """The number of weights (parameters and buffers) that a normalized config builds, computed
+    without building it; follows :class:`recon.networks.Generator` layer by layer."""
+    mk, sk = cfg["mapping_kwargs"], cfg["synthesis_kwargs"]
+    z, c, w = cfg["z_dim"], cfg["c_dim"], cfg["w_dim"]
+    embed = (mk.get("embed_features") or w) if c else 0
+    layer = mk.get("layer_features") or w
+    n = c * embed + embed if c else 0
+    features = [z + embed] + [layer] * (mk.get("num_layers", 8) - 1) + [w]
+    n += sum(i * o + o for i, o in zip(features[:-1], features[1:])) + w        # fc layers, w_avg
+    res = [2 ** i for i in range(2, int(cfg["img_resolution"]).bit_length())]
+    ch = {r: min(sk.get("channel_base", 32768) // r, sk.get("channel_max", 512)) for r in res}
+    rgb = cfg["img_channels"]
+
+    def layer_cost(i, o, r, k=3):     # modulated conv: affine, weight, bias, noise map + strength
+        return (w * i + i) + o * i * k * k + o + r * r + 1
+    for r in res:
+        o = ch[r]
+        i = ch[r // 2] if r > 4 else 0
+        n += o * 16 if r == 4 else layer_cost(i, o, r)
+        n += layer_cost(o, o, r) + (w * o + o) + rgb * o + rgb + len(sk.get("resample_filter", [1, 3, 3, 1])) ** 2
+        if sk.get("architecture") == "resnet" and r > 4:
+            n += i * o
+    return n
+
+
 def normalize_config(cfg: dict, source: str = "config") -> dict:
     """Validate constructor arguments and return them in the canonical nested form.
 
     Accepts the official ``init_kwargs`` layout of stylegan2-ada-pytorch (nested
     ``synthesis_kwargs``) and of the stylegan3 repository (synthesis arguments at top level), or a
-    dict with an ``init_kwargs`` key (as in the golden ``config.json``).
+    dict with an ``init_kwargs`` key (as in the golden ``config.json``). Refuses, naming the field,
+    configs whose types or sizes are not those of a StyleGAN2 generator, and any whose weights
+    would exceed :data:`MAX_PARAMETERS`, before anything is allocated.
     """
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{source}: generator config must be a JSON object")
@@ -46,18 +129,36 @@ def normalize_config(cfg: dict, source: str = "config") -> dict:
     missing = [k for k in TOP_KEYS if k not in cfg]
     if missing:
         raise CheckpointError(f"{source}: generator config lacks {', '.join(missing)}")
-    out = {k: int(cfg[k]) for k in TOP_KEYS}
-    mk = dict(cfg.get("mapping_kwargs") or {})
-    sk = dict(cfg.get("synthesis_kwargs") or {})
-    sk.update({k: cfg[k] for k in SYNTHESIS_KEYS if k in cfg})  # stylegan3 repo: flat kwargs
-    unknown = sorted(set(mk) - set(MAPPING_KEYS)) + sorted(set(sk) - set(SYNTHESIS_KEYS))
-    if unknown:
-        raise CheckpointError(f"{source}: unsupported generator options {unknown}")
-    if sk.get("architecture", "skip") not in ("orig", "skip", "resnet"):
-        raise CheckpointError(f"{source}: unknown architecture {sk['architecture']!r}")
-    out["mapping_kwargs"] = mk
-    out["synthesis_kwargs"] = sk
+    nested = {k: cfg[k] for k in TOP_KEYS}
+    for key in ("mapping_kwargs", "synthesis_kwargs"):
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise CheckpointError(f"{source}: {key} must be a mapping, got {type(value).__name__}")
+        nested[key] = dict(value or {})
+    nested["synthesis_kwargs"].update({k: cfg[k] for k in SYNTHESIS_KEYS if k in cfg})  # stylegan3 repo: flat
+    try:
+        out = GeneratorConfig.model_validate(nested).model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        what = "unsupported generator option" if err["type"] == "extra_forbidden" else \
+            f"{err['msg'][len('Value error, '):] if err['msg'].startswith('Value error, ') else err['msg']}"
+        raise CheckpointError(f"{source}: {where + ': ' if where else ''}{what} (got {err.get('input')!r:.60})") from None
+    out.setdefault("mapping_kwargs", {})
+    out.setdefault("synthesis_kwargs", {})
+    total = count_parameters(out)
+    if total > MAX_PARAMETERS:
+        raise CheckpointError(f"{source}: the config describes {total:,} weights, more than recon loads "
+                              f"({MAX_PARAMETERS:,}); no StyleGAN2 generator is that large")
     return out
+
+
+def read_config(path: PathLike) -> dict:
+    """A checkpoint's normalized generator config; for ``.safetensors``, from the header alone."""
+    path = Path(path)
+    if _is_pickle(path):
+        return read_generator(path)[0]
+    return _safetensors_config(path, None, _safetensors_meta(path))
 
 
 def _read_json(path: Path) -> dict:
@@ -74,8 +175,13 @@ def _params(obj: PersistentObject) -> dict:
     return dict(obj.get("_parameters") or {})
 
 
-def _collect_state(obj: PersistentObject, prefix: str, out: dict) -> None:
+MAX_MODULE_DEPTH = 16    # Generator > synthesis > block > layer > ...: 4 deep in StyleGAN2
+
+
+def _collect_state(obj: PersistentObject, prefix: str, out: dict, depth: int = 0) -> None:
     """Flatten a pickled module tree into a state_dict (parameters, then persistent buffers)."""
+    if depth > MAX_MODULE_DEPTH:
+        raise CheckpointError(f"modules nested more than {MAX_MODULE_DEPTH} deep at {prefix[:80]}...")
     for name, t in _params(obj).items():
         if t is not None:
             out[prefix + name] = t
@@ -88,7 +194,7 @@ def _collect_state(obj: PersistentObject, prefix: str, out: dict) -> None:
             continue
         if not isinstance(child, PersistentObject):
             raise CheckpointError(f"submodule {prefix + name} is not a persistent network module")
-        _collect_state(child, f"{prefix}{name}.", out)
+        _collect_state(child, f"{prefix}{name}.", out, depth + 1)
 
 
 def config_from_pickled_generator(G: PersistentObject) -> dict:
@@ -178,20 +284,22 @@ def _generator_from_pickle(path: Path):
 # ----------------------------------------------------------------------------------------------
 # safetensors
 
-def _generator_from_safetensors(path: Path, config):
+def _safetensors_meta(path: Path) -> dict:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _safetensors_config(path: Path, config, meta: dict) -> dict:
     if config is None and "recon_config" in meta:
         try:
             config = json.loads(meta["recon_config"])
         except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: corrupt recon_config metadata ({exc})") from exc
+            raise CheckpointError(f"{path}: corrupt recon_config metadata ({exc})") from None
     source = str(path)
     if config is None:
         for sidecar in (path.with_suffix(".json"), path.parent / "config.json"):
@@ -204,7 +312,20 @@ def _generator_from_safetensors(path: Path, config):
     if config is None:
         raise CheckpointError(f"{path}: no generator config (no recon_config metadata, no "
                               f"{path.with_suffix('.json').name} or config.json beside it)")
-    return normalize_config(config, source), state
+    return normalize_config(config, source)
+
+
+def _generator_from_safetensors(path: Path, config):
+    from safetensors import SafetensorError, safe_open
+
+    # The config is validated (and its size bounded) before any tensor is read.
+    cfg = _safetensors_config(path, config, _safetensors_meta(path))
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    return cfg, state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,6 +334,11 @@ def _generator_from_safetensors(path: Path, config):
 def build_generator(cfg: dict, state: dict, source: str = "checkpoint") -> Generator:
     """Construct a Generator from a config and fill it with exactly the given tensors."""
     cfg = normalize_config(cfg, source)
+    not_float = [f"{k} is {str(v.dtype).replace('torch.', '') if isinstance(v, torch.Tensor) else type(v).__name__}"
+                 for k, v in state.items() if not (isinstance(v, torch.Tensor) and v.is_floating_point())]
+    if not_float:
+        raise CheckpointError(f"{source}: weights must be floating-point tensors, but {', '.join(not_float[:3])}"
+                              f"{' ...' if len(not_float) > 3 else ''}")
     try:
         G = Generator(**cfg)
     except (TypeError, ValueError) as exc:
@@ -238,15 +364,18 @@ def build_generator(cfg: dict, state: dict, source: str = "checkpoint") -> Gener
 def read_generator(path: PathLike, config=None):
     """Return ``(config, state_dict)`` from a ``.pkl`` or ``.safetensors`` checkpoint, without building."""
     path = Path(path)
+    if _is_pickle(path):
+        return _generator_from_pickle(path)
+    return _generator_from_safetensors(path, config)
+
+
+def _is_pickle(path: Path) -> bool:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     with open(path, "rb") as fh:
         head = fh.read(9)
     # safetensors: 8-byte header length, then the JSON header; pickles start with the PROTO opcode.
-    is_pickle = path.suffix in (".pkl", ".pickle") or (head[:1] == b"\x80" and head[8:9] != b"{")
-    if is_pickle:
-        return _generator_from_pickle(path)
-    return _generator_from_safetensors(path, config)
+    return path.suffix in (".pkl", ".pickle") or (head[:1] == b"\x80" and head[8:9] != b"{")
 
 
 def load_generator(path: PathLike, device: Union[str, torch.device] = "cpu",

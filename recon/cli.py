@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from .imageio import PhotoError
-from .safe_pickle import CheckpointError
+from .errors import PhotoError
+from .runner import run
 
 
 def _cmd_convert(args) -> int:
@@ -45,21 +45,23 @@ def _cmd_project(args) -> int:
     from .degrade import Degradation, from_uint8, to_uint8
     from .imageio import list_photos, load_photo, save_png
     from .perceptual import VGGFeatures, load_vgg16
-    from .projector import Projector, ProjectorConfig
+    from .errors import ParamsError
+    from .config import BlurOp, DownsampleOp, GrayscaleOp, ProjectorConfig
+    from .pipeline import resolve_device
+    from .projector import Projector
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
+    cfg = ProjectorConfig(num_steps=args.steps, latent_space=args.space, seed=args.seed,
+                          latent_dist_reg_weight=args.latent_reg)
+    ops = {"none": [], "blur": [BlurOp()], "grayscale": [GrayscaleOp()], "sr4": [DownsampleOp(factor=4)]}[args.degrade]
     G = load_generator(args.generator, device=device)
     features = VGGFeatures(load_vgg16(args.vgg, device))
-    cfg = ProjectorConfig(num_steps=args.steps, latent_space=args.space, seed=args.seed,
-                          latent_dist_reg_weight=args.latent_reg).validate()
-    ops = {"none": [], "blur": [{"type": "blur", "kernel": 21, "sigma": 6.0}], "grayscale": [{"type": "grayscale"}],
-           "sr4": [{"type": "downsample", "factor": 4}]}[args.degrade]
     d = Degradation(ops, G.img_resolution) if ops else None
     paths = list_photos(args.targets)
     out = Path(args.out)
     done = [p for p in paths if (out / p.stem / "image.png").exists()]
     if done and not args.force:
-        raise FileExistsError(f"{out / done[0].stem}: already holds a result (pass --force to replace)")
+        raise ParamsError(f"{out / done[0].stem}: already holds a result (add --force to replace it)")
     projector = Projector(G, features, cfg)
     for start in range(0, len(paths), args.batch):
         chunk = paths[start:start + args.batch]
@@ -81,6 +83,26 @@ def _cmd_project(args) -> int:
         (out / f".snapshot{start}.pt").unlink(missing_ok=True)
     print(f"projected {len(paths)} images into {out}")
     return 0
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,12 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--degrade", choices=("none", "blur", "grayscale", "sr4"), default="none",
                    help="blur: kernel 21 sigma 6; sr4: 4x super-resolution (params.yaml has every option)")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=positive_int, default=1000)
     p.add_argument("--space", choices=("w", "w+", "w->w+"), default="w")
-    p.add_argument("--latent-reg", type=float, default=0.0, help="latent_dist_reg_weight")
-    p.add_argument("--batch", type=int, default=4, help="targets per forward pass")
+    p.add_argument("--latent-reg", type=non_negative_float, default=0.0, help="latent_dist_reg_weight")
+    p.add_argument("--batch", type=positive_int, default=4, help="targets per forward pass")
     p.add_argument("--seed", type=int, default=303)
-    p.add_argument("--device", default="")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--force", action="store_true", help="replace results already in --out")
     p.set_defaults(func=_cmd_project)
 
@@ -132,11 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (CheckpointError, PhotoError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        print(f"recon {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run(f"recon {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

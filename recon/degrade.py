@@ -9,18 +9,16 @@ black = known**.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from .config import (BlurOp, DownsampleOp, GrayscaleOp, MaskOp, NoiseOp, Op, check_op_fits, flatten_ops,
+                     parse_op)
+from .errors import DegradationError
 
 LUMA = (0.299, 0.587, 0.114)
-
-
-class DegradationError(ValueError):
-    """A degradation that cannot be applied as configured (raised before any work starts)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,52 +128,57 @@ def check_mask(mask: torch.Tensor, name: str = "mask") -> None:
 # ----------------------------------------------------------------------------------------------
 # A configured chain of operations
 
+def parse_ops(spec) -> List[Op]:
+    """``'blur'``, ``{'type': 'blur', ...}``, an op object, or a list of those -> the flat list of
+    typed ops (chains expanded, ``none`` dropped). The schema in :mod:`recon.config` holds the
+    defaults and the checks; a bad op raises :class:`DegradationError`."""
+    if spec is None:
+        return []
+    items = spec if isinstance(spec, (list, tuple)) else [spec]
+    try:
+        return [o for i, item in enumerate(items) for o in flatten_ops(parse_op(item, str(i) if len(items) > 1 else ""))]
+    except ValueError as exc:
+        raise DegradationError(f"degradation {exc}") from None
+
+
 @dataclass
 class Degradation:
-    """A chain of operations from ``params.yaml``, bound to an image size (and per-target masks).
+    """A chain of degradation ops, bound to an image size (and per-target masks).
 
-    ``ops``: list of dicts, each with ``type`` in ``none``, ``blur`` (``kernel``, ``sigma``),
-    ``grayscale``, ``mask`` (per-target masks passed in ``masks``; ``fill`` ``noise`` or ``gray``),
-    ``downsample`` (``factor``), ``noise`` (``sigma`` in 0-255 units; target only).
+    ``ops``: typed ops from :mod:`recon.config` (or anything :func:`parse_ops` takes): blur,
+    grayscale, mask (per-target masks passed in ``masks``), downsample, noise (target only).
     """
-    ops: List[dict]
+    ops: List[Op]
     size: int
     masks: Optional[torch.Tensor] = None     # [N or 1, 1, H, W], 1 = known
     seed: int = 0
     _fill: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def __post_init__(self):
-        known = {"none", "blur", "grayscale", "mask", "downsample", "noise"}
-        for op in self.ops:
-            t = op.get("type")
-            if t not in known:
-                raise DegradationError(f"unknown degradation {t!r}; expected one of {sorted(known)}")
-            if t == "blur":
-                check_blur(int(op.get("kernel", 21)), float(op.get("sigma", 6.0)), self.size)
-            if t == "downsample":
-                f = int(op.get("factor", 4))
-                if f < 2 or self.size % f:
-                    raise DegradationError(f"downsample factor {f} must be >= 2 and divide {self.size}")
-            if t == "mask":
-                if self.masks is None:
-                    raise DegradationError("a mask degradation needs masks")
-                for i in range(self.masks.shape[0]):
-                    check_mask(self.masks[i])
-                if op.get("fill", "noise") not in ("noise", "gray"):
-                    raise DegradationError(f"mask fill must be 'noise' or 'gray', got {op.get('fill')!r}")
-            if t == "noise" and not float(op.get("sigma", 0)) >= 0:
-                raise DegradationError("noise sigma must be >= 0")
+        self.ops = parse_ops(self.ops)
+        try:
+            check_op_fits(self.ops, self.size)
+        except ValueError as exc:
+            raise DegradationError(f"degradation: {exc}") from None
+        if self.has_mask:
+            if self.masks is None:
+                raise DegradationError("a mask degradation needs masks")
+            for i in range(self.masks.shape[0]):
+                check_mask(self.masks[i])
         if self.masks is not None and self.masks.shape[-1] != self.size:
             raise DegradationError(f"mask is {self.masks.shape[-1]} px, images are {self.size} px")
 
     @property
+    def mask_op(self) -> Optional[MaskOp]:
+        return next((op for op in self.ops if isinstance(op, MaskOp)), None)
+
+    @property
     def has_mask(self) -> bool:
-        return any(op["type"] == "mask" for op in self.ops)
+        return self.mask_op is not None
 
     def fill(self, device, dtype=torch.float32) -> torch.Tensor:
         """The values that missing pixels take in both images: fixed seeded noise, or mid-gray."""
-        op = next(op for op in self.ops if op["type"] == "mask")
-        if op.get("fill", "noise") == "gray":
+        if self.mask_op.fill == "gray":
             return torch.zeros(1, 3, self.size, self.size, device=device, dtype=dtype)
         if self._fill is None or self._fill.device != torch.device(device):
             g = torch.Generator().manual_seed(self.seed + 7919)
@@ -185,24 +188,23 @@ class Degradation:
     def _apply(self, img: torch.Tensor, target: bool, batch_index=None) -> torch.Tensor:
         x = img
         for op in self.ops:
-            t = op["type"]
-            if t == "blur":
-                x = gaussian_blur(x, int(op.get("kernel", 21)), float(op.get("sigma", 6.0)))
-            elif t == "grayscale":
+            if isinstance(op, BlurOp):
+                x = gaussian_blur(x, op.kernel, op.sigma)
+            elif isinstance(op, GrayscaleOp):
                 x = grayscale(x)
-            elif t == "downsample":
-                x = downsample(x, int(op.get("factor", 4)))
-            elif t == "mask":
+            elif isinstance(op, DownsampleOp):
+                x = downsample(x, op.factor)
+            elif isinstance(op, MaskOp):
                 m = self.masks.to(x.device, x.dtype)
                 if batch_index is not None and m.shape[0] > 1:
                     m = m[batch_index]
                 x = fill_missing(x, m, self.fill(x.device, x.dtype))
-            elif t == "noise" and target:
+            elif isinstance(op, NoiseOp) and target:
                 # Noise is in the observation, not an operator on the estimate: target only.
                 # One seeded draw per image, so a target gets the same noise alone or in a batch.
                 g = torch.Generator().manual_seed(self.seed + 104729)
                 n = torch.randn(x.shape[1:], generator=g).to(x.device, x.dtype)
-                x = x + n * (float(op.get("sigma", 10.0)) / 127.5)
+                x = x + n * (op.sigma / 127.5)
         return x
 
     def __call__(self, img: torch.Tensor, batch_index=None) -> torch.Tensor:
@@ -214,20 +216,6 @@ class Degradation:
         return self._apply(img, target=True, batch_index=batch_index)
 
 
-def parse_chain(spec) -> List[dict]:
-    """``'blur'``, ``{'type': 'blur', ...}`` or a list of those -> list of op dicts."""
-    if spec is None:
-        return []
-    if isinstance(spec, (str, dict)):
-        spec = [spec]
-    ops = []
-    for item in spec:
-        op = {"type": item} if isinstance(item, str) else dict(item)
-        if op.get("type") != "none":
-            ops.append(op)
-    return ops
-
-
 def psnr_torch(a: torch.Tensor, b: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """PSNR in dB per image for [-1, 1] images ``[N, C, H, W]`` (peak-to-peak 2); ``mask`` selects pixels."""
     d = (a.float() - b.float()).square()
@@ -237,8 +225,3 @@ def psnr_torch(a: torch.Tensor, b: torch.Tensor, mask: Optional[torch.Tensor] = 
     else:
         mse = d.flatten(1).mean(1)
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-20))
-
-
-def mask_path_for(photo: Path) -> Path:
-    return photo.with_name(photo.stem + "_mask.png")
-

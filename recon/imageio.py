@@ -12,13 +12,10 @@ from typing import Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from .errors import PhotoError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 DEFAULT_MAX_PIXELS = 120_000_000  # ~11000 x 11000: bigger inputs are refused, not decoded
-
-
-class PhotoError(ValueError):
-    """A photo that cannot be decoded (the message names the file)."""
 
 
 def _to_uint8_gray(arr: np.ndarray) -> np.ndarray:

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .errors import CheckpointError, MissingInputError
+
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -33,11 +35,17 @@ def load_vgg16(path, device="cpu") -> torch.jit.ScriptModule:
     """Load NVIDIA's ``vgg16.pt`` (TorchScript: code and weights, no pickle of Python objects)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: VGG16 file not found (the download_weights stage fetches it)")
+        raise MissingInputError(f"{path}: VGG16 file not found (the download_weights stage fetches it)")
     try:
-        return torch.jit.load(str(path), map_location=device).eval()
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: not a TorchScript VGG16 file ({str(exc).splitlines()[0]})") from exc
+        vgg = torch.jit.load(str(path), map_location=device).eval()
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a TorchScript VGG16 file ({str(exc).splitlines()[0]})") from exc
+    # The file may store its weights with requires_grad set; the loss never trains them, and
+    # their gradients would cost a third of every backward pass. (A ScriptModule refuses
+    # requires_grad_ as a whole, so per parameter.)
+    for param in vgg.parameters():
+        param.requires_grad_(False)
+    return vgg
 
 
 class VGGFeatures:
@@ -48,8 +56,3 @@ class VGGFeatures:
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         return self.vgg(to_vgg_range(img), resize_images=False, return_lpips=True)
-
-
-def perceptual_distance(features: FeatureFn, a: torch.Tensor, b_features: torch.Tensor) -> torch.Tensor:
-    """Per-image squared L2 between ``features(a)`` and precomputed ``b_features``: ``[N]``."""
-    return (features(a) - b_features).square().sum(dim=1)

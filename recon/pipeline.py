@@ -13,17 +13,18 @@ import hashlib
 import json
 import shutil
 import sys
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import List
 
 import numpy as np
 import torch
 
+from .config import MaskOp, ProjectorConfig, Runtime, Synthetic
 from .degrade import (Degradation, DegradationError, centre_mask, from_uint8, mask_from_color, mask_from_file,
-                      parse_chain, to_uint8)
+                      parse_ops, to_uint8)
+from .errors import MissingInputError, ParamsError
 from .imageio import PhotoError, load_photo, save_png, write_atomic
-from .projector import Projector, ProjectorConfig, TorchRandom
+from .projector import Projector, TorchRandom
 from .weights import sha256_of
 
 
@@ -37,14 +38,43 @@ def write_json(path, data) -> None:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device that this machine does not
+    have is refused (:class:`ParamsError` naming ``project.runtime.device``)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available():
+            raise ParamsError(f"project.runtime.device: {device} is not available on this machine "
+                              "(no CUDA device; use auto or cpu)")
+        if index >= torch.cuda.device_count():
+            raise ParamsError(f"project.runtime.device: {device} is not available on this machine "
+                              f"({torch.cuda.device_count()} CUDA devices)")
+    return device
 
 
-def default_batch_size(device: str) -> int:
-    """Targets per forward pass for ``batch_size: auto``: measured on CPU, a batch costs more per
-    target than one at a time, so batch only on CUDA."""
-    return 4 if resolve_device(device) == "cuda" else 1
+def resolve_runtime(runtime: Runtime):
+    """``(device, batch_size)`` for a run. ``batch_size: auto``: measured on CPU, a batch costs
+    more per target than one at a time, so batch only on CUDA (4)."""
+    device = resolve_device(runtime.device)
+    batch = runtime.batch_size
+    if batch == "auto":
+        batch = 4 if device.startswith("cuda") else 1
+    return device, batch
+
+
+def check_resolution(params, generator_path) -> None:
+    """Refuse an ``align.resolution`` that differs from the generator's, as soon as the generator
+    is known (download_weights, then align), not after align and degrade have run."""
+    from .checkpoint import read_config
+
+    generator_path = Path(generator_path)
+    if not generator_path.is_file():
+        return
+    R = read_config(generator_path)["img_resolution"]
+    if params.align.resolution != R:
+        raise ParamsError(f"params.yaml: align.resolution: {params.align.resolution}, but the generator "
+                          f"({generator_path}) makes {R}x{R} images; set align.resolution: {R}")
 
 
 def aligned_faces(aligned_dir) -> List[dict]:
@@ -52,7 +82,7 @@ def aligned_faces(aligned_dir) -> List[dict]:
     aligned_dir = Path(aligned_dir)
     manifest_path = aligned_dir / "manifest.json"
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: missing (run the align stage first)")
+        raise MissingInputError(f"{manifest_path}: missing (run the align stage first)")
     manifest = json.loads(manifest_path.read_text())
     faces = []
     for photo, entry in sorted(manifest["images"].items()):
@@ -65,42 +95,35 @@ def aligned_faces(aligned_dir) -> List[dict]:
 # ----------------------------------------------------------------------------------------------
 # degrade@mode
 
-def mode_ops(spec: dict) -> List[dict]:
-    """A mode's params -> the op chain: ``{type: blur, kernel, sigma}``, ``{type: chain, ops: [...]}``..."""
-    spec = dict(spec)
-    if spec.get("type") == "chain":
-        return parse_chain(spec.get("ops") or [])
-    return parse_chain(spec)
-
-
-def _mask_for(face: dict, op: dict, rgb: np.ndarray) -> (torch.Tensor, str):
+def _mask_for(face: dict, op: MaskOp, rgb: np.ndarray) -> torch.Tensor:
     size = rgb.shape[0]
-    source = op.get("source", "center")
-    if source == "file" and face["mask"]:
-        return mask_from_file(face["mask"], size), "file"
-    if source == "color":
-        return mask_from_color(rgb, op.get("color", [0, 255, 0]), int(op.get("tolerance", 8))), "color"
-    if source not in ("center", "file", "color"):
-        raise DegradationError(f"mask source must be center, file or color, got {source!r}")
-    return centre_mask(size, float(op.get("fraction", 0.4))), "center"
+    if op.source == "file":
+        if not face["mask"]:
+            raise MissingInputError(f"{face['photo']}: degrade.<mode>.source is file, but the photo has no "
+                                    f"<stem>_mask.png beside it (white = missing)")
+        return mask_from_file(face["mask"], size)
+    if op.source == "color":
+        return mask_from_color(rgb, op.color, op.tolerance)
+    return centre_mask(size, op.fraction)
 
 
-def degrade_stage(mode: str, spec: dict, aligned_dir, out_dir, seed: int = 0) -> dict:
-    """Write each aligned face's degraded target as an 8-bit PNG (plus its mask) and targets.json."""
+def degrade_stage(mode: str, ops, aligned_dir, out_dir, seed: int = 0) -> dict:
+    """Write each aligned face's degraded target as an 8-bit PNG (plus its mask) and targets.json.
+
+    ``ops``: the mode's typed ops (``Params.ops(mode)``), or anything :func:`parse_ops` takes."""
     from tqdm import tqdm
 
-    ops = mode_ops(spec)
+    ops = parse_ops(ops)
+    mask_op = next((op for op in ops if isinstance(op, MaskOp)), None)
+    faces = aligned_faces(aligned_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for face in tqdm(aligned_faces(aligned_dir), desc=f"degrade {mode}", unit="face"):
+    for face in tqdm(faces, desc=f"degrade {mode}", unit="face"):
         rgb, _ = load_photo(face["file"])
         if rgb.shape[0] != rgb.shape[1]:
             raise PhotoError(f"{face['file']}: aligned faces must be square, got {rgb.shape[1]}x{rgb.shape[0]}")
-        mask = mask_source = None
-        mask_op = next((op for op in ops if op["type"] == "mask"), None)
-        if mask_op is not None:
-            mask, mask_source = _mask_for(face, mask_op, rgb)
+        mask = _mask_for(face, mask_op, rgb) if mask_op is not None else None
         try:
             d = Degradation(ops, rgb.shape[0], masks=mask, seed=seed)
         except DegradationError as exc:
@@ -108,12 +131,12 @@ def degrade_stage(mode: str, spec: dict, aligned_dir, out_dir, seed: int = 0) ->
         degraded = to_uint8(d.target(from_uint8(rgb)))[0]
         save_png(out_dir / f"{face['name']}.png", degraded)
         rec = dict(name=face["name"], source=face["file"], photo=face["photo"], quad=face["quad"],
-                   degraded=f"{face['name']}.png", mask=None, mask_source=mask_source)
+                   degraded=f"{face['name']}.png", mask=None, mask_source=mask_op.source if mask_op else None)
         if mask is not None:
             rec["mask"] = f"{face['name']}_mask.png"
             save_png(out_dir / rec["mask"], np.where(mask[0, 0].numpy() > 0.5, 0, 255).astype(np.uint8))
         records.append(rec)
-    targets = dict(mode=mode, ops=ops, seed=seed, faces=records)
+    targets = dict(mode=mode, ops=[op.model_dump() for op in ops], seed=seed, faces=records)
     write_json(out_dir / "targets.json", targets)
     return targets
 
@@ -121,30 +144,19 @@ def degrade_stage(mode: str, spec: dict, aligned_dir, out_dir, seed: int = 0) ->
 def load_targets(degraded_dir) -> dict:
     path = Path(degraded_dir) / "targets.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (run the degrade stage first)")
+        raise MissingInputError(f"{path}: missing (run the degrade stage first)")
     return json.loads(path.read_text())
 
 
 def degradation_for(targets: dict, faces: List[dict], degraded_dir, size: int) -> Degradation:
     masks = None
-    if any(op["type"] == "mask" for op in targets["ops"]):
+    if any(op["type"] == "mask" for op in targets["ops"]):  # targets.json holds the ops as plain dicts
         masks = torch.cat([mask_from_file(Path(degraded_dir) / f["mask"], size) for f in faces])
     return Degradation(targets["ops"], size, masks=masks, seed=int(targets.get("seed", 0)))
 
 
 # ----------------------------------------------------------------------------------------------
 # project@mode
-
-def projector_config(params: dict) -> ProjectorConfig:
-    """Build a ProjectorConfig from a params dict, refusing unknown keys (typos must not pass)."""
-    names = {f.name for f in fields(ProjectorConfig)}
-    unknown = sorted(set(params) - names)
-    if unknown:
-        raise ValueError(f"unknown projector params {unknown}; known: {sorted(names)}")
-    types = {f.name: f.type for f in fields(ProjectorConfig)}
-    conv = {"int": int, "float": float, "str": str, "bool": bool}
-    return ProjectorConfig(**{k: conv[types[k]](v) if types[k] in conv else v for k, v in params.items()}).validate()
-
 
 def load_models(weights_dir, device):
     from .checkpoint import load_generator
@@ -174,18 +186,18 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     skipped on rerun; an interrupted batch resumes from its snapshot; results of faces that are no
     longer targets are removed. Returns the names projected in this run.
     """
+    from .checkpoint import read_config
+
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ParamsError(f"project.runtime.batch_size: must be an integer >= 1, got {batch_size!r}")
     device = resolve_device(device)
     targets = load_targets(degraded_dir)
     degraded_dir, out_dir = Path(degraded_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    G, features = load_models(weights_dir, device)
-    R = G.img_resolution
+    # Everything is checked before the models are loaded.
+    R = read_config(Path(weights_dir) / "generator.safetensors")["img_resolution"]
 
     faces = targets["faces"]
     names = {f["name"] for f in faces}
-    for stale in out_dir.iterdir():
-        if stale.is_dir() and not stale.name.startswith(".") and stale.name not in names:
-            shutil.rmtree(stale)
 
     # The weights are hashed once per run, not once per face (the FFHQ generator is 120 MB).
     weights_digest = "".join(sha256_of(Path(weights_dir) / n) for n in ("generator.safetensors", "vgg16.pt"))
@@ -197,12 +209,19 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
             continue
         rgb, _ = load_photo(degraded_dir / face["degraded"])
         if rgb.shape[:2] != (R, R):
-            raise ValueError(f"{degraded_dir / face['degraded']}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
-                             f"generator makes {R}x{R} (set align.size to {R})")
+            raise PhotoError(f"{degraded_dir / face['degraded']}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
+                             f"generator makes {R}x{R} (set align.resolution to {R})")
         pending.append((face, fp, from_uint8(rgb)))
     if len(pending) < len(faces):
         log(f"project {mode}: {len(faces) - len(pending)} faces already done, {len(pending)} to go")
 
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.iterdir():
+        if stale.is_dir() and not stale.name.startswith(".") and stale.name not in names:
+            shutil.rmtree(stale)
+    if not pending:
+        return []
+    G, features = load_models(weights_dir, device)
     projector = Projector(G, features, cfg)
     snap_dir = out_dir / ".snapshots"
     done_names = []
@@ -223,7 +242,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
                                     on_snapshot=save_progress)
         for (face, fp, _), res in zip(chunk, results):
             res.save(out_dir / face["name"])
-            write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fp, mode=mode, config=asdict(cfg),
+            write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fp, mode=mode, config=cfg.model_dump(),
                                                                  target=face))
             done_names.append(face["name"])
         snap.unlink(missing_ok=True)
@@ -235,13 +254,13 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
 # ----------------------------------------------------------------------------------------------
 # synthetic: invert generated images over a grid of num_steps x latent_dist_reg_weight
 
-def synthetic_stage(params: dict, base_cfg: dict, out_dir, weights_dir="weights", device: str = "auto") -> dict:
+def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weights_dir="weights",
+                    device: str = "auto") -> dict:
     """Sample one image per seed, then invert all of them for every (num_steps, reg weight) pair."""
     device = resolve_device(device)
     out_dir = Path(out_dir)
     G, features = load_models(weights_dir, device)
-    seeds = [int(s) for s in params["seeds"]]
-    psi = float(params.get("truncation_psi", 1.0))
+    seeds, psi = list(params.seeds), params.truncation_psi
     z = torch.cat([torch.from_numpy(np.random.RandomState(s).randn(1, G.z_dim)) for s in seeds]).to(device)
     with torch.no_grad():
         truth = G.synthesis(G.mapping(z, None, truncation_psi=psi), noise_mode="const")
@@ -250,9 +269,9 @@ def synthetic_stage(params: dict, base_cfg: dict, out_dir, weights_dir="weights"
         save_png(out_dir / "truth" / f"seed{s:04d}.png", img)
     targets = from_uint8(truth_u8).to(device)
     runs = {}
-    for steps in params["num_steps"]:
-        for reg in params["latent_dist_reg_weight"]:
-            cfg = projector_config(dict(base_cfg, num_steps=int(steps), latent_dist_reg_weight=float(reg)))
+    for steps in params.num_steps:
+        for reg in params.latent_dist_reg_weight:
+            cfg = base_cfg.model_copy(update=dict(num_steps=steps, latent_dist_reg_weight=reg))
             tag = f"steps{int(steps)}_reg{float(reg):g}"
             results = Projector(G, features, cfg).project(
                 targets, names=[f"seed{s:04d}" for s in seeds], rngs=[TorchRandom(cfg.seed) for _ in seeds])

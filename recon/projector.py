@@ -35,54 +35,11 @@ import torch.nn.functional as F
 
 from .degrade import Degradation, fill_missing, to_uint8
 from .imageio import save_png, write_atomic
+from .config import LATENT_SPACES, ProjectorConfig  # noqa: F401  (re-exported)
+from .errors import ProjectionError
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-LATENT_SPACES = ("w", "w+", "w->w+")
 
-
-class ProjectionError(RuntimeError):
-    """The optimization cannot go on (non-finite loss); the last good snapshot is kept."""
-
-
-@dataclass
-class ProjectorConfig:
-    num_steps: int = 1000
-    w_avg_samples: int = 10000
-    w_avg_seed: int = 123
-    initial_learning_rate: float = 0.1
-    initial_noise_factor: float = 0.05
-    lr_rampdown_length: float = 0.25
-    lr_rampup_length: float = 0.05
-    noise_ramp_length: float = 0.75
-    regularize_noise_weight: float = 1e5
-    latent_dist_reg_weight: float = 0.0
-    latent_space: str = "w"
-    w_plus_switch: float = 0.5     # for 'w->w+': fraction of the steps spent in W
-    optimize_noise: bool = True
-    noise_init: str = "random"     # 'random' (official) or 'const': the generator's own noise maps
-    seed: int = 303
-    snapshot_every: int = 100      # 0 disables snapshots
-
-    def validate(self) -> "ProjectorConfig":
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
-        if self.latent_space not in LATENT_SPACES:
-            raise ValueError(f"latent_space must be one of {LATENT_SPACES}, got {self.latent_space!r}")
-        if not 0 <= self.w_plus_switch <= 1:
-            raise ValueError(f"w_plus_switch must be in [0, 1], got {self.w_plus_switch}")
-        if self.noise_init not in ("random", "const"):
-            raise ValueError(f"noise_init must be 'random' or 'const', got {self.noise_init!r}")
-        if self.w_avg_samples < 2:
-            raise ValueError("w_avg_samples must be >= 2")
-        for name in ("initial_learning_rate", "regularize_noise_weight", "latent_dist_reg_weight"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-        return self
-
-    def fingerprint(self) -> str:
-        keep = {k: v for k, v in asdict(self).items() if k != "snapshot_every"}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +209,7 @@ class Projector:
     def __init__(self, G, features: FeatureFn, cfg: ProjectorConfig = ProjectorConfig()):
         self.G = G
         self.features = features
-        self.cfg = cfg.validate()
+        self.cfg = cfg
         self.device = next(G.parameters()).device
         self.w_avg, self.w_std = w_stats(G, cfg.w_avg_samples, cfg.w_avg_seed)
         self.w_avg = self.w_avg.to(self.device)

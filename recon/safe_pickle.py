@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 from dataclasses import dataclass, field
@@ -19,14 +20,11 @@ from typing import Any, Dict
 
 import numpy as np
 import torch
+from .errors import CheckpointError
 
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle names a global outside the allow-list (nothing from it was executed)."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable, truncated, or not what it should be."""
 
 
 @dataclass
@@ -87,14 +85,21 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
                        metadata=None):
     if not isinstance(storage, torch.Tensor) or storage.ndim != 1:
         raise CheckpointError("tensor rebuilt from something that is not a storage")
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    if size:
-        last = int(storage_offset) + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
-        if min(size) > 0 and (last >= storage.numel() or min(stride) < 0 or storage_offset < 0):
-            raise CheckpointError(f"tensor of size {size} and stride {stride} runs past its storage")
-    elif storage_offset >= max(storage.numel(), 1):
-        raise CheckpointError("scalar tensor runs past its storage")
-    return torch.as_strided(storage, size, stride, int(storage_offset)).clone()
+    try:
+        size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(storage_offset)
+    except (TypeError, ValueError):
+        raise CheckpointError("tensor size, stride or offset is not a list of integers") from None
+    if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
+        raise CheckpointError(f"tensor of size {size}, stride {stride}, offset {offset} is malformed")
+    numel = math.prod(size)
+    # The copy below allocates numel elements: a tensor may not claim more elements than its
+    # storage holds (zero or overlapping strides would let a 400-byte file ask for gigabytes).
+    if numel > storage.numel() - offset:
+        raise CheckpointError(f"tensor of size {size} claims {numel} elements from a storage of "
+                              f"{storage.numel()} (offset {offset})")
+    if numel and offset + sum((n - 1) * st for n, st in zip(size, stride)) >= storage.numel():
+        raise CheckpointError(f"tensor of size {size} and stride {stride} runs past its storage")
+    return torch.as_strided(storage, size, stride, offset).clone()
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -118,8 +123,16 @@ class _StorageType:
     dtype: torch.dtype
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Python's own unpickler (not the C one, so that BUILD can be checked) with an allow-list.
+
+    BUILD may only fill a container instance made in this file (a dict, EasyDict, OrderedDict)
+    with plain state: never a class or a function (which would let a file rewrite recon's own
+    classes for the rest of the process), never slot state, never dunder attributes.
+    """
     allowed: Dict[tuple, Any] = {}
+    buildable: tuple = ()
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module, name):
         target = self.allowed.get((module, name))
@@ -129,6 +142,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         raise UnsafePickleError(f"unexpected persistent id {pid!r}")
+
+    def _checked_build(self):
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, type) or not isinstance(inst, self.buildable):
+            raise UnsafePickleError(f"refused BUILD on {type(inst).__name__ if not isinstance(inst, type) else 'a class'}: "
+                                    "state may only fill a container made by this file")
+        if isinstance(inst, np.dtype):   # numpy's own __setstate__ checks its state tuple
+            return pickle._Unpickler.load_build(self)
+        if state is not None and not (isinstance(state, dict) and all(
+                isinstance(k, str) and not k.startswith("__") for k in state)):
+            raise UnsafePickleError("refused BUILD with slot state or dunder attributes")
+        return pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _checked_build
 
 
 class _BlobUnpickler(_RestrictedUnpickler):
@@ -208,6 +235,7 @@ class NetworkUnpickler(_RestrictedUnpickler):
         ("dnnlib", "EasyDict"): EasyDict,
         ("builtins", "set"): set,
     }
+    buildable = (dict, EasyDict, collections.OrderedDict, np.dtype)
 
 
 def load_network_pickle(path) -> Any:
@@ -230,6 +258,10 @@ def load_network_pickle(path) -> Any:
         raise CheckpointError(f"{path}: {exc}") from exc
     except EOFError as exc:
         raise CheckpointError(f"{path}: file is truncated (pickle ended early)") from exc
+    except RecursionError:
+        raise CheckpointError(f"{path}: structure nested too deeply for a network pickle") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: the pickle asks for more memory than this machine has") from None
     except (pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, AttributeError,
             struct.error, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable network pickle ({type(exc).__name__}: {exc})") from exc

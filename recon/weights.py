@@ -7,13 +7,17 @@ here is returned so the caller can record it.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Optional
+
+from .errors import DownloadError
 
 OFFICIAL_URLS = {
     "ffhq": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
@@ -26,10 +30,6 @@ OFFICIAL_URLS = {
     "vgg16": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt",
 }
 CHUNK = 1 << 20
-
-
-class DownloadError(RuntimeError):
-    """A file could not be fetched or failed verification; the message says what to do."""
 
 
 def sha256_of(path, chunk: int = CHUNK) -> str:
@@ -63,16 +63,23 @@ def _verify(path: Path, sha256: str, source: str) -> str:
     return digest
 
 
+class _Interrupted(Exception):
+    """A transfer that started and then stopped (connection lost, or fewer bytes than announced)."""
+
+
 def fetch(source: str, dest, sha256: str = "", progress: bool = True, timeout: float = 30.0,
-          hint: str = "") -> str:
+          hint: str = "", retries: int = 3, backoff: float = 1.0) -> str:
     """Make ``dest`` a verified copy of ``source``; returns its sha256.
 
     ``source`` may be a key of :data:`OFFICIAL_URLS`, an ``http(s)://`` or ``file://`` URL, or a
-    local path. An existing ``dest`` is verified and kept, so a file copied there by hand is used. An interrupted HTTP download resumes from ``dest.part``. ``hint`` names the
-    params.yaml key to edit, for the offline message.
+    local path. An existing ``dest`` is verified and kept, so a file copied there by hand is used.
+    An HTTP download goes to ``dest.part``: a transfer that stops early (a dropped connection, or
+    fewer bytes than its Content-Length) is retried ``retries`` times with exponential
+    ``backoff``, each time resuming with a Range request (from the start when the server ignores
+    Range); if it still fails, the ``.part`` file stays for the next run to resume. Only a complete
+    file is verified and moved into place. ``hint`` names the params.yaml key, for the offline
+    message.
     """
-    from tqdm import tqdm
-
     url = resolve_source(source)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +96,26 @@ def fetch(source: str, dest, sha256: str = "", progress: bool = True, timeout: f
         os.replace(part, dest)
         return digest
 
+    for attempt in range(retries + 1):
+        try:
+            _download(url, part, dest, timeout, progress, hint)
+            break
+        except _Interrupted as exc:
+            have = part.stat().st_size if part.exists() else 0
+            if attempt == retries:
+                raise DownloadError(f"{url}: download interrupted {attempt + 1} times ({exc}); {part} keeps "
+                                    f"the {have} bytes received: run again to resume") from None
+            time.sleep(backoff * 2 ** attempt)
+    digest = _verify(part, sha256, url)
+    os.replace(part, dest)
+    return digest
+
+
+def _download(url: str, part: Path, dest: Path, timeout: float, progress: bool, hint: str) -> None:
+    """One HTTP transfer into ``part``, resumed from its current size; raises :class:`_Interrupted`
+    when it ends before the announced length."""
+    from tqdm import tqdm
+
     done = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"User-Agent": "recon"})
     if done:
@@ -96,38 +123,33 @@ def fetch(source: str, dest, sha256: str = "", progress: bool = True, timeout: f
     try:
         resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and done:  # the partial file is already complete
-            resp = None
-        else:
-            raise DownloadError(_offline_message(url, dest, hint, f"HTTP {exc.code} {exc.reason}")) from exc
+        if exc.code == 416 and done:  # nothing past the end: the partial file is complete
+            return
+        raise DownloadError(_offline_message(url, dest, hint, f"HTTP {exc.code} {exc.reason}")) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DownloadError(_offline_message(url, dest, hint, str(reason))) from exc
+        raise DownloadError(_offline_message(url, dest, hint, str(reason))) from None
 
-    if resp is not None:
-        with resp:
-            resumed = done and resp.status == 206
-            if not resumed:
-                done = 0
-            length = resp.headers.get("Content-Length")
-            total = (int(length) + done) if length else None
-            with open(part, "ab" if resumed else "wb") as out, tqdm(
-                    total=total, initial=done, unit="B", unit_scale=True, desc=dest.name,
-                    disable=not progress) as bar:
-                try:
-                    for block in iter(lambda: resp.read(CHUNK), b""):
-                        out.write(block)
-                        bar.update(len(block))
-                except (OSError, urllib.error.URLError) as exc:
-                    raise DownloadError(f"{url}: download interrupted ({exc}); run again to resume "
-                                        f"from {part}") from exc
-    digest = _verify(part, sha256, url)
-    os.replace(part, dest)
-    return digest
+    with resp:
+        resumed = bool(done) and resp.status == 206
+        if not resumed:
+            done = 0  # the server sent the whole file: start over
+        length = resp.headers.get("Content-Length")
+        total = int(length) + done if length and length.isdigit() else None
+        with open(part, "ab" if resumed else "wb") as out, tqdm(
+                total=total, initial=done, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+            try:
+                for block in iter(lambda: resp.read(CHUNK), b""):
+                    out.write(block)
+                    bar.update(len(block))
+            except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
+                raise _Interrupted(f"{type(exc).__name__}: {exc}") from None
+    got = part.stat().st_size
+    if total is not None and got != total:
+        raise _Interrupted(f"ended after {got} of {total} bytes")
 
 
 def _offline_message(url: str, dest: Path, hint: str, reason: str) -> str:
-    where = f" (params.yaml: {hint})" if hint else ""
-    return (f"could not download {url}: {reason}.\n"
-            f"  If this machine is offline, download the file elsewhere, then either copy it to {dest},\n"
-            f"  or point the source{where} at a local path or a file:// URL, e.g. file:///data/{Path(url).name}")
+    where = f"{hint} in params.yaml" if hint else "the source"
+    return (f"could not download {url} ({reason}): if this machine is offline, download it elsewhere and copy it "
+            f"to {dest}, or set {where} to a local path or a file:// URL")

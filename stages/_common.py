@@ -1,5 +1,7 @@
 """Shared by the stage scripts: make the checkout's own recon importable (DVC runs `python
-stages/x.py`, which puts stages/ first on sys.path) and read params.yaml."""
+stages/x.py`, which puts stages/ first on sys.path), read the validated params, and end through
+recon's one runner."""
+import argparse
 import sys
 from pathlib import Path
 
@@ -7,6 +9,24 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from recon.params import load_params, section  # noqa: E402
+from recon.config import Params, load_params  # noqa: E402
+from recon.runner import run  # noqa: E402
 
-__all__ = ["ROOT", "load_params", "section"]
+
+def stage_main(name: str, body, doc: str, mode: bool = False) -> None:
+    """Parse ``[mode] [--params FILE]``, validate the whole params file, then run
+    ``body(params, args)`` under the runner and exit with its status."""
+    ap = argparse.ArgumentParser(description=doc)
+    if mode:
+        ap.add_argument("mode")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    label = f"{name} {args.mode}" if mode else name
+
+    def go():
+        params = load_params(args.params)
+        return body(params, args)
+    sys.exit(run(label, go))
+
+
+__all__ = ["ROOT", "Params", "stage_main"]

@@ -1,35 +1,17 @@
 """DVC stage `project@<mode>`: recover every degraded face of one mode by latent optimization."""
-import argparse
-import sys
+from _common import stage_main
 
-from _common import load_params, section
-
-from recon.pipeline import default_batch_size, project_stage, projector_config
-from recon.projector import ProjectionError
-from recon.safe_pickle import CheckpointError
+from recon.pipeline import project_stage, resolve_runtime
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("mode")
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args()
-    p = section(load_params(args.params), "project")
-    run = dict(p["default"])
-    batch_size = run.pop("batch_size", "auto")
-    device = str(run.pop("device", "auto"))
-    if batch_size == "auto":
-        batch_size = default_batch_size(device)
-    run.update(p.get(args.mode) or {})
-    try:
-        done = project_stage(args.mode, projector_config(run), f"data/degraded/{args.mode}",
-                             f"data/projected/{args.mode}", "weights", int(batch_size), device)
-    except (ProjectionError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"project {args.mode}: error: {exc}", file=sys.stderr)
-        return 1
+def project(params, args) -> int:
+    params.ops(args.mode)                       # the mode must exist
+    cfg = params.project.for_mode(args.mode)
+    device, batch_size = resolve_runtime(params.project.runtime)
+    done = project_stage(args.mode, cfg, f"data/degraded/{args.mode}", f"data/projected/{args.mode}", "weights",
+                         batch_size, device)
     print(f"project {args.mode}: projected {len(done)} faces")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stage_main("project", project, __doc__, mode=True)

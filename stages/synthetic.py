@@ -1,28 +1,18 @@
 """DVC stage `synthetic`: sample faces from seeds and invert them over num_steps x latent_dist_reg_weight."""
-import argparse
 import shutil
-import sys
 from pathlib import Path
 
-from _common import load_params, section
+from _common import stage_main
 
-from recon.pipeline import synthetic_stage
+from recon.pipeline import resolve_runtime, synthetic_stage
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args()
-    params = load_params(args.params)
-    syn = section(params, "synthetic")
-    base = dict(section(params, "project")["default"])
-    base.pop("batch_size", None)
-    device = str(base.pop("device", "auto"))
+def synthetic(params, args) -> int:
+    device, _ = resolve_runtime(params.project.runtime)
     shutil.rmtree("data/synthetic", ignore_errors=True)
-    runs = synthetic_stage(syn, base, Path("data/synthetic"), "weights", device)
-    print(f"synthetic: {len(runs)} runs of {len(syn['seeds'])} seeds")
-    return 0
+    runs = synthetic_stage(params.synthetic, params.project.default, Path("data/synthetic"), "weights", device)
+    print(f"synthetic: {len(runs)} runs of {len(params.synthetic.seeds)} seeds")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stage_main("synthetic", synthetic, __doc__)

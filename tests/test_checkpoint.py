@@ -68,7 +68,7 @@ def test_cli_convert_and_info(golden_dir, tmp_path):
     assert json.loads(res.stdout)["num_ws"] == 8
     res = subprocess.run([sys.executable, "-m", "recon.cli", "convert", str(golden_dir / "official_format.pkl"),
                           str(out)], capture_output=True, text=True)
-    assert res.returncode == 2 and "already exists" in res.stderr
+    assert res.returncode == 1 and "already exists" in res.stderr
 
 
 @pytest.mark.parametrize("synthesis", [

@@ -6,7 +6,7 @@ from PIL import Image
 
 from recon.degrade import (Degradation, DegradationError, centre_mask, downsample, fill_missing, from_uint8,
                            gaussian_blur, gaussian_kernel1d, grayscale, mask_from_color, mask_from_file,
-                           parse_chain, psnr_torch, to_uint8)
+                           parse_ops, psnr_torch, to_uint8)
 from recon.perceptual import VGGFeatures, to_vgg_range
 
 
@@ -77,7 +77,7 @@ def test_mask_degradation_is_idempotent_and_shared_fill():
 
 
 def test_chain_order_and_noise_only_on_target():
-    ops = parse_chain([{"type": "blur", "kernel": 5, "sigma": 1.0}, "grayscale", {"type": "noise", "sigma": 10}])
+    ops = parse_ops([{"type": "blur", "kernel": 5, "sigma": 1.0}, "grayscale", {"type": "noise", "sigma": 10}])
     d = Degradation(ops, 32)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     torch.testing.assert_close(d(x), grayscale(gaussian_blur(x, 5, 1.0)))
@@ -85,7 +85,9 @@ def test_chain_order_and_noise_only_on_target():
     resid = t - d(x)
     assert resid.std().item() == pytest.approx(10 / 127.5, rel=0.1)
     torch.testing.assert_close(resid[0], resid[1])   # the same draw alone or in a batch
-    assert parse_chain("none") == [] and parse_chain(None) == []
+    assert parse_ops("none") == [] and parse_ops(None) == []
+    chain = parse_ops({"type": "chain", "ops": ["grayscale", {"type": "chain", "ops": ["none", {"type": "blur"}]}]})
+    assert [op.type for op in chain] == ["grayscale", "blur"] and chain[1].kernel == 21 and chain[1].sigma == 6.0
     with pytest.raises(DegradationError, match="unknown degradation"):
         Degradation([{"type": "sepia"}], 32)
     with pytest.raises(DegradationError, match="divide"):

@@ -79,10 +79,10 @@ def project(tmp_path_factory):
     set_params(repo / "params.yaml", {
         "weights.generator.source": (served / "tiny-ffhq.pkl").as_uri(),
         "weights.vgg16.source": (served / "tiny-vgg16.pt").as_uri(),
-        "align.size": 32,
+        "align.resolution": 32,
         "degrade.blur.kernel": 5, "degrade.blur.sigma": 1.5,
         "project.default.num_steps": 12, "project.default.w_avg_samples": 200,
-        "project.default.snapshot_every": 5, "project.default.batch_size": 2,
+        "project.default.snapshot_every": 5, "project.runtime.batch_size": 2,
         "synthetic.seeds": [0], "synthetic.num_steps": [4, 8], "synthetic.latent_dist_reg_weight": [0.0, 0.01],
     })
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

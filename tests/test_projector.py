@@ -222,9 +222,9 @@ def test_bad_input_is_refused_before_work(G, features, clean):
     with pytest.raises(ValueError, match=r"targets must be \[B, 3, 32, 32\]"):
         Projector(G, features, ProjectorConfig(num_steps=1, w_avg_samples=100)).project(torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="initial_learning_rate"):
-        ProjectorConfig(initial_learning_rate=float("inf")).validate()
+        ProjectorConfig(initial_learning_rate=float("inf"))
     with pytest.raises(ValueError, match="latent_space"):
-        ProjectorConfig(latent_space="z").validate()
+        ProjectorConfig(latent_space="z")
     with pytest.raises(DegradationError, match="odd"):
         Degradation([{"type": "blur", "kernel": 8, "sigma": 2}], 32)
     with pytest.raises(DegradationError, match="not smaller than the 32 px"):
@@ -255,4 +255,4 @@ def test_cli_project(golden_dir, tmp_path):
     assert (target[..., 0] == target[..., 2]).all()      # the degraded (gray) target was used
     assert len(list(csv.DictReader(open(tmp_path / "out" / "f1" / "loss.csv")))) == 5
     again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode == 2 and "already holds a result" in again.stderr
+    assert again.returncode == 1 and "already holds a result" in again.stderr

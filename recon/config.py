@@ -1,0 +1,435 @@
+"""The one typed schema of ``params.yaml``: the only place where params become options.
+
+Every section is a pydantic model that forbids unknown keys and coerces nothing: YAML booleans
+only where a boolean is meant (YAML 1.2 reads ``no`` as the string "no"), integers only where an
+integer is meant (``12.9`` is refused, not truncated), ranges checked. Errors name the file and
+the dotted key, one line::
+
+    params.yaml: degrade.blur.sigam: unknown key (did you mean sigma?)
+
+Degradation ops are typed objects (:class:`BlurOp`, :class:`MaskOp`, ...) parsed once here, with
+their defaults in one place; the stages and :class:`recon.degrade.Degradation` use them as they
+are. No key may be named ``size`` or ``nfiles``: DVC drops such keys from its run-cache hash at
+any depth, so changing one would restore stale outputs (``align.size`` became ``align.resolution``).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ParamsError
+
+# Keys DVC's run-cache cannot see (dvc/stage/cache.py drops them from the params hash).
+DVC_BLIND_KEYS = ("size", "nfiles")
+# Old key -> its new name; the old one is refused with a message naming the new one.
+RENAMED_KEYS = {"align.size": "align.resolution"}
+# Project sections that are not per-mode overrides.
+PROJECT_SECTIONS = ("default", "runtime")
+MODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, le=1)]          # a ramp length: (0, 1]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Degradation ops
+
+class NoneOp(_Model):
+    """No degradation: plain reconstruction."""
+    type: Literal["none"] = "none"
+
+
+class BlurOp(_Model):
+    """Gaussian blur with reflect padding."""
+    type: Literal["blur"] = "blur"
+    kernel: Annotated[int, Field(ge=3)] = 21
+    sigma: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 6.0
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, v):
+        if v % 2 == 0:
+            raise ValueError(f"must be odd, got {v}")
+        return v
+
+
+class GrayscaleOp(_Model):
+    """Luminance 0.299 R + 0.587 G + 0.114 B in all three channels (colorization)."""
+    type: Literal["grayscale"] = "grayscale"
+
+
+class MaskOp(_Model):
+    """Missing pixels (inpainting): a centred hole, a mask file beside the photo, or a painted colour."""
+    type: Literal["mask"] = "mask"
+    source: Literal["center", "file", "color"] = "center"
+    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.4     # side of the centred hole / image side
+    fill: Literal["noise", "gray"] = "noise"                # what missing pixels become in both images
+    color: Annotated[List[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)] = [0, 255, 0]
+    tolerance: Annotated[int, Field(ge=0, le=255)] = 8
+
+
+class DownsampleOp(_Model):
+    """Super-resolution operator: area-average by ``factor``, bilinear back up."""
+    type: Literal["downsample"] = "downsample"
+    factor: Annotated[int, Field(ge=2)] = 4
+
+
+class NoiseOp(_Model):
+    """Gaussian observation noise (target only), ``sigma`` in 0-255 units."""
+    type: Literal["noise"] = "noise"
+    sigma: NonNegFloat = 10.0
+
+
+class ChainOp(_Model):
+    """Several ops applied in order."""
+    type: Literal["chain"] = "chain"
+    ops: List[Any] = Field(min_length=1)
+
+    @field_validator("ops")
+    @classmethod
+    def _parse(cls, v):
+        return [parse_op(item, str(i)) for i, item in enumerate(v)]
+
+
+Op = Union[NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, ChainOp]
+OP_TYPES: Dict[str, type] = {m.model_fields["type"].default: m
+                             for m in (NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, ChainOp)}
+
+
+class _OpError(ValueError):
+    """Carries a located message out of a nested op (so chains report ``ops.1.kernel``)."""
+
+    def __init__(self, loc: str, message: str):
+        super().__init__(f"{loc}: {message}" if loc else message)
+        self.loc, self.message = loc, message
+
+
+def parse_op(spec, loc: str = "") -> Op:
+    """``'blur'``, ``{'type': 'blur', ...}`` or an op object -> a typed op. Raises ``ValueError``
+    whose message starts with the dotted key relative to ``loc``."""
+    if isinstance(spec, BaseModel) and type(spec) in OP_TYPES.values():
+        return spec
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict):
+        raise _OpError(loc, f"must be a degradation (a mapping with a type), got {spec!r}")
+    kind = spec.get("type")
+    model = OP_TYPES.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        hint = _did_you_mean(kind, OP_TYPES) if isinstance(kind, str) else ""
+        raise _OpError(_join(loc, "type"), f"unknown degradation {kind!r}{hint}; one of {', '.join(OP_TYPES)}")
+    try:
+        return model.model_validate(spec)
+    except ValidationError as exc:
+        where, message = _locate(exc.errors()[0], model)
+        raise _OpError(_join(loc, where), message) from None
+
+
+def flatten_ops(op: Op) -> List[Op]:
+    """The op as a flat list of single operations (chains expanded, ``none`` dropped)."""
+    if isinstance(op, ChainOp):
+        return [o for item in op.ops for o in flatten_ops(item)]
+    return [] if isinstance(op, NoneOp) else [op]
+
+
+def check_op_fits(ops: List[Op], resolution: int) -> None:
+    """Refuse ops that cannot work on ``resolution`` px images (``ValueError`` naming the key)."""
+    for i, op in enumerate(ops):
+        if isinstance(op, BlurOp) and op.kernel >= resolution:
+            raise ValueError(f"kernel {op.kernel} is not smaller than the {resolution} px image")
+        if isinstance(op, DownsampleOp) and resolution % op.factor:
+            raise ValueError(f"factor {op.factor} does not divide the {resolution} px image")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+class Seeds(_Model):
+    degrade: NonNegInt = 0              # mask fill noise and observation noise
+
+
+class WeightsFile(_Model):
+    source: Annotated[str, Field(min_length=1)]
+    sha256: str = ""
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v):
+        if v and not re.fullmatch(r"[0-9a-fA-F]{64}", v.strip()):
+            raise ValueError("must be empty or 64 hexadecimal digits")
+        return v.strip().lower()
+
+
+class Weights(_Model):
+    generator: WeightsFile = WeightsFile(source="ffhq")
+    vgg16: WeightsFile = WeightsFile(source="vgg16")
+
+
+class Align(_Model):
+    resolution: Annotated[int, Field(ge=4, le=4096)] = 1024    # must be the generator's
+    detector: Literal["hog", "cnn"] = "hog"
+    upsample: Annotated[int, Field(ge=0, le=4)] = 1
+    min_score: Annotated[float, Field(allow_inf_nan=False)] = 0.5
+    largest_only: bool = False
+    max_faces: NonNegInt = 0
+    max_pixels: PositiveInt = 120_000_000
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, v):
+        if v & (v - 1):
+            raise ValueError(f"must be a power of two (a StyleGAN2 resolution), got {v}")
+        return v
+
+
+LATENT_SPACES = ("w", "w+", "w->w+")
+
+
+class ProjectorConfig(_Model):
+    """The projector's hyperparameters; defaults are NVIDIA's (``projector.py``)."""
+    num_steps: PositiveInt = 1000
+    w_avg_samples: Annotated[int, Field(ge=2)] = 10000
+    w_avg_seed: NonNegInt = 123
+    initial_learning_rate: NonNegFloat = 0.1
+    initial_noise_factor: NonNegFloat = 0.05
+    lr_rampdown_length: Fraction = 0.25
+    lr_rampup_length: Fraction = 0.05
+    noise_ramp_length: Fraction = 0.75
+    regularize_noise_weight: NonNegFloat = 1e5
+    latent_dist_reg_weight: NonNegFloat = 0.0
+    latent_space: Literal["w", "w+", "w->w+"] = "w"
+    w_plus_switch: Annotated[float, Field(ge=0, le=1)] = 0.5     # for 'w->w+': fraction of steps in W
+    optimize_noise: bool = True
+    noise_init: Literal["random", "const"] = "random"   # 'const': the generator's own noise maps
+    seed: NonNegInt = 303
+    snapshot_every: NonNegInt = 100                      # 0 disables snapshots
+
+    def fingerprint(self) -> str:
+        keep = self.model_dump(exclude={"snapshot_every"})
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Runtime(_Model):
+    """Where and how the projection runs; never part of a result's fingerprint."""
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    batch_size: Union[int, str] = "auto"   # targets per forward pass; auto = 4 on CUDA, 1 on CPU
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v):
+        if v != "auto" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise ValueError(f"must be auto or an integer >= 1, got {v!r}")
+        return v
+
+
+class Project(_Model):
+    """``default``: the projector settings of every mode; ``runtime``; ``<mode>``: overrides."""
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    default: ProjectorConfig = ProjectorConfig()
+    runtime: Runtime = Runtime()
+
+    @model_validator(mode="after")
+    def _overrides(self):
+        for mode, override in (self.model_extra or {}).items():
+            if override is None:
+                override = {}
+            if not isinstance(override, dict):
+                raise _OpError(mode, "must be a mapping of projector settings to override")
+            try:
+                merged = ProjectorConfig.model_validate({**self.default.model_dump(), **override})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise _OpError(_join(mode, _dotted(err["loc"])), _describe(err, ProjectorConfig)) from None
+            self.model_extra[mode] = merged
+        return self
+
+    def for_mode(self, mode: str) -> ProjectorConfig:
+        return (self.model_extra or {}).get(mode) or self.default
+
+
+class Synthetic(_Model):
+    seeds: Annotated[List[NonNegInt], Field(min_length=1)] = [0, 1, 2]
+    truncation_psi: Annotated[float, Field(allow_inf_nan=False)] = 0.7
+    num_steps: Annotated[List[PositiveInt], Field(min_length=1)] = [250, 500, 1000]
+    latent_dist_reg_weight: Annotated[List[NonNegFloat], Field(min_length=1)] = [0.0, 0.001, 0.01]
+
+
+class Report(_Model):
+    identity: bool = True               # dlib face-recognition distance (same person below ~0.6)
+
+
+class Params(_Model):
+    seeds: Seeds = Seeds()
+    weights: Weights = Weights()
+    align: Align = Align()
+    degrade: Dict[str, Any] = {}
+    project: Project = Project()
+    synthetic: Synthetic = Synthetic()
+    report: Report = Report()
+
+    @field_validator("degrade")
+    @classmethod
+    def _modes(cls, v):
+        out = {}
+        for mode, spec in v.items():
+            if not MODE_NAME.match(mode) or mode in PROJECT_SECTIONS:
+                raise _OpError(mode, "a mode name is letters, digits, '_' and '-' (and not "
+                               f"{' or '.join(PROJECT_SECTIONS)})")
+            out[mode] = parse_op(spec, mode)
+        return out
+
+    @model_validator(mode="after")
+    def _agree(self):
+        for mode, op in self.degrade.items():
+            try:
+                check_op_fits(flatten_ops(op), self.align.resolution)
+            except ValueError as exc:
+                raise _OpError(f"degrade.{mode}", f"{exc} (align.resolution)") from None
+        for mode in self.project.model_extra or {}:
+            if mode not in self.degrade:
+                hint = _did_you_mean(mode, list(self.degrade) + list(PROJECT_SECTIONS))
+                raise _OpError(f"project.{mode}", f"unknown key: not a mode under degrade{hint}")
+        return self
+
+    def ops(self, mode: str) -> List[Op]:
+        """The flat op list of a degradation mode."""
+        if mode not in self.degrade:
+            raise ParamsError(f"params.yaml: degrade.{mode}: no such mode; modes: {', '.join(self.degrade) or 'none'}")
+        return flatten_ops(self.degrade[mode])
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and error messages
+
+def load_params(path="params.yaml") -> Params:
+    """Read and validate ``params.yaml``; :class:`ParamsError` names the file and the dotted key."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    path = Path(path)
+    try:
+        with open(path) as f:
+            data = YAML(typ="safe", pure=True).load(f)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    return parse_params(data if data is not None else {}, str(path))
+
+
+def parse_params(data, source: str = "params.yaml") -> Params:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: must be a mapping of sections, got {type(data).__name__}")
+    for old, new in RENAMED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ParamsError(f"{source}: {old}: renamed to {new} (DVC's run-cache ignores keys named {key})")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise ParamsError(f"{source}: {format_errors(exc, Params)}") from None
+
+
+def format_errors(exc: ValidationError, root: type) -> str:
+    """One line for a pydantic error: ``dotted.key: what is wrong`` (the first error, and a count)."""
+    errors = exc.errors()
+    where, message = _locate(errors[0], root)
+    more = len(errors) - 1
+    return f"{where}: {message}" + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+
+
+def _locate(err: dict, root: type):
+    """``(dotted key, message)`` of one pydantic error; an :class:`_OpError` raised by a validator
+    carries the rest of the key below the field that ran it."""
+    inner = err.get("ctx", {}).get("error")
+    if isinstance(inner, _OpError):
+        return _join(_dotted(err["loc"]), inner.loc), inner.message
+    return _dotted(err["loc"]), _describe(err, _model_at(root, err["loc"]))
+
+
+def _model_at(root: type, loc) -> Optional[type]:
+    """The model that holds the last key of ``loc`` (for did-you-mean hints)."""
+    model = root
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) and hasattr(model, "model_fields") else None
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _describe(err: dict, model: Optional[type]) -> str:
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        known = list(model.model_fields) if model is not None else []
+        hint = _did_you_mean(err["loc"][-1], known)
+        return "unknown key" + (hint or (f" (known: {', '.join(known)})" if known else ""))
+    if kind == "missing":
+        return "missing"
+    if kind == "bool_type":
+        extra = " (YAML 1.2 reads yes/no/on/off as strings)" if isinstance(value, str) else ""
+        return f"must be true or false, got {value!r}{extra}"
+    if kind in ("int_type", "int_from_float"):
+        return f"must be an integer, got {value!r}"
+    if kind == "float_type":
+        return f"must be a number, got {value!r}"
+    if kind in ("string_type", "list_type", "dict_type", "model_type"):
+        want = {"string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
+                "model_type": "a mapping"}[kind]
+        return f"must be {want}, got {value!r}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        return msg if "got" in msg else f"{msg}, got {value!r}"
+    msg = re.sub(r"^(Input|List|String|Value) should", "must", msg)
+    return f"{msg}, got {value!r}"
+
+
+def _did_you_mean(word, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _dotted(loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def model_keys(model: type = Params, prefix: str = "") -> List[str]:
+    """Every key name the schema defines, dotted (ops under ``degrade.<type>``), for the guard
+    against keys that DVC's run-cache cannot see."""
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += model_keys(ann, f"{prefix}{name}.")
+    if model is Params:
+        for kind, op in OP_TYPES.items():
+            keys += model_keys(op, f"degrade.<{kind}>.")
+    return keys

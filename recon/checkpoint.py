@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 import tempfile
 from pathlib import Path
 from typing import Annotated, List, Literal, Optional, Union
@@ -101,15 +102,18 @@ def count_parameters(cfg: dict) -> int:
     ch = {r: min(sk.get("channel_base", 32768) // r, sk.get("channel_max", 512)) for r in res}
     rgb = cfg["img_channels"]
 
-    def layer_cost(i, o, r, k=3):     # modulated conv: affine, weight, bias, noise map + strength
-        return (w * i + i) + o * i * k * k + o + r * r + 1
+    def layer_cost(i, o, r, k=3):     # modulated conv: affine, weight, bias, noise map + strength, filter
+        return (w * i + i) + o * i * k * k + o + r * r + 1 + taps
+    taps = len(sk.get("resample_filter", [1, 3, 3, 1])) ** 2
+    arch = sk.get("architecture", "skip")
     for r in res:
         o = ch[r]
         i = ch[r // 2] if r > 4 else 0
-        n += o * 16 if r == 4 else layer_cost(i, o, r)
-        n += layer_cost(o, o, r) + (w * o + o) + rgb * o + rgb + len(sk.get("resample_filter", [1, 3, 3, 1])) ** 2
-        if sk.get("architecture") == "resnet" and r > 4:
-            n += i * o
+        n += taps + (o * 16 if r == 4 else layer_cost(i, o, r)) + layer_cost(o, o, r)
+        if r == res[-1] or arch == "skip":
+            n += (w * o + o) + rgb * o + rgb
+        if arch == "resnet" and r > 4:
+            n += i * o + taps
     return n
 
 
@@ -143,7 +147,7 @@ def normalize_config(cfg: dict, source: str = "config") -> dict:
         where = ".".join(str(p) for p in err["loc"])
         what = "unsupported generator option" if err["type"] == "extra_forbidden" else \
             f"{err['msg'][len('Value error, '):] if err['msg'].startswith('Value error, ') else err['msg']}"
-        raise CheckpointError(f"{source}: {where + ': ' if where else ''}{what} (got {err.get('input')!r:.60})") from None
+        raise CheckpointError(f"{source}: {where + ': ' if where else ''}{what} (got {_short(err.get('input'))})") from None
     out.setdefault("mapping_kwargs", {})
     out.setdefault("synthesis_kwargs", {})
     total = count_parameters(out)
@@ -151,6 +155,12 @@ def normalize_config(cfg: dict, source: str = "config") -> dict:
         raise CheckpointError(f"{source}: the config describes {total:,} weights, more than recon loads "
                               f"({MAX_PARAMETERS:,}); no StyleGAN2 generator is that large")
     return out
+
+
+def _short(value) -> str:
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, 40, 40
+    return short.repr(value)
 
 
 def read_config(path: PathLike) -> dict:
@@ -164,7 +174,7 @@ def read_config(path: PathLike) -> dict:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: cannot read generator config: {exc}") from exc
 
 
@@ -298,7 +308,7 @@ def _safetensors_config(path: Path, config, meta: dict) -> dict:
     if config is None and "recon_config" in meta:
         try:
             config = json.loads(meta["recon_config"])
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise CheckpointError(f"{path}: corrupt recon_config metadata ({exc})") from None
     source = str(path)
     if config is None:

@@ -50,7 +50,7 @@ def _cmd_project(args) -> int:
     from .pipeline import resolve_device
     from .projector import Projector
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, key="--device")
     cfg = ProjectorConfig(num_steps=args.steps, latent_space=args.space, seed=args.seed,
                           latent_dist_reg_weight=args.latent_reg)
     ops = {"none": [], "blur": [BlurOp()], "grayscale": [GrayscaleOp()], "sr4": [DownsampleOp(factor=4)]}[args.degrade]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -37,18 +38,19 @@ def write_json(path, data) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def resolve_device(device: str = "auto") -> str:
+def resolve_device(device: str = "auto", key: str = "params.yaml: project.runtime.device") -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device that this machine does not
     have is refused (:class:`ParamsError` naming ``project.runtime.device``)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ParamsError(f"{key}: must be auto, cpu, cuda or cuda:N, got {device!r}")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         index = int(device.partition(":")[2] or 0)
         if not torch.cuda.is_available():
-            raise ParamsError(f"project.runtime.device: {device} is not available on this machine "
-                              "(no CUDA device; use auto or cpu)")
+            raise ParamsError(f"{key}: {device} is not available on this machine (no CUDA device; use auto or cpu)")
         if index >= torch.cuda.device_count():
-            raise ParamsError(f"project.runtime.device: {device} is not available on this machine "
+            raise ParamsError(f"{key}: {device} is not available on this machine "
                               f"({torch.cuda.device_count()} CUDA devices)")
     return device
 
@@ -189,7 +191,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     from .checkpoint import read_config
 
     if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ParamsError(f"project.runtime.batch_size: must be an integer >= 1, got {batch_size!r}")
+        raise ParamsError(f"params.yaml: project.runtime.batch_size: must be an integer >= 1, got {batch_size!r}")
     device = resolve_device(device)
     targets = load_targets(degraded_dir)
     degraded_dir, out_dir = Path(degraded_dir), Path(out_dir)

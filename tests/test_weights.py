@@ -89,3 +89,127 @@ def test_http_download_resumes_from_partial_file(tmp_path):
         assert RangeHandler.requests[-1] == "bytes=300000-" and not part.exists()
     finally:
         server.shutdown()
+
+
+class FlakyHandler(http.server.BaseHTTPRequestHandler):
+    """Announces the whole file, then drops the connection after ``cut`` bytes for the first
+    ``drops`` requests; honours Range unless ``ignore_range``."""
+    payload = bytes(range(251)) * 2000
+    cut, drops, ignore_range = 150000, 1, False
+    requests = []
+
+    def do_GET(self):
+        rng = self.headers.get("Range")
+        type(self).requests.append(rng)
+        data, status = self.payload, 200
+        if rng and not self.ignore_range:
+            start = int(rng.split("=")[1].rstrip("-"))
+            data, status = self.payload[start:], 206
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if len(type(self).requests) <= self.drops:
+            self.wfile.write(data[:self.cut])
+            self.wfile.flush()
+            self.connection.shutdown(2)   # the connection drops mid-transfer
+            return
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(handler):
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/ffhq.pkl"
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_truncated_transfer_is_an_error_and_the_next_run_resumes(tmp_path, pinned):
+    handler = type("H", (FlakyHandler,), dict(requests=[], drops=1))
+    server, url = serve(handler)
+    digest = sha(FlakyHandler.payload) if pinned else ""
+    dest = tmp_path / "cache" / "ffhq.pkl"
+    try:
+        with pytest.raises(DownloadError, match=r"interrupted 1 times \(.*\); .*ffhq\.pkl\.part keeps the 150000 "
+                                                r"bytes received: run again to resume"):
+            fetch(url, dest, sha256=digest, progress=False, timeout=10, retries=0)
+        assert not dest.exists()
+        assert dest.with_name("ffhq.pkl.part").stat().st_size == 150000   # kept, pinned or not
+        assert fetch(url, dest, sha256=digest, progress=False, timeout=10, retries=0) == sha(FlakyHandler.payload)
+        assert dest.read_bytes() == FlakyHandler.payload and handler.requests == [None, "bytes=150000-"]
+    finally:
+        server.shutdown()
+
+
+def test_retries_with_backoff_within_one_run(tmp_path):
+    handler = type("H", (FlakyHandler,), dict(requests=[], drops=2))
+    server, url = serve(handler)
+    try:
+        dest = tmp_path / "ffhq.pkl"
+        assert fetch(url, dest, progress=False, timeout=10, retries=3, backoff=0.01) == sha(FlakyHandler.payload)
+        assert handler.requests == [None, "bytes=150000-", "bytes=300000-"]
+    finally:
+        server.shutdown()
+
+
+def test_server_that_ignores_range_starts_over(tmp_path):
+    handler = type("H", (FlakyHandler,), dict(requests=[], drops=1, ignore_range=True))
+    server, url = serve(handler)
+    try:
+        dest = tmp_path / "ffhq.pkl"
+        assert fetch(url, dest, progress=False, timeout=10, retries=2, backoff=0.01) == sha(FlakyHandler.payload)
+        assert dest.read_bytes() == FlakyHandler.payload and handler.requests == [None, "bytes=150000-"]
+    finally:
+        server.shutdown()
+
+
+def _stage(tmp_path, params: dict, resolution: int = 1024):
+    import os
+    import subprocess
+    import sys
+
+    from ruamel.yaml import YAML
+
+    from conftest import ROOT
+    base = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    base["weights"] = params
+    base["align"]["resolution"] = resolution
+    with open(tmp_path / "params.yaml", "w") as f:
+        YAML().dump(base, f)
+    return subprocess.run([sys.executable, str(ROOT / "stages" / "download_weights.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, RECON_NO_CUDA_OPS="1"))
+
+
+def test_offline_run_names_every_missing_file(tmp_path):
+    res = _stage(tmp_path, {"generator": {"source": "http://127.0.0.1:9/ffhq.pkl", "sha256": ""},
+                            "vgg16": {"source": "http://127.0.0.1:9/vgg16.pt", "sha256": ""}})
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "download_weights: error: 2 of 2 weights files are missing" in res.stderr
+    for url, where, key in (("http://127.0.0.1:9/ffhq.pkl", "weights/cache/ffhq.pkl", "weights.generator.source"),
+                            ("http://127.0.0.1:9/vgg16.pt", "weights/cache/vgg16.pt", "weights.vgg16.source")):
+        line = next(l for l in res.stderr.splitlines() if url in l)
+        assert where in line and key in line and "file://" in line
+
+
+def test_cached_file_that_does_not_parse_names_path_and_remedy(tmp_path):
+    from tiny_vgg import write_tiny_vgg
+    write_tiny_vgg(tmp_path / "vgg16.pt")
+    cache = tmp_path / "weights" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "ffhq.pkl").write_bytes(b"\x80\x04garbage from a proxy error page")
+    res = _stage(tmp_path, {"generator": {"source": "http://127.0.0.1:9/ffhq.pkl", "sha256": ""},
+                            "vgg16": {"source": (tmp_path / "vgg16.pt").as_uri(), "sha256": ""}})
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "weights/cache/ffhq.pkl" in res.stderr and "delete it and rerun" in res.stderr
+    assert not (tmp_path / "weights" / "generator.safetensors").exists()
+
+
+def test_resolution_mismatch_is_refused_at_download_time(tmp_path, golden_dir):
+    from tiny_vgg import write_tiny_vgg
+    write_tiny_vgg(tmp_path / "vgg16.pt")
+    res = _stage(tmp_path, {"generator": {"source": (golden_dir / "official_format.pkl").as_uri(), "sha256": ""},
+                            "vgg16": {"source": (tmp_path / "vgg16.pt").as_uri(), "sha256": ""}}, resolution=64)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "params.yaml: align.resolution: 64, but the generator (weights/generator.safetensors) makes 32x32" in res.stderr

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .imageio import PhotoError, list_photos, load_photo, save_png, write_atomic
+
 from .errors import AlignError
 
 

@@ -39,49 +39,41 @@ def _cmd_align(args) -> int:
 
 
 def _cmd_project(args) -> int:
-    import torch
-
-    from .checkpoint import load_generator
-    from .degrade import Degradation, from_uint8, to_uint8
-    from .imageio import list_photos, load_photo, save_png
-    from .perceptual import VGGFeatures, load_vgg16
+    """The pipeline's own degrade and project functions, on a folder of aligned faces."""
+    from .config import OP_TYPES, Params, Runtime, load_params
+    from .degrade import parse_ops
     from .errors import ParamsError
-    from .config import BlurOp, DownsampleOp, GrayscaleOp, ProjectorConfig
-    from .pipeline import resolve_device
-    from .projector import Projector
+    from .imageio import list_photos
+    from .pipeline import degrade_stage, project_stage, resolve_device
 
-    device = resolve_device(args.device, key="--device")
-    cfg = ProjectorConfig(num_steps=args.steps, latent_space=args.space, seed=args.seed,
-                          latent_dist_reg_weight=args.latent_reg)
-    ops = {"none": [], "blur": [BlurOp()], "grayscale": [GrayscaleOp()], "sr4": [DownsampleOp(factor=4)]}[args.degrade]
-    G = load_generator(args.generator, device=device)
-    features = VGGFeatures(load_vgg16(args.vgg, device))
-    d = Degradation(ops, G.img_resolution) if ops else None
+    params = load_params(args.params) if args.params else Params()
+    if args.degrade in params.degrade:
+        ops = params.ops(args.degrade)
+        cfg = params.project.for_mode(args.degrade)
+    elif args.degrade in OP_TYPES:
+        ops, cfg = parse_ops(args.degrade), params.project.default
+    else:
+        raise ParamsError(f"--degrade: {args.degrade!r} is neither a degradation type ({', '.join(OP_TYPES)}) "
+                          f"nor a mode of {args.params or 'the params'} ({', '.join(params.degrade) or 'none'})")
+    overrides = dict(num_steps=args.steps, latent_space=args.space, latent_dist_reg_weight=args.latent_reg,
+                     seed=args.seed)
+    cfg = cfg.model_validate({**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    runtime = params.project.runtime
+    runtime = Runtime(device=args.device or runtime.device,
+                      batch_size=args.batch if args.batch is not None else runtime.batch_size)
+    device = resolve_device(runtime.device, key="--device")
+    batch = runtime.batch_size if runtime.batch_size != "auto" else (4 if device.startswith("cuda") else 1)
+
     paths = list_photos(args.targets)
+    faces = [dict(name=p.stem, file=str(p), photo=p.name, quad=None, mask=None) for p in paths]
+    if len({f["name"] for f in faces}) != len(faces):
+        raise ParamsError("targets: two images have the same name; results are written per name")
     out = Path(args.out)
-    done = [p for p in paths if (out / p.stem / "image.png").exists()]
-    if done and not args.force:
-        raise ParamsError(f"{out / done[0].stem}: already holds a result (add --force to replace it)")
-    projector = Projector(G, features, cfg)
-    for start in range(0, len(paths), args.batch):
-        chunk = paths[start:start + args.batch]
-        imgs = []
-        for p in chunk:
-            rgb, _ = load_photo(p)
-            if rgb.shape[:2] != (G.img_resolution, G.img_resolution):
-                raise PhotoError(f"{p}: {rgb.shape[1]}x{rgb.shape[0]}, the generator makes "
-                                 f"{G.img_resolution}x{G.img_resolution} (align it with --size)")
-            imgs.append(from_uint8(rgb))
-        targets = torch.cat(imgs)
-        if d is not None:  # what the pipeline does: degrade once, as an 8-bit image
-            targets = from_uint8(to_uint8(d.target(targets)))
-        for p, t in zip(chunk, to_uint8(targets)):
-            save_png(out / p.stem / "target.png", t)
-        for res in projector.project(targets, d, names=[p.stem for p in chunk],
-                                     snapshot_path=out / f".snapshot{start}.pt"):
-            res.save(out / res.name)
-        (out / f".snapshot{start}.pt").unlink(missing_ok=True)
-    print(f"projected {len(paths)} images into {out}")
+    degrade_stage(args.degrade, ops, faces, out / ".targets", seed=params.seeds.degrade)
+    done = project_stage(args.degrade, cfg, out / ".targets", out, (args.generator, args.vgg), batch, device,
+                         replace=args.force)
+    print(f"projected {len(done)} of {len(faces)} images into {out}"
+          + (f" ({len(faces) - len(done)} already done with these settings)" if len(done) < len(faces) else ""))
     return 0
 
 
@@ -92,6 +84,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
     return value
 
 
@@ -130,20 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a folder that holds an earlier alignment")
     p.set_defaults(func=_cmd_align)
 
-    p = sub.add_parser("project", help="project aligned faces into a generator (optionally degraded first)")
+    p = sub.add_parser("project", help="project aligned faces into a generator, degraded first as the pipeline "
+                                       "does; the same functions and defaults as the pipeline's project stage")
     p.add_argument("targets", nargs="+", metavar="IMAGE_OR_DIR", help="aligned faces at the generator's size")
     p.add_argument("--generator", required=True, help=".pkl or .safetensors")
     p.add_argument("--vgg", required=True, help="NVIDIA's vgg16.pt")
-    p.add_argument("--out", required=True)
-    p.add_argument("--degrade", choices=("none", "blur", "grayscale", "sr4"), default="none",
-                   help="blur: kernel 21 sigma 6; sr4: 4x super-resolution (params.yaml has every option)")
-    p.add_argument("--steps", type=positive_int, default=1000)
-    p.add_argument("--space", choices=("w", "w+", "w->w+"), default="w")
-    p.add_argument("--latent-reg", type=non_negative_float, default=0.0, help="latent_dist_reg_weight")
-    p.add_argument("--batch", type=positive_int, default=4, help="targets per forward pass")
-    p.add_argument("--seed", type=int, default=303)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--force", action="store_true", help="replace results already in --out")
+    p.add_argument("--out", required=True, help="results: <out>/<name>/image.png, latents.npz, loss.csv, ...")
+    p.add_argument("--params", help="a params.yaml to take the projector settings and modes from (default: "
+                                    "the pipeline's defaults)")
+    p.add_argument("--degrade", default="none",
+                   help="a mode of --params, or a degradation type with its defaults: none, blur, grayscale, "
+                        "mask, downsample, noise (default none)")
+    p.add_argument("--steps", type=positive_int, help="num_steps (default 1000)")
+    p.add_argument("--space", choices=("w", "w+", "w->w+"), help="latent_space (default w)")
+    p.add_argument("--latent-reg", type=non_negative_float, help="latent_dist_reg_weight (default 0.001)")
+    p.add_argument("--batch", type=positive_int, help="targets per forward pass (default: 4 on CUDA, 1 on CPU)")
+    p.add_argument("--seed", type=non_negative_int, help="random seed (default 303)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--force", action="store_true",
+                   help="replace results in --out that were made with other settings")
     p.set_defaults(func=_cmd_project)
 
     p = sub.add_parser("info", help="print a generator checkpoint's configuration")

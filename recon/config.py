@@ -245,7 +245,8 @@ class Runtime(_Model):
 class Project(_Model):
     """``default``: the projector settings of every mode; ``runtime``; ``<mode>``: overrides."""
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
-    default: ProjectorConfig = ProjectorConfig()
+    # NVIDIA's settings plus the reference study's latent regularization (as params.yaml ships)
+    default: ProjectorConfig = ProjectorConfig(latent_dist_reg_weight=0.001)
     runtime: Runtime = Runtime()
 
     @model_validator(mode="after")

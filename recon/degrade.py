@@ -14,28 +14,12 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from .config import (BlurOp, DownsampleOp, GrayscaleOp, MaskOp, NoiseOp, Op, check_op_fits, flatten_ops,
                      parse_op)
 from .errors import DegradationError
 
 LUMA = (0.299, 0.587, 0.114)
-
-
-# ----------------------------------------------------------------------------------------------
-# Value-range conversions
-
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """``[N, 3, H, W]`` in [-1, 1] -> ``uint8 [N, H, W, 3]`` (round half up, clipped)."""
-    x = (img.detach().float().cpu() + 1) * 127.5
-    return x.clamp(0, 255).add(0.5).floor().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def from_uint8(arr: np.ndarray) -> torch.Tensor:
-    """``uint8 [H, W, 3]`` or ``[N, H, W, 3]`` -> float ``[N, 3, H, W]`` in [-1, 1]."""
-    a = np.asarray(arr)
-    if a.ndim == 3:
-        a = a[None]
-    return torch.from_numpy(a.astype(np.float32)).permute(0, 3, 1, 2) / 127.5 - 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,14 +198,3 @@ class Degradation:
     def target(self, img: torch.Tensor, batch_index=None) -> torch.Tensor:
         """Degrade clean targets once (adds observation noise where configured)."""
         return self._apply(img, target=True, batch_index=batch_index)
-
-
-def psnr_torch(a: torch.Tensor, b: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """PSNR in dB per image for [-1, 1] images ``[N, C, H, W]`` (peak-to-peak 2); ``mask`` selects pixels."""
-    d = (a.float() - b.float()).square()
-    if mask is not None:
-        m = mask.float().expand_as(d)
-        mse = (d * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
-    else:
-        mse = d.flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-20))

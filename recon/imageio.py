@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Tuple
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
 from .errors import PhotoError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
@@ -127,3 +129,19 @@ def save_png(path, rgb: np.ndarray) -> Path:
     """Write ``uint8 [H, W, 3]`` (or ``[H, W]``) losslessly as PNG, atomically."""
     img = Image.fromarray(np.ascontiguousarray(rgb))
     return write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+# Value-range conversions between files (uint8) and the generator's float range [-1, 1]
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """``[N, 3, H, W]`` in [-1, 1] -> ``uint8 [N, H, W, 3]`` (round half up, clipped)."""
+    x = (img.detach().float().cpu() + 1) * 127.5
+    return x.clamp(0, 255).add(0.5).floor().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def from_uint8(arr: np.ndarray) -> torch.Tensor:
+    """``uint8 [H, W, 3]`` or ``[N, H, W, 3]`` -> float ``[N, 3, H, W]`` in [-1, 1]."""
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        a = a[None]
+    return torch.from_numpy(a.astype(np.float32)).permute(0, 3, 1, 2) / 127.5 - 1

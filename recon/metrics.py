@@ -1,4 +1,4 @@
-"""Image-quality and identity metrics that need no downloaded weights.
+"""Image-quality and identity metrics that need no downloaded weights, and their meanings.
 
 All image inputs are ``uint8 [H, W, 3]`` arrays (what the pipeline writes); masks are boolean
 ``[H, W]`` arrays selecting the pixels to score.
@@ -20,37 +20,13 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: Optional[np.ndarray] = None) -> flo
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-    x = np.arange(size) - (size - 1) / 2
-    g = np.exp(-0.5 * (x / sigma) ** 2)
-    return g / g.sum()
-
-
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03), averaged
-    over RGB channels, on the valid region (no padding)."""
-    from scipy.ndimage import correlate1d
+    """Mean SSIM of Wang et al. 2004 (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03), averaged
+    over the RGB channels: scikit-image's ``structural_similarity`` with the paper's settings."""
+    from skimage.metrics import structural_similarity
 
-    win = _gaussian_window()
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    half = len(win) // 2
-    scores = []
-    for ch in range(a.shape[2]):
-        x = a[..., ch].astype(np.float64)
-        y = b[..., ch].astype(np.float64)
-
-        def blur(z):
-            z = correlate1d(z, win, axis=0, mode="constant")
-            z = correlate1d(z, win, axis=1, mode="constant")
-            return z[half:-half, half:-half] if min(z.shape) > 2 * half else z
-
-        mx, my = blur(x), blur(y)
-        sxx = blur(x * x) - mx * mx
-        syy = blur(y * y) - my * my
-        sxy = blur(x * y) - mx * my
-        s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-        scores.append(float(s.mean()))
-    return float(np.mean(scores))
+    return float(structural_similarity(a, b, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False, data_range=255))
 
 
 _FACE_NET = {}
@@ -84,6 +60,40 @@ def face_descriptor(aligned: np.ndarray) -> np.ndarray:
     return np.array(net.compute_face_descriptor(img, shape), dtype=np.float64)
 
 
+IDENTITY_THRESHOLD = 0.6   # dlib's own: distances below it are the same person
+
+
 def identity_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Euclidean distance of dlib face embeddings (same person below about 0.6)."""
+    """Euclidean distance of dlib face embeddings (same person below :data:`IDENTITY_THRESHOLD`)."""
     return float(np.linalg.norm(face_descriptor(a) - face_descriptor(b)))
+
+
+def psnr_torch(a, b, mask=None):
+    """PSNR in dB per image for [-1, 1] tensors ``[N, C, H, W]`` (peak-to-peak 2); ``mask`` selects pixels."""
+    import torch
+
+    d = (a.float() - b.float()).square()
+    if mask is not None:
+        m = mask.float().expand_as(d)
+        mse = (d * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    else:
+        mse = d.flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-20))
+
+
+# What each number in the report and metrics.json means: (label, unit, better, meaning).
+GLOSSARY = {
+    "psnr": ("PSNR", "dB", "higher", "peak signal-to-noise ratio of the generated face against the undegraded "
+             "original (8-bit, whole image)"),
+    "ssim": ("SSIM", "", "higher", "structural similarity to the original, 0 to 1 (Wang et al. 2004, 11 px "
+             "Gaussian window)"),
+    "psnr_degraded_input": ("PSNR of the input", "dB", "higher", "the degraded target against the original: the "
+                            "baseline that a restoration should beat"),
+    "consistency_psnr": ("consistency PSNR", "dB", "higher", "the generated face degraded again against the "
+                         "degraded target, over known pixels: how well the result explains what was observed"),
+    "psnr_mask": ("PSNR in the hole", "dB", "higher", "PSNR against the original inside the missing region only"),
+    "psnr_composited": ("composited PSNR", "dB", "higher", "PSNR of the result combined with what the input "
+                        "knows (known pixels pasted back, or the input's luminance with the generated colour)"),
+    "identity": ("identity distance", "", "lower", "distance of dlib face embeddings of result and original; "
+                 f"below {IDENTITY_THRESHOLD} dlib calls them the same person"),
+}

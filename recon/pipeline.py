@@ -9,6 +9,7 @@ Layout on disk:
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -21,11 +22,11 @@ import numpy as np
 import torch
 
 from .config import MaskOp, ProjectorConfig, Runtime, Synthetic
-from .degrade import (Degradation, DegradationError, centre_mask, from_uint8, mask_from_color, mask_from_file,
-                      parse_ops, to_uint8)
+from .degrade import Degradation, DegradationError, centre_mask, mask_from_color, mask_from_file, parse_ops
 from .errors import MissingInputError, ParamsError
-from .imageio import PhotoError, load_photo, save_png, write_atomic
-from .projector import Projector, TorchRandom
+from .imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8, write_atomic
+from .progress import StageProgress, slow_settings_warning
+from .projector import Projector, TorchRandom, snapshot_step
 from .weights import sha256_of
 
 
@@ -109,15 +110,15 @@ def _mask_for(face: dict, op: MaskOp, rgb: np.ndarray) -> torch.Tensor:
     return centre_mask(size, op.fraction)
 
 
-def degrade_stage(mode: str, ops, aligned_dir, out_dir, seed: int = 0) -> dict:
-    """Write each aligned face's degraded target as an 8-bit PNG (plus its mask) and targets.json.
+def degrade_stage(mode: str, ops, faces: List[dict], out_dir, seed: int = 0) -> dict:
+    """Write each face's degraded target as an 8-bit PNG (plus its mask) and targets.json.
 
-    ``ops``: the mode's typed ops (``Params.ops(mode)``), or anything :func:`parse_ops` takes."""
+    ``ops``: the mode's typed ops (``Params.ops(mode)``), or anything :func:`parse_ops` takes.
+    ``faces``: :func:`aligned_faces` (or the same records for any square images)."""
     from tqdm import tqdm
 
     ops = parse_ops(ops)
     mask_op = next((op for op in ops if isinstance(op, MaskOp)), None)
-    faces = aligned_faces(aligned_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -160,13 +161,19 @@ def degradation_for(targets: dict, faces: List[dict], degraded_dir, size: int) -
 # ----------------------------------------------------------------------------------------------
 # project@mode
 
-def load_models(weights_dir, device):
+def weight_files(weights) -> tuple:
+    """``(generator, vgg16)`` paths: from the download_weights folder, or a pair as given."""
+    if isinstance(weights, (tuple, list)):
+        return Path(weights[0]), Path(weights[1])
+    return Path(weights) / "generator.safetensors", Path(weights) / "vgg16.pt"
+
+
+def load_models(weights, device):
     from .checkpoint import load_generator
     from .perceptual import VGGFeatures, load_vgg16
 
-    weights_dir = Path(weights_dir)
-    G = load_generator(weights_dir / "generator.safetensors", device=device)
-    return G, VGGFeatures(load_vgg16(weights_dir / "vgg16.pt", device))
+    generator, vgg = weight_files(weights)
+    return load_generator(generator, device=device), VGGFeatures(load_vgg16(vgg, device))
 
 
 def _face_fingerprint(cfg: ProjectorConfig, targets: dict, face: dict, degraded_dir, weights_digest: str) -> str:
@@ -180,13 +187,18 @@ def _face_fingerprint(cfg: ProjectorConfig, targets: dict, face: dict, degraded_
     return h.hexdigest()[:24]
 
 
-def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weights_dir="weights",
-                  batch_size: int = 4, device: str = "auto") -> List[str]:
-    """Project every degraded target of a mode, in batches; resumable.
+def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weights="weights",
+                  batch_size: int = 4, device: str = "auto", replace: bool = True) -> List[str]:
+    """Project every degraded target of a mode, in batches; resumable. The pipeline's stage and
+    ``recon project`` both run this.
 
+    ``weights``: the download_weights folder, or a ``(generator, vgg16)`` pair of paths.
     Finished faces carry ``done.json`` with a fingerprint of everything that produced them and are
-    skipped on rerun; an interrupted batch resumes from its snapshot; results of faces that are no
-    longer targets are removed. Returns the names projected in this run.
+    skipped on rerun; an interrupted batch resumes from its snapshot. With ``replace`` (the
+    pipeline, which owns its output folder) results made with other settings are recomputed and
+    those of faces that are no longer targets removed; without it (the command line) a result
+    made with other settings is refused and other folders are left alone.
+    Returns the names projected in this run.
     """
     from .checkpoint import read_config
 
@@ -196,37 +208,47 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     targets = load_targets(degraded_dir)
     degraded_dir, out_dir = Path(degraded_dir), Path(out_dir)
     # Everything is checked before the models are loaded.
-    R = read_config(Path(weights_dir) / "generator.safetensors")["img_resolution"]
+    generator, vgg = weight_files(weights)
+    R = read_config(generator)["img_resolution"]
 
     faces = targets["faces"]
     names = {f["name"] for f in faces}
 
     # The weights are hashed once per run, not once per face (the FFHQ generator is 120 MB).
-    weights_digest = "".join(sha256_of(Path(weights_dir) / n) for n in ("generator.safetensors", "vgg16.pt"))
+    weights_digest = sha256_of(generator) + sha256_of(vgg)
     pending = []
     for face in faces:
         fp = _face_fingerprint(cfg, targets, face, degraded_dir, weights_digest)
         done = out_dir / face["name"] / "done.json"
-        if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fp:
-            continue
+        if done.is_file():
+            if json.loads(done.read_text()).get("fingerprint") == fp:
+                continue
+            if not replace:
+                raise ParamsError(f"{done.parent}: already holds a result made with other settings or inputs "
+                                  "(add --force to replace it)")
         rgb, _ = load_photo(degraded_dir / face["degraded"])
         if rgb.shape[:2] != (R, R):
             raise PhotoError(f"{degraded_dir / face['degraded']}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
-                             f"generator makes {R}x{R} (set align.resolution to {R})")
+                             f"generator makes {R}x{R} "
+                             f"(align faces at {R} px: align.resolution in params.yaml, --size of recon align)")
         pending.append((face, fp, from_uint8(rgb)))
     if len(pending) < len(faces):
-        log(f"project {mode}: {len(faces) - len(pending)} faces already done, {len(pending)} to go")
+        log(f"project {mode}: {len(faces) - len(pending)} of {len(faces)} faces already done")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.iterdir():
+    for stale in out_dir.iterdir() if replace else ():
         if stale.is_dir() and not stale.name.startswith(".") and stale.name not in names:
             shutil.rmtree(stale)
     if not pending:
         return []
-    G, features = load_models(weights_dir, device)
+    G, features = load_models((generator, vgg), device)
     projector = Projector(G, features, cfg)
     snap_dir = out_dir / ".snapshots"
     done_names = []
+    warning = slow_settings_warning(device, R, len(pending), cfg.num_steps)
+    if warning:
+        log(f"project {mode}: warning: {warning}")
+    progress = StageProgress(f"project {mode}", len(faces), len(faces) - len(pending), cfg.num_steps)
     for start in range(0, len(pending), max(1, batch_size)):
         chunk = pending[start:start + batch_size]
         batch_faces = [f for f, _, _ in chunk]
@@ -239,15 +261,20 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
             for face, img in zip(batch_faces, to_uint8(images)):
                 save_png(out_dir / face["name"] / "progress" / f"step{step:05d}.png", img)
 
+        resumed_at = snapshot_step(snap)
         results = projector.project(imgs, degradation=d, names=[f["name"] for f in batch_faces],
                                     rngs=[TorchRandom(cfg.seed) for _ in batch_faces], snapshot_path=snap,
-                                    on_snapshot=save_progress)
-        for (face, fp, _), res in zip(chunk, results):
+                                    on_snapshot=save_progress, progress=False,
+                                    on_step=progress.batch(len(chunk), resumed_at))
+        for (face, fp, target), res in zip(chunk, results):
             res.save(out_dir / face["name"])
+            save_png(out_dir / face["name"] / "target.png", to_uint8(target)[0])
             write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fp, mode=mode, config=cfg.model_dump(),
                                                                  target=face))
             done_names.append(face["name"])
+            progress.face_done(face["name"], res.history)
         snap.unlink(missing_ok=True)
+    progress.close()
     if snap_dir.is_dir() and not any(snap_dir.iterdir()):
         snap_dir.rmdir()
     return done_names
@@ -256,12 +283,12 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
 # ----------------------------------------------------------------------------------------------
 # synthetic: invert generated images over a grid of num_steps x latent_dist_reg_weight
 
-def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weights_dir="weights",
+def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weights="weights",
                     device: str = "auto") -> dict:
     """Sample one image per seed, then invert all of them for every (num_steps, reg weight) pair."""
     device = resolve_device(device)
     out_dir = Path(out_dir)
-    G, features = load_models(weights_dir, device)
+    G, features = load_models(weights, device)
     seeds, psi = list(params.seeds), params.truncation_psi
     z = torch.cat([torch.from_numpy(np.random.RandomState(s).randn(1, G.z_dim)) for s in seeds]).to(device)
     with torch.no_grad():
@@ -271,15 +298,42 @@ def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weigh
         save_png(out_dir / "truth" / f"seed{s:04d}.png", img)
     targets = from_uint8(truth_u8).to(device)
     runs = {}
-    for steps in params.num_steps:
-        for reg in params.latent_dist_reg_weight:
-            cfg = base_cfg.model_copy(update=dict(num_steps=steps, latent_dist_reg_weight=reg))
-            tag = f"steps{int(steps)}_reg{float(reg):g}"
-            results = Projector(G, features, cfg).project(
-                targets, names=[f"seed{s:04d}" for s in seeds], rngs=[TorchRandom(cfg.seed) for _ in seeds])
-            for res in results:
-                res.save(out_dir / tag / res.name)
-            runs[tag] = dict(num_steps=int(steps), latent_dist_reg_weight=float(reg),
-                             faces=[r.name for r in results])
+    grid = [(steps, reg) for steps in params.num_steps for reg in params.latent_dist_reg_weight]
+    warning = slow_settings_warning(device, G.img_resolution, len(seeds) * len(grid), max(params.num_steps))
+    if warning:
+        log(f"synthetic: warning: {warning}")
+    for k, (steps, reg) in enumerate(grid, 1):
+        cfg = base_cfg.model_copy(update=dict(num_steps=steps, latent_dist_reg_weight=reg))
+        tag = f"steps{int(steps)}_reg{float(reg):g}"
+        results = Projector(G, features, cfg).project(
+            targets, names=[f"seed{s:04d}" for s in seeds], rngs=[TorchRandom(cfg.seed) for _ in seeds],
+            desc=f"synthetic run {k}/{len(grid)} (steps {steps}, reg {reg:g})")
+        for res in results:
+            res.save(out_dir / tag / res.name)
+        runs[tag] = dict(num_steps=int(steps), latent_dist_reg_weight=float(reg), faces=[r.name for r in results])
+        log(f"synthetic run {k}/{len(grid)} (steps {steps}, reg {reg:g}) done: mean distance "
+            f"{np.mean([r.history[-1]['dist'] for r in results]):.4g}")
     write_json(out_dir / "runs.json", dict(seeds=seeds, truncation_psi=psi, runs=runs))
     return runs
+
+
+def write_loss_table(out_dir, csv_path) -> Path:
+    """Every ``loss.csv`` below ``out_dir`` in one long table ``step,face,dist,noise_reg,latent_reg,loss``
+    (``face`` is the folder path below ``out_dir``): the data of one DVC plot with a line per face."""
+    out_dir, csv_path = Path(out_dir), Path(csv_path)
+    rows = []
+    for path in sorted(out_dir.rglob("loss.csv")):
+        face = path.parent.relative_to(out_dir).as_posix()
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                rows.append(dict(step=r["step"], face=face, dist=r["dist"], noise_reg=r["noise_reg"],
+                                 latent_reg=r["latent_reg"], loss=r["loss"]))
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["step", "face", "dist", "noise_reg", "latent_reg", "loss"])
+            w.writeheader()
+            w.writerows(rows)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(csv_path, write)
+    return csv_path

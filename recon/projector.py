@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -33,12 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .degrade import Degradation, fill_missing, to_uint8
-from .imageio import save_png, write_atomic
 from .config import LATENT_SPACES, ProjectorConfig  # noqa: F401  (re-exported)
+from .degrade import Degradation, fill_missing
 from .errors import ProjectionError
+from .imageio import save_png, to_uint8, write_atomic
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+HISTORY_FLUSH_STEPS = 32   # loss terms stay on the device this many steps between host copies
 
 
 
@@ -183,6 +184,14 @@ class ProjectionResult:
         return out
 
 
+def snapshot_step(path) -> int:
+    """The step a snapshot file was taken at (0 when there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+
+
 # ----------------------------------------------------------------------------------------------
 # The optimization
 
@@ -283,9 +292,54 @@ class Projector:
         fused = None if self.device.type == "cuda" else False
         return self.G.synthesis(self._ws(w), noise_mode="const", noise_inputs=noise, fused_modconv=fused)
 
+    # The official loop, one phase per method: schedule -> synthesis -> loss -> step -> record.
+
+    def schedule(self, step: int):
+        """``(learning rate, w-noise scale)`` at ``step``: ramp up, cosine ramp down, noise decay."""
+        return learning_rate(step, self.cfg), w_noise_scale(step, self.w_std, self.cfg)
+
+    def loss(self, st: _State, target_features, degradation, rngs, scale: float) -> Dict[str, torch.Tensor]:
+        """Per-target loss terms ``[B]`` at the state's current latents (w perturbed by noise)."""
+        unit = torch.cat([r.w_noise_unit(st.step, (1,) + tuple(st.w_opt.shape[1:])) for r in rngs]).to(self.device)
+        synth = self.synthesize(st.w_opt + unit * scale, st.noise)
+        degraded = degradation(synth) if degradation is not None else synth
+        dist = (target_features - self.features(degraded)).square().sum(dim=1)
+        reg = noise_regularization(st.noise)
+        latent = (st.w_opt - self.w_avg).square().sum(dim=[1, 2]) * self.cfg.latent_dist_reg_weight
+        return dict(loss=dist + reg * self.cfg.regularize_noise_weight + latent, dist=dist, noise_reg=reg,
+                    latent_reg=latent)
+
+    def step(self, st: _State, loss: torch.Tensor, lr: float) -> None:
+        for group in st.optimizer.param_groups:
+            group["lr"] = lr
+        st.optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        st.optimizer.step()
+        if self.cfg.optimize_noise:
+            renormalize_noise(st.noise)
+
+    def record(self, st: _State, pending: list, names, snapshot_path) -> None:
+        """Copy the loss terms kept on the device since the last call to the host history (one
+        transfer, not four per target and step) and stop at the first non-finite loss."""
+        if not pending:
+            return
+        table = torch.stack([t for _, _, _, t in pending]).cpu()        # [steps, 4, B]
+        bad = ~torch.isfinite(table[:, 0])
+        if bad.any():
+            k, i = (int(x) for x in bad.nonzero()[0])
+            step, lr = pending[k][0], pending[k][1]
+            where = f"; last good snapshot: {snapshot_path}" if snapshot_path and snapshot_path.exists() else ""
+            raise ProjectionError(f"target {names[i]}: non-finite loss at step {step} (learning rate {lr:.4g}){where}")
+        for (step, lr, scale, _), row in zip(pending, table.tolist()):
+            for i, hist in enumerate(st.history):
+                hist.append(dict(step=step, loss=row[0][i], dist=row[1][i], noise_reg=row[2][i],
+                                 latent_reg=row[3][i], lr=lr, w_noise_scale=scale))
+        pending.clear()
+
     def project(self, targets: torch.Tensor, degradation: Optional[Degradation] = None,
                 names: Optional[Sequence[str]] = None, rngs=None, snapshot_path=None, progress: bool = True,
-                record_w: bool = False, on_snapshot: Optional[Callable] = None) -> List[ProjectionResult]:
+                record_w: bool = False, on_snapshot: Optional[Callable] = None,
+                on_step: Optional[Callable[[int], None]] = None, desc: Optional[str] = None) -> List[ProjectionResult]:
         """Optimize one latent (and noise maps) per target.
 
         Args:
@@ -297,6 +351,8 @@ class Projector:
                 from it when it exists.
             record_w: keep the w of every step (``ProjectionResult.w_trajectory``).
             on_snapshot: called as ``on_snapshot(step, images [B, 3, R, R])`` at each snapshot.
+            on_step: called with the number of steps done after each step (a stage's progress).
+            desc: the progress bar's label.
         """
         from tqdm import tqdm
 
@@ -324,46 +380,29 @@ class Projector:
         st = (self._resume(snapshot_path, names, rngs, record_w) if snapshot_path else None) or \
             self._init_state(B, rngs, record_w)
 
-        bar = tqdm(total=cfg.num_steps, initial=st.step, desc=f"project {names[0]}" + (f" +{B - 1}" if B > 1 else ""),
-                   unit="step", disable=not progress)
+        label = desc or f"project {names[0]}" + (f" +{B - 1}" if B > 1 else "")
+        bar = tqdm(total=cfg.num_steps, initial=st.step, desc=label, unit="step", disable=not progress)
+        pending = []
         while st.step < cfg.num_steps:
-            step = st.step
-            if st.space == "w" and self._space_at(step) == "w+":
+            if st.space == "w" and self._space_at(st.step) == "w+":
                 self._switch_to_w_plus(st)
-            lr = learning_rate(step, cfg)
-            for group in st.optimizer.param_groups:
-                group["lr"] = lr
-            scale = w_noise_scale(step, self.w_std, cfg)
-            unit = torch.cat([r.w_noise_unit(step, (1,) + tuple(st.w_opt.shape[1:])) for r in rngs]).to(self.device)
-
-            synth = self.synthesize(st.w_opt + unit * scale, st.noise)
-            degraded = degradation(synth) if degradation is not None else synth
-            dist = (target_features - self.features(degraded)).square().sum(dim=1)
-            reg = noise_regularization(st.noise)
-            latent = (st.w_opt - self.w_avg).square().sum(dim=[1, 2]) * cfg.latent_dist_reg_weight
-            loss = dist + reg * cfg.regularize_noise_weight + latent
-
-            bad = ~torch.isfinite(loss.detach())
-            if bad.any():
-                i = int(bad.nonzero()[0])
-                where = f"; last good snapshot: {snapshot_path}" if snapshot_path and snapshot_path.exists() else ""
-                raise ProjectionError(f"target {names[i]}: non-finite loss at step {step} "
-                                      f"(learning rate {lr:.4g}){where}")
-            st.optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            st.optimizer.step()
-            if cfg.optimize_noise:
-                renormalize_noise(st.noise)
-
-            for i in range(B):
-                st.history[i].append(dict(step=step, loss=float(loss[i].detach()), dist=float(dist[i].detach()), noise_reg=float(reg[i].detach()),
-                                          latent_reg=float(latent[i].detach()), lr=lr, w_noise_scale=scale))
+            lr, scale = self.schedule(st.step)
+            terms = self.loss(st, target_features, degradation, rngs, scale)
+            self.step(st, terms["loss"], lr)
+            pending.append((st.step, lr, scale, torch.stack([terms[k].detach() for k in
+                                                             ("loss", "dist", "noise_reg", "latent_reg")])))
             if st.trajectory is not None:
                 st.trajectory.append(self._ws(st.w_opt.detach()).clone())
             st.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach().mean()):.4g}")
-            if snapshot_path and cfg.snapshot_every and (st.step % cfg.snapshot_every == 0) and st.step < cfg.num_steps:
+            snapshot_due = bool(snapshot_path and cfg.snapshot_every and st.step % cfg.snapshot_every == 0
+                                and st.step < cfg.num_steps)
+            if snapshot_due or st.step == cfg.num_steps or len(pending) >= HISTORY_FLUSH_STEPS:
+                self.record(st, pending, names, snapshot_path)
+                bar.update(st.step - bar.n)
+                bar.set_postfix(distance=f"{sum(h[-1]['dist'] for h in st.history) / B:.4g}", refresh=False)
+            if on_step is not None:
+                on_step(st.step)
+            if snapshot_due:
                 self._snapshot(st, rngs, names, snapshot_path)
                 if on_snapshot is not None:
                     with torch.no_grad():

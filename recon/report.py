@@ -1,12 +1,14 @@
 """The report stage: one self-contained HTML page, DVC metrics and DVC plots.
 
 ``reports/index.html`` embeds every image (base64), so it can be mailed or archived alone.
-``reports/metrics.json`` holds per-mode means (what ``dvc exp show`` shows as columns) and
-per-face values; ``reports/plots/<mode>/<face>.csv`` are the loss curves for ``dvc plots show``.
+``reports/metrics.json`` holds the headline numbers per mode and the study's best cell (what
+``dvc exp show`` shows as columns); ``reports/metrics_detail.json`` every face and cell. The loss
+tables for ``dvc plots`` are written by the project and synthetic stages (``reports/losses/``).
 """
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import json
@@ -20,7 +22,7 @@ from PIL import Image
 from .align import paste_back
 from .composite import paste_known, transfer_luminance
 from .imageio import load_photo, write_atomic
-from .metrics import identity_distance, psnr, ssim
+from .metrics import GLOSSARY, identity_distance, psnr, ssim
 
 
 def _b64(img: np.ndarray, fmt: str = "PNG", max_side: Optional[int] = None) -> str:
@@ -39,46 +41,57 @@ def _img_tag(img: np.ndarray, title: str = "", size: int = 160, fmt: str = "PNG"
             f'alt="{html.escape(title)}">')
 
 
-def _plot_losses(curves: Dict[str, List[float]], title: str) -> str:
+def _figure_tag(fig, alt: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="{html.escape(alt)}">'
+
+
+def _plot_curves(curves: Dict[str, List[float]], title: str, small: bool = False) -> str:
+    """One line per face: the perceptual distance (the loss without its weighted regularizers,
+    which would otherwise dominate and stack every curve on one line)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(2.6, 1.7) if small else (6.4, 3.4), dpi=100)
     for name, ys in curves.items():
-        ax.plot(range(len(ys)), ys, label=name, linewidth=1.2)
+        ax.plot(range(len(ys)), ys, label=name, linewidth=1.0 if small else 1.4)
     ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    if len(curves) <= 12:
-        ax.legend(fontsize=7)
+    ax.set_xlabel("step", fontsize=7 if small else 10)
+    ax.set_ylabel("VGG16 distance", fontsize=7 if small else 10)
+    ax.tick_params(labelsize=6 if small else 9)
+    ax.set_title(title, fontsize=8 if small else 11)
+    if not small and len(curves) <= 16:
+        ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="{html.escape(title)}">'
+    return _figure_tag(fig, title)
 
 
-def _read_losses(csv_path: Path) -> List[float]:
-    lines = csv_path.read_text().splitlines()
-    head = lines[0].split(",")
-    i = head.index("loss")
-    return [float(line.split(",")[i]) for line in lines[1:] if line]
+def _read_distance(csv_path: Path) -> List[float]:
+    """The ``dist`` column of a ``loss.csv`` (older files without it: ``loss``)."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    key = "dist" if rows and "dist" in rows[0] else "loss"
+    return [float(r[key]) for r in rows]
 
 
-def _write_plot(path: Path, losses: List[float]) -> None:
-    """One DVC plot file: ``step,loss`` rows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("step,loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(losses)))
-
-
-def _fmt(v) -> str:
+def _fmt(v, key: str = "") -> str:
+    """A metric value with its unit."""
     if v is None:
         return "–"
+    unit = GLOSSARY.get(key, ("", "", "", ""))[1]
     if isinstance(v, float) and math.isinf(v):
-        return "inf"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+        text = "inf"
+    else:
+        text = f"{v:.3f}" if isinstance(v, float) else str(v)
+    if key in ("psnr", "psnr_degraded_input", "consistency_psnr", "psnr_mask", "psnr_composited") and \
+            isinstance(v, float) and math.isfinite(v):
+        text = f"{v:.2f}"
+    return f"{text} {unit}".strip()
 
 
 def _mean(values):
@@ -86,11 +99,16 @@ def _mean(values):
     return float(np.mean(vals)) if vals else None
 
 
-def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Path, plots_dir: Path,
-                 identity: bool = True):
+def _metric_rows(m: dict) -> str:
+    return "<br>".join(f'<span title="{html.escape(GLOSSARY[k][3])}">{html.escape(GLOSSARY[k][0])}: '
+                       f"{_fmt(v, k)}</span>" for k, v in m.items() if k in GLOSSARY)
+
+
+def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Path, identity: bool = True):
     targets = json.loads((degraded_dir / "targets.json").read_text())
     rows, per_face, curves = [], {}, {}
     restored_by_photo: Dict[str, list] = {}
+    op_types = [op["type"] for op in targets["ops"]]
     for face in targets["faces"]:
         name = face["name"]
         out = projected_dir / name
@@ -104,7 +122,6 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
         if face.get("mask"):
             hmask = np.asarray(Image.open(degraded_dir / face["mask"]).convert("L")) >= 128
             hole, known = hmask, ~hmask
-        op_types = [op["type"] for op in targets["ops"]]
         if op_types == ["mask"]:
             composited = paste_known(generated, degraded, hole)
         elif op_types == ["grayscale"]:
@@ -119,20 +136,16 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
         if identity:
             m["identity"] = identity_distance(original, generated)
         per_face[name] = m
-        curves[name] = _read_losses(out / "loss.csv")
-        _write_plot(plots_dir / mode / f"{name}.csv", curves[name])
+        curves[name] = _read_distance(out / "loss.csv")
         images = [(original, "original"), (degraded, "original degraded"), (generated, "generated"),
                   (gen_degraded, "generated degraded")]
         if composited is not None:
             images.append((composited, "generated + what the input knows"))
         cells = "".join(f"<td>{_img_tag(im, t)}</td>" for im, t in images)
-        metrics_cell = "<br>".join(f"{k}: {_fmt(v)}" for k, v in m.items())
-        rows.append(f"<tr><th>{html.escape(name)}</th>{cells}<td class=m>{metrics_cell}</td></tr>")
+        rows.append(f"<tr><th>{html.escape(name)}</th>{cells}<td class=m>{_metric_rows(m)}</td></tr>")
         restored_by_photo.setdefault(face["photo"], []).append((face["quad"], generated))
 
-    means = {k: _mean([m.get(k) for m in per_face.values()]) for k in
-             ("psnr", "ssim", "psnr_degraded_input", "consistency_psnr", "psnr_mask", "psnr_composited",
-              "identity")}
+    means = {k: _mean([m.get(k) for m in per_face.values()]) for k in GLOSSARY}
     means = {k: v for k, v in means.items() if v is not None}
 
     pasted = []
@@ -149,87 +162,122 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
 
     ops = html.escape(json.dumps(targets["ops"]))
     composite_head = ""
-    if [op["type"] for op in targets["ops"]] in (["mask"], ["grayscale"]):
-        composite_head = ("<th>Composited (known pixels pasted back)</th>" if targets["ops"][0]["type"] == "mask"
+    if op_types in (["mask"], ["grayscale"]):
+        composite_head = ("<th>Composited (known pixels pasted back)</th>" if op_types == ["mask"]
                           else "<th>Composited (input luminance, generated colour)</th>")
-    mean_txt = ", ".join(f"{k} {_fmt(v)}" for k, v in means.items())
     section = [f'<h2 id="{html.escape(mode)}">{html.escape(mode)}</h2>',
-               f"<p>operations: <code>{ops}</code><br>means: {mean_txt}</p>",
+               f"<p>operations: <code>{ops}</code></p>",
+               f"<p class=means>mean over {len(per_face)} faces: {_metric_rows(means).replace('<br>', ' · ')}</p>",
                "<table><tr><th>face</th><th>Original</th><th>Original degraded</th><th>Generated</th>"
                f"<th>Generated degraded</th>{composite_head}<th>metrics</th></tr>", *rows, "</table>"]
     if curves:
-        section.append(_plot_losses(curves, f"{mode}: loss per step"))
+        section.append(_plot_curves(curves, f"{mode}: perceptual distance per face"))
     if pasted:
         section += ["<h3>Pasted back into the photos</h3><table><tr><th>photo</th><th>original</th>"
                     "<th>restored</th></tr>", *pasted, "</table>"]
     return "\n".join(section), dict(mean=means, faces=per_face)
 
 
-def synthetic_section(synthetic_dir: Path, plots_dir: Path):
+def synthetic_section(synthetic_dir: Path):
+    """The study as a grid: one row per num_steps, one column per latent_dist_reg_weight; each
+    cell holds the generated images of every seed with their PSNR and a small loss plot; the
+    sampled truth beside the grid; the best cell (highest mean PSNR) marked."""
     runs = json.loads((synthetic_dir / "runs.json").read_text())
     seeds = [f"seed{s:04d}" for s in runs["seeds"]]
     truth = {s: load_photo(synthetic_dir / "truth" / f"{s}.png")[0] for s in seeds}
-    head = "".join(f"<th>{s}</th>" for s in seeds)
-    rows = ["<tr><th>sampled image</th>" + "".join(f"<td>{_img_tag(truth[s], s, 128)}</td>" for s in seeds)
-            + "<td></td></tr>"]
-    metrics, curves = {}, {}
+    cells = {}
     for tag, run in runs["runs"].items():
-        cells, ps = [], []
+        images, ps, curves = [], [], {}
         for s in seeds:
             img, _ = load_photo(synthetic_dir / tag / s / "image.png")
             p = psnr(img, truth[s])
             ps.append(p)
-            cells.append(f"<td>{_img_tag(img, f'{tag} {s}', 128)}<br>PSNR {_fmt(p)}</td>")
-            curves[f"{tag} {s}"] = _read_losses(synthetic_dir / tag / s / "loss.csv")
-            _write_plot(plots_dir / "synthetic" / f"{tag}_{s}.csv", curves[f"{tag} {s}"])
-        metrics[tag] = dict(psnr=_mean(ps), num_steps=run["num_steps"],
-                            latent_dist_reg_weight=run["latent_dist_reg_weight"])
-        rows.append(f"<tr><th>steps {run['num_steps']}, reg {run['latent_dist_reg_weight']:g}</th>{''.join(cells)}"
-                    f"<td>mean PSNR {_fmt(metrics[tag]['psnr'])}</td></tr>")
-    body = ['<h2 id="synthetic">Synthetic sweep: num_steps x latent_dist_reg_weight</h2>',
-            f"<p>truncation psi {runs['truncation_psi']}</p>",
-            f"<table><tr><th>run</th>{head}<th></th></tr>", *rows, "</table>",
-            _plot_losses(curves, "synthetic: loss per step")]
-    return "\n".join(body), metrics
+            images.append(f"<figure>{_img_tag(img, f'{tag} {s}', 96)}<figcaption>{_fmt(p, 'psnr')}</figcaption></figure>")
+            curves[s] = _read_distance(synthetic_dir / tag / s / "loss.csv")
+        cells[(run["num_steps"], run["latent_dist_reg_weight"])] = dict(
+            tag=tag, psnr=_mean(ps), images="".join(images),
+            plot=_plot_curves(curves, f"steps {run['num_steps']}, reg {run['latent_dist_reg_weight']:g}", small=True))
+    steps = sorted({k[0] for k in cells})
+    regs = sorted({k[1] for k in cells})
+    best = max(cells, key=lambda k: -math.inf if cells[k]["psnr"] is None else cells[k]["psnr"])
+    truth_cells = "".join(f"<figure>{_img_tag(truth[s], s, 96)}<figcaption>{s}</figcaption></figure>" for s in seeds)
+    head = "".join(f"<th>latent_dist_reg_weight {r:g}</th>" for r in regs)
+    rows = []
+    for n in steps:
+        tds = []
+        for r in regs:
+            c = cells.get((n, r))
+            if c is None:
+                tds.append("<td></td>")
+                continue
+            mark = " class=best" if (n, r) == best else ""
+            star = " ★ best" if (n, r) == best else ""
+            tds.append(f"<td{mark}><div class=imgs>{c['images']}</div><b>mean {_fmt(c['psnr'], 'psnr')}{star}</b>"
+                       f"<br>{c['plot']}</td>")
+        rows.append(f"<tr><th>num_steps {n}</th>{''.join(tds)}</tr>")
+    body = ['<h2 id="synthetic">Synthetic study: num_steps × latent_dist_reg_weight</h2>',
+            f"<p>Faces sampled from the generator (truncation psi {runs['truncation_psi']}), then inverted; PSNR "
+            "against the sampled truth. The best cell (highest mean PSNR) is marked.</p>",
+            f"<div class=study><div class=truth><b>truth</b>{truth_cells}</div>",
+            f"<table><tr><th></th>{head}</tr>", *rows, "</table></div>"]
+    metrics = {c["tag"]: dict(psnr=c["psnr"], num_steps=k[0], latent_dist_reg_weight=k[1]) for k, c in cells.items()}
+    return "\n".join(body), metrics, best
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
+def glossary_section() -> str:
+    rows = "".join(f"<tr><th>{html.escape(label)}</th><td>{unit or '–'}</td><td>{better}</td>"
+                   f"<td>{html.escape(meaning)}</td></tr>" for label, unit, better, meaning in GLOSSARY.values())
+    return ('<h2 id="glossary">What the numbers mean</h2><table class=glossary><tr><th>metric</th><th>unit</th>'
+            f"<th>better</th><th>meaning</th></tr>{rows}</table>")
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1500px}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}
-td.m{font-size:12px;white-space:nowrap}img{image-rendering:auto}pre{background:#f6f6f6;padding:1em}"""
+td.m{font-size:12px;white-space:nowrap}pre{background:#f6f6f6;padding:1em}
+figure{display:inline-block;margin:2px;text-align:center}figcaption{font-size:11px}
+td.best{outline:3px solid #1a7f37;background:#eefbf0}.study{display:flex;gap:1em;align-items:flex-start}
+.truth{display:flex;flex-direction:column;margin-top:1em}.imgs{white-space:nowrap}
+table.glossary td{font-size:13px}p.means{font-size:14px}"""
+
+HEADLINE = ("psnr", "ssim", "consistency_psnr", "identity", "psnr_composited")
 
 
-def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str = "",
-                 identity: bool = True) -> dict:
+def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str = "", report=None) -> dict:
+    """Write ``index.html`` (self-contained), ``metrics.json`` (the headline numbers: what
+    ``dvc exp show`` shows, about 20 columns) and ``metrics_detail.json`` (every face and cell).
+    Returns the headline metrics."""
+    from .config import Report
+
+    report = report if report is not None else Report()
     data_dir, raw_dir, out_dir = Path(data_dir), Path(raw_dir), Path(out_dir)
-    plots_dir = out_dir / "plots"
-    sections, metrics = [], {}
+    sections, detail, headline = [], {}, {}
     for mode in modes:
         d, p = data_dir / "degraded" / mode, data_dir / "projected" / mode
         if not (d / "targets.json").is_file():
             continue
-        text, m = mode_section(mode, d, p, raw_dir, plots_dir, identity)
+        text, m = mode_section(mode, d, p, raw_dir, report.identity)
         sections.append(text)
-        metrics[mode] = m
+        detail[mode] = m
+        headline[mode] = {k: v for k, v in m["mean"].items() if k in HEADLINE}
     syn = data_dir / "synthetic" / "runs.json"
     if syn.is_file():
-        text, m = synthetic_section(syn.parent, plots_dir)
+        text, cells, best = synthetic_section(syn.parent)
         sections.append(text)
-        metrics["synthetic"] = m
-    nav = " · ".join(f'<a href="#{html.escape(k)}">{html.escape(k)}</a>' for k in metrics)
+        detail["synthetic"] = cells
+        psnrs = [c["psnr"] for c in cells.values() if c["psnr"] is not None]
+        best_cell = next(c for c in cells.values() if (c["num_steps"], c["latent_dist_reg_weight"]) == best)
+        headline["synthetic"] = dict(best_psnr=best_cell["psnr"], best_num_steps=best[0],
+                                     best_latent_dist_reg_weight=best[1], mean_psnr=_mean(psnrs))
+    nav = " · ".join(f'<a href="#{html.escape(k)}">{html.escape(k)}</a>' for k in list(detail) + ["glossary"])
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>recon report</title><style>{STYLE}</style>"
-            f"</head><body><h1>recon: restoration report</h1><p>{nav}</p>{''.join(sections)}"
+            f"</head><body><h1>recon: restoration report</h1><p>{nav}</p>{''.join(sections)}{glossary_section()}"
             f"<h2>Parameters</h2><pre>{html.escape(params_text)}</pre></body></html>")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "index.html", lambda tmp: Path(tmp).write_text(page))
-    summary = {mode: m["mean"] for mode, m in metrics.items() if mode != "synthetic"}
-    if "synthetic" in metrics:
-        summary["synthetic"] = {tag: {"psnr": v["psnr"]} for tag, v in metrics["synthetic"].items()}
-    full = dict(summary=summary, detail=metrics)
-    text = json.dumps(_finite(summary), indent=1, sort_keys=True)
-    write_atomic(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text))
-    detail = json.dumps(_finite(metrics), indent=1, sort_keys=True)
-    write_atomic(out_dir / "metrics_detail.json", lambda tmp: Path(tmp).write_text(detail))
-    return full
+    for name, data in (("metrics.json", headline), ("metrics_detail.json", detail)):
+        text = json.dumps(_finite(data), indent=1, sort_keys=True)
+        write_atomic(out_dir / name, lambda tmp: Path(tmp).write_text(text))
+    return headline
 
 
 def _finite(obj):

@@ -20,6 +20,7 @@ from typing import Any, Dict
 
 import numpy as np
 import torch
+
 from .errors import CheckpointError
 
 

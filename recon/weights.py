@@ -63,6 +63,18 @@ def _verify(path: Path, sha256: str, source: str) -> str:
     return digest
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` (a hard link: one copy on disk), or a copy where links
+    cannot be made (another filesystem); atomic."""
+    tmp = Path(dst).with_name(Path(dst).name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 class _Interrupted(Exception):
     """A transfer that started and then stopped (connection lost, or fewer bytes than announced)."""
 
@@ -91,7 +103,7 @@ def fetch(source: str, dest, sha256: str = "", progress: bool = True, timeout: f
     if local is not None:
         if not local.is_file():
             raise DownloadError(f"{url}: no such file")
-        shutil.copyfile(local, part)
+        link_or_copy(local, part)
         digest = _verify(part, sha256, url)
         os.replace(part, dest)
         return digest

@@ -13,12 +13,15 @@ from recon.config import Params, load_params  # noqa: E402
 from recon.runner import run  # noqa: E402
 
 
-def stage_main(name: str, body, doc: str, mode: bool = False) -> None:
-    """Parse ``[mode] [--params FILE]``, validate the whole params file, then run
-    ``body(params, args)`` under the runner and exit with its status."""
+def stage_main(name: str, body, doc: str, paths: dict, mode: bool = False) -> None:
+    """Parse ``[mode] --<path> P ... [--params FILE]`` (dvc.yaml's ``cmd`` names every path, so it is
+    the one place that does), validate the whole params file, then run ``body(params, args)``
+    under the runner and exit with its status."""
     ap = argparse.ArgumentParser(description=doc)
     if mode:
         ap.add_argument("mode")
+    for flag, help_text in paths.items():
+        ap.add_argument(f"--{flag}", required=True, help=help_text)
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     label = f"{name} {args.mode}" if mode else name

@@ -1,5 +1,4 @@
-"""DVC stage `report`: reports/index.html (self-contained), reports/metrics.json, reports/plots/."""
-import shutil
+"""DVC stage `report`: the self-contained HTML report, DVC metrics and the per-face detail."""
 from pathlib import Path
 
 from _common import stage_main
@@ -8,12 +7,12 @@ from recon.report import build_report
 
 
 def report(params, args) -> int:
-    shutil.rmtree("reports/plots", ignore_errors=True)
-    summary = build_report(list(params.degrade), "data", "data/raw", "reports", Path(args.params).read_text(),
-                           params.report.identity)
-    print("report: reports/index.html; " + ", ".join(f"{m}: PSNR {v.get('psnr', float('nan')):.2f}"
-                                                      for m, v in summary["summary"].items() if "psnr" in v))
+    summary = build_report(list(params.degrade), args.data, args.photos, args.out, Path(args.params).read_text(),
+                           params.report)
+    print("report: " + str(Path(args.out) / "index.html") + "; " + ", ".join(
+        f"{m}: PSNR {v['psnr']:.2f} dB" for m, v in summary.items() if isinstance(v, dict) and "psnr" in v))
 
 
 if __name__ == "__main__":
-    stage_main("report", report, __doc__)
+    stage_main("report", report, __doc__, dict(data="the data folder (degraded/, projected/, synthetic/)",
+                                               photos="the original photos", out="output folder"))

@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from recon.degrade import (Degradation, DegradationError, centre_mask, downsample, fill_missing, from_uint8,
-                           gaussian_blur, gaussian_kernel1d, grayscale, mask_from_color, mask_from_file,
-                           parse_ops, psnr_torch, to_uint8)
+from recon.degrade import (Degradation, DegradationError, centre_mask, downsample, fill_missing, gaussian_blur, gaussian_kernel1d, grayscale, mask_from_color, mask_from_file, parse_ops)
+from recon.imageio import from_uint8, to_uint8
+from recon.metrics import psnr_torch
 from recon.perceptual import VGGFeatures, to_vgg_range
 
 
@@ -119,3 +119,15 @@ def test_vgg_boundary_ranges_and_resize():
     x[..., 1::2, 1::2] = 1
     x = x * 2 - 1
     assert torch.allclose(to_vgg_range(x), torch.full((1, 3, 256, 256), 127.5))
+
+
+def test_differentiable_ops_pass_gradcheck():
+    """As kornia tests its image ops: analytic gradients against finite differences, in float64."""
+    from recon.degrade import gaussian_blur, grayscale
+    x = torch.rand(1, 3, 12, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: gaussian_blur(t, 5, 1.3), (x,))
+    assert torch.autograd.gradcheck(grayscale, (x,))
+    assert torch.autograd.gradcheck(lambda t: downsample(t, 4), (x,))
+    m = centre_mask(12, 0.5).double()
+    fill = torch.rand(1, 3, 12, 12, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: fill_missing(t, m, fill), (x,))

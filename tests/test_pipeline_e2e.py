@@ -106,23 +106,46 @@ def test_repro_report_rerun_and_experiments(project):
     assert re.fullmatch(r"[0-9a-f]{64}", record["generator"]["sha256"]) and not record["generator"]["verified"]
     assert (repo / "weights" / "generator.safetensors").is_file()
 
-    # report and metrics
+    # report and metrics: a compact metrics.json (headline numbers, the study's best cell)
     page = (repo / "reports" / "index.html").read_text()
-    for text in ("Original degraded", "Generated degraded", "Pasted back", "Synthetic sweep", "grace_hopper_0",
-                 "luciano_0", "data:image/png;base64,"):
-        assert text in page
+    for text in ("Original degraded", "Generated degraded", "Pasted back", "Synthetic study", "grace_hopper_0",
+                 "luciano_0", "data:image/png;base64,", "What the numbers mean", "★ best", " dB"):
+        assert text in page, text
     assert "src=\"http" not in page  # self-contained
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     for mode in ("blur", "grayscale", "mask"):
         m = metrics[mode]
         assert 0 < m["psnr"] < 100 and -1 <= m["ssim"] <= 1 and m["identity"] >= 0
         assert m["consistency_psnr"] > 0
-    assert "psnr_mask" in metrics["mask"]
     assert "psnr_composited" in metrics["mask"] and "psnr_composited" in metrics["grayscale"]
     # pasting the known pixels back can only bring the result closer to the original
     assert metrics["mask"]["psnr_composited"] > metrics["mask"]["psnr"]
-    assert set(metrics["synthetic"]) == {"steps4_reg0", "steps4_reg0.01", "steps8_reg0", "steps8_reg0.01"}
-    assert len(list((repo / "reports" / "plots" / "blur").glob("*.csv"))) == 2
+    assert set(metrics["synthetic"]) == {"best_psnr", "best_num_steps", "best_latent_dist_reg_weight", "mean_psnr"}
+    assert metrics["synthetic"]["best_num_steps"] in (4, 8)
+    detail = json.loads((repo / "reports" / "metrics_detail.json").read_text())
+    assert set(detail["synthetic"]) == {"steps4_reg0", "steps4_reg0.01", "steps8_reg0", "steps8_reg0.01"}
+    assert set(detail["blur"]["faces"]) == {"grace_hopper_0", "luciano_0"}
+    # one loss table per mode, a line per face
+    table = (repo / "reports" / "losses" / "blur.csv").read_text().splitlines()
+    assert table[0] == "step,face,dist,noise_reg,latent_reg,loss" and len(table) == 1 + 2 * 12
+    # the experiment table stays small; the plots are one per mode plus the study
+    metric_cols = [c for c in sh(["dvc", "exp", "show", "--csv"], repo, env).stdout.splitlines()[0].split(",")
+                   if c.split(".")[0] in metrics]
+    assert len(metric_cols) <= 25, metric_cols
+    plots = json.loads(sh(["dvc", "plots", "show", "--json", "--split"], repo, env).stdout)["data"]
+    assert sorted(plots) == sorted(f"reports/losses/{m}.csv" for m in ("blur", "grayscale", "mask", "synthetic")), \
+        list(plots)
+
+    # Editing the code a stage runs makes DVC see the stage as changed.
+    status = json.loads(sh(["dvc", "status", "--json"], repo, env).stdout)
+    assert status == {}, status
+    projector = repo / "recon" / "projector.py"
+    original = projector.read_text()
+    projector.write_text(original + "\n# an edit\n")
+    status = json.loads(sh(["dvc", "status", "--json"], repo, env).stdout)
+    assert {"project@blur", "synthetic", "report"} <= set(status), status
+    projector.write_text(original)
+    assert json.loads(sh(["dvc", "status", "--json"], repo, env).stdout) == {}
 
     # Nothing changed: nothing runs.
     again = sh(["dvc", "repro"], repo, env)
@@ -138,6 +161,8 @@ def test_repro_report_rerun_and_experiments(project):
     sh(["git", "commit", "-qm", "baseline"], repo, env)
     sh(["dvc", "exp", "run", "-n", "sigma1", "-S", "degrade.blur.sigma=1.0"], repo, env)
     sh(["dvc", "exp", "run", "-n", "steps6", "-S", "project.default.num_steps=6"], repo, env)
+    cols = sh(["dvc", "exp", "show", "--csv", "--only-changed"], repo, env).stdout.splitlines()[0].split(",")
+    assert len(cols) <= 40 and "degrade.blur.sigma" in cols and "project.default.num_steps" in cols, cols
     shown = sh(["dvc", "exp", "show", "--json"], repo, env).stdout
     data = json.loads(shown)
     names = set()

@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 
 import recon
-from recon.degrade import to_uint8
+from recon.imageio import to_uint8
 from recon.imageio import PhotoError, save_png
 from recon.metrics import identity_distance, psnr, ssim
 from recon.config import ProjectorConfig
-from recon.pipeline import degrade_stage, project_stage
+from recon.pipeline import aligned_faces, degrade_stage, project_stage
 from recon.projector import Projector
 from tiny_vgg import write_tiny_vgg
 
@@ -39,7 +39,7 @@ def setup(tmp_path, golden_dir):
 
 def test_degrade_writes_8bit_targets_and_masks(setup):
     tmp, _, aligned = setup
-    t = degrade_stage("mask", {"type": "mask", "source": "center", "fraction": 0.5}, aligned, tmp / "deg")
+    t = degrade_stage("mask", {"type": "mask", "source": "center", "fraction": 0.5}, aligned_faces(aligned), tmp / "deg")
     assert [f["name"] for f in t["faces"]] == ["p0_0", "p1_0", "p2_0"]
     img = np.asarray(Image.open(tmp / "deg" / "p0_0.png"))
     mask = np.asarray(Image.open(tmp / "deg" / "p0_0_mask.png"))
@@ -52,7 +52,7 @@ def test_degrade_writes_8bit_targets_and_masks(setup):
 
 def test_project_stage_skips_done_faces_and_resumes_after_failure(setup, monkeypatch):
     tmp, weights, aligned = setup
-    degrade_stage("blur", {"type": "blur", "kernel": 5, "sigma": 1.0}, aligned, tmp / "deg")
+    degrade_stage("blur", {"type": "blur", "kernel": 5, "sigma": 1.0}, aligned_faces(aligned), tmp / "deg")
     cfg = ProjectorConfig(**CFG)
     out = tmp / "proj"
 
@@ -90,10 +90,10 @@ def test_project_stage_skips_done_faces_and_resumes_after_failure(setup, monkeyp
 
 def test_project_stage_refuses_bad_targets_before_work(setup):
     tmp, weights, aligned = setup
-    degrade_stage("none", {"type": "none"}, aligned, tmp / "deg")
+    degrade_stage("none", {"type": "none"}, aligned_faces(aligned), tmp / "deg")
     big = np.zeros((64, 64, 3), np.uint8)
     save_png(tmp / "deg" / "p1_0.png", big)
-    with pytest.raises(ValueError, match=r"p1_0\.png: target is 64x64, the generator makes 32x32"):
+    with pytest.raises(ValueError, match=r"p1_0\.png: target is 64x64, the generator makes 32x32 "):
         project_stage("none", ProjectorConfig(**CFG), tmp / "deg", tmp / "proj", weights, device="cpu")
     (tmp / "deg" / "p1_0.png").write_bytes(b"garbage")
     with pytest.raises(PhotoError, match=r"p1_0\.png"):
@@ -140,3 +140,32 @@ def test_composites_keep_what_the_input_knows():
     inside = (colour > 0).all(-1) & (colour < 255).all(-1)        # where nothing was clipped
     assert np.abs(y - gray[..., 0])[inside].max() <= 1.0
     assert inside.mean() > 0.5
+
+
+def test_cli_and_pipeline_give_the_same_result(setup):
+    """`recon project` runs the stage's own functions: the same settings give the same bytes."""
+    import subprocess
+    import sys
+    from ruamel.yaml import YAML
+    from conftest import ROOT
+    tmp, weights, aligned = setup
+    params = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    params["align"]["resolution"] = 32
+    params["degrade"]["blur"] = {"type": "blur", "kernel": 5, "sigma": 1.0}
+    params["project"]["default"].update(CFG)
+    with open(tmp / "params.yaml", "w") as f:
+        YAML().dump(params, f)
+    from recon.config import load_params
+    p = load_params(tmp / "params.yaml")
+    degrade_stage("blur", p.ops("blur"), aligned_faces(aligned), tmp / "deg")
+    project_stage("blur", p.project.for_mode("blur"), tmp / "deg", tmp / "pipe", weights, 1, "cpu")
+    res = subprocess.run([sys.executable, "-m", "recon.cli", "project", *sorted(str(f) for f in aligned.glob("*.png")),
+                          "--generator", str(weights / "generator.safetensors"), "--vgg", str(weights / "vgg16.pt"),
+                          "--out", str(tmp / "cli"), "--params", str(tmp / "params.yaml"), "--degrade", "blur",
+                          "--device", "cpu"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in ("p0_0", "p1_0", "p2_0"):
+        for f in ("image.png", "degraded.png", "target.png", "loss.csv"):
+            assert (tmp / "pipe" / name / f).read_bytes() == (tmp / "cli" / name / f).read_bytes(), (name, f)
+        a, b = np.load(tmp / "pipe" / name / "latents.npz"), np.load(tmp / "cli" / name / "latents.npz")
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import recon
-from recon.degrade import Degradation, DegradationError, centre_mask, from_uint8, psnr_torch, to_uint8
+from recon.degrade import Degradation, DegradationError, centre_mask
+from recon.imageio import from_uint8, to_uint8
+from recon.metrics import psnr_torch
 from recon.perceptual import VGGFeatures, load_vgg16
 from recon.projector import (ProjectionError, Projector, ProjectorConfig, RecordedRandom, TorchRandom,
                              learning_rate, w_stats)
@@ -254,5 +256,10 @@ def test_cli_project(golden_dir, tmp_path):
     target = np.asarray(Image.open(tmp_path / "out" / "f0" / "target.png")).astype(int)
     assert (target[..., 0] == target[..., 2]).all()      # the degraded (gray) target was used
     assert len(list(csv.DictReader(open(tmp_path / "out" / "f1" / "loss.csv")))) == 5
-    again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode == 1 and "already holds a result" in again.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True)          # the same settings: nothing to do
+    assert again.returncode == 0 and "projected 0 of 2 images" in again.stdout, again.stderr[-2000:]
+    other = subprocess.run(cmd[:-4] + ["--steps", "6", "--batch", "2"], capture_output=True, text=True)
+    assert other.returncode == 1 and "already holds a result made with other settings" in other.stderr
+    assert "(add --force to replace it)" in other.stderr and "Traceback" not in other.stderr
+    forced = subprocess.run(cmd[:-4] + ["--steps", "6", "--batch", "2", "--force"], capture_output=True, text=True)
+    assert forced.returncode == 0 and len(list(csv.DictReader(open(tmp_path / "out" / "f1" / "loss.csv")))) == 6

@@ -27,10 +27,11 @@ def make_report(tmp_path):
     out = data / "projected" / "blur" / "p_0"
     save_png(out / "image.png", face)
     save_png(out / "degraded.png", face // 2)
-    (out / "loss.csv").write_text("step,loss\n0,10\n1,5\n2,2\n")
+    (out / "loss.csv").write_text("step,loss,dist,noise_reg,latent_reg\n0,10,1.0,0.1,0\n1,5,0.5,0.1,0\n2,2,0.2,0.1,0\n")
     write_json(out / "done.json", {})
     save_png(tmp_path / "raw" / "p.png", np.full((80, 80, 3), 128, np.uint8))
-    build_report(["blur"], data, tmp_path / "raw", tmp_path / "reports", "degrade: {}", identity=False)
+    from recon.config import Report
+    build_report(["blur"], data, tmp_path / "raw", tmp_path / "reports", "degrade: {}", Report(identity=False))
     page = tmp_path / "alone" / "index.html"
     page.parent.mkdir()
     shutil.copy(tmp_path / "reports" / "index.html", page)  # nothing beside it: it must stand alone

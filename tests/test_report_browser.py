@@ -21,14 +21,33 @@ def make_report(tmp_path):
     data = tmp_path / "data"
     save_png(data / "aligned" / "p_0.png", face)
     save_png(data / "degraded" / "blur" / "p_0.png", face // 2)
-    write_json(data / "degraded" / "blur" / "targets.json", dict(mode="blur", ops=[{"type": "blur"}], faces=[dict(
-        name="p_0", source=str(data / "aligned" / "p_0.png"), photo="p.png", quad=[[0, 0], [0, 63], [63, 63], [63, 0]],
-        degraded="p_0.png", mask=None)]))
-    out = data / "projected" / "blur" / "p_0"
-    save_png(out / "image.png", face)
-    save_png(out / "degraded.png", face // 2)
-    (out / "loss.csv").write_text("step,loss,dist,noise_reg,latent_reg\n0,10,1.0,0.1,0\n1,5,0.5,0.1,0\n2,2,0.2,0.1,0\n")
-    write_json(out / "done.json", {})
+    faces = []
+    for k, scale in enumerate((1.0, 3.0)):
+        name = f"p_{k}"
+        save_png(data / "degraded" / "blur" / f"{name}.png", face // 2)
+        out = data / "projected" / "blur" / name
+        save_png(out / "image.png", face)
+        save_png(out / "degraded.png", face // 2)
+        rows = "".join(f"{i},{10 * scale / (i + 1)},{scale / (i + 1)},0.1,0\n" for i in range(20))
+        (out / "loss.csv").write_text("step,loss,dist,noise_reg,latent_reg\n" + rows)
+        write_json(out / "done.json", {})
+        faces.append(dict(name=name, source=str(data / "aligned" / "p_0.png"), photo="p.png",
+                          quad=[[0, 0], [0, 63], [63, 63], [63, 0]], degraded=f"{name}.png", mask=None))
+    write_json(data / "degraded" / "blur" / "targets.json", dict(mode="blur", ops=[{"type": "blur"}], faces=faces))
+    # a 2 x 2 study with one seed; the (20 steps, reg 0.01) cell is best
+    syn = data / "synthetic"
+    save_png(syn / "truth" / "seed0000.png", face)
+    runs = {}
+    for steps in (10, 20):
+        for reg in (0.0, 0.01):
+            tag = f"steps{steps}_reg{reg:g}"
+            good = steps == 20 and reg == 0.01
+            save_png(syn / tag / "seed0000" / "image.png", face if good else face // 3)
+            (syn / tag / "seed0000" / "loss.csv").write_text(
+                "step,loss,dist,noise_reg,latent_reg\n" + "".join(f"{i},{1 / (i + 1)},{1 / (i + 1)},0,0\n"
+                                                                  for i in range(steps)))
+            runs[tag] = dict(num_steps=steps, latent_dist_reg_weight=reg, faces=["seed0000"])
+    write_json(syn / "runs.json", dict(seeds=[0], truncation_psi=0.7, runs=runs))
     save_png(tmp_path / "raw" / "p.png", np.full((80, 80, 3), 128, np.uint8))
     from recon.config import Report
     build_report(["blur"], data, tmp_path / "raw", tmp_path / "reports", "degrade: {}", Report(identity=False))
@@ -44,13 +63,22 @@ def test_report_renders_in_headless_chromium(tmp_path):
     shot = tmp_path / "shot.png"
     cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900", f"--screenshot={shot}",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000", f"--screenshot={shot}",
            page.as_uri()]
     subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert shot.is_file()
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    assert img.shape[:2] == (900, 1200)
+    assert img.shape[:2] == (3000, 1200)
     # The embedded face images really render: the red square appears on the white page.
     red = (img[..., 0] > 180) & (img[..., 1] < 90) & (img[..., 2] < 90)
     assert red.sum() > 500
     assert (img > 240).all(-1).mean() > 0.3  # and the page itself is there (white background)
+
+    def colour(rgb, tol=30):
+        return (np.abs(img - np.array(rgb)) <= tol).all(-1).sum()
+    # one line per face in the loss figure: matplotlib's first two colours both drawn
+    assert colour((31, 119, 180)) > 150 and colour((255, 127, 14)) > 150
+    # the study grid with its best cell outlined in green
+    assert colour((26, 127, 55), tol=12) > 300
+    text = page.read_text()
+    assert "What the numbers mean" in text and "★ best" in text and text.count("<tr><th>num_steps") == 2

@@ -226,6 +226,8 @@ class Runtime(_Model):
     """Where and how the projection runs; never part of a result's fingerprint."""
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     batch_size: Union[int, str] = "auto"   # targets per forward pass; auto = 4 on CUDA, 1 on CPU
+    workers: Union[int, str] = 1         # processes (one per GPU); auto = the visible GPUs (1 on CPU)
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = 3   # of a failed worker group, by the launcher
 
     @field_validator("device")
     @classmethod
@@ -234,9 +236,9 @@ class Runtime(_Model):
             raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
         return v
 
-    @field_validator("batch_size")
+    @field_validator("batch_size", "workers")
     @classmethod
-    def _batch(cls, v):
+    def _auto_or_positive(cls, v):
         if v != "auto" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             raise ValueError(f"must be auto or an integer >= 1, got {v!r}")
         return v

@@ -9,7 +9,6 @@ Value ranges: ``z`` is standard normal; ``ws`` is ``[N, num_ws, w_dim]``; images
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -146,6 +145,13 @@ class ToRGBLayer(nn.Module):
 # Mapping network: z (+ c) -> w, broadcast to num_ws rows, with truncation toward w_avg.
 
 class MappingNetwork(nn.Module):
+    """z (and a class label) -> w: ``z [N, z_dim]``, ``c [N, c_dim]`` -> ``ws [N, num_ws, w_dim]``.
+
+    Normalizes z (and the embedded c) to unit second moment, runs ``num_layers`` fully connected
+    layers, tracks ``w_avg`` (a buffer) and applies truncation toward it:
+    ``w_avg + psi * (w - w_avg)`` on the first ``truncation_cutoff`` layers (all when None).
+    """
+
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: Optional[int], num_layers: int = 8,
                  embed_features: Optional[int] = None, layer_features: Optional[int] = None,
                  activation: str = "lrelu", lr_multiplier: float = 0.01, w_avg_beta: Optional[float] = 0.995):
@@ -283,6 +289,13 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
+    """ws -> image: ``ws [N, num_ws, w_dim]`` -> ``img [N, img_channels, R, R]``, about [-1, 1].
+
+    One block per resolution 4, 8, ..., R; each block consumes its slice of ws (two convolutions
+    and a toRGB). ``noise_mode``: ``const`` (the network's own noise buffers), ``random`` or
+    ``none``; ``noise_inputs`` maps a layer name to ``[N, 1, res, res]`` maps that replace them.
+    """
+
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
                  channel_max: int = 512, num_fp16_res: int = 0, **block_kwargs):
         super().__init__()
@@ -347,6 +360,12 @@ class SynthesisNetwork(nn.Module):
 # Generator
 
 class Generator(nn.Module):
+    """StyleGAN2's generator with the official names and call signature:
+    ``G(z [N, z_dim], c [N, c_dim] or None, truncation_psi=1, noise_mode='const')`` ->
+    ``img [N, img_channels, img_resolution, img_resolution]``, about [-1, 1].
+    ``G.mapping`` and ``G.synthesis`` are the two halves; ``G.num_ws`` is the number of w rows.
+    """
+
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int,
                  mapping_kwargs: Optional[dict] = None, synthesis_kwargs: Optional[dict] = None):
         super().__init__()
@@ -372,8 +391,3 @@ class Generator(nn.Module):
                 truncation_cutoff: Optional[int] = None, **synthesis_kwargs) -> torch.Tensor:
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, **synthesis_kwargs)
-
-
-def num_ws_for(img_resolution: int) -> int:
-    """Rows of ws for a resolution: two per block plus the last ToRGB, minus b4's missing conv0."""
-    return 2 * int(math.log2(img_resolution)) - 2

@@ -16,13 +16,14 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
 
 from .config import MaskOp, ProjectorConfig, Runtime, Synthetic
 from .degrade import Degradation, DegradationError, centre_mask, mask_from_color, mask_from_file, parse_ops
+from .distributed import Group, Rank
 from .errors import MissingInputError, ParamsError
 from .imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8, write_atomic
 from .progress import StageProgress, slow_settings_warning
@@ -188,7 +189,8 @@ def _face_fingerprint(cfg: ProjectorConfig, targets: dict, face: dict, degraded_
 
 
 def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weights="weights",
-                  batch_size: int = 4, device: str = "auto", replace: bool = True) -> List[str]:
+                  batch_size: int = 4, device: str = "auto", replace: bool = True,
+                  group: Optional[Group] = None) -> List[str]:
     """Project every degraded target of a mode, in batches; resumable. The pipeline's stage and
     ``recon project`` both run this.
 
@@ -198,122 +200,159 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     pipeline, which owns its output folder) results made with other settings are recomputed and
     those of faces that are no longer targets removed; without it (the command line) a result
     made with other settings is refused and other folders are left alone.
-    Returns the names projected in this run.
+
+    Batches are cut from the list of all targets, so a face is always optimized with the same
+    companions (and gives the same bits) however many workers share the work; with a ``group``
+    each rank takes every world-th pending batch, and all ranks meet at a barrier at the end.
+    Returns the names projected by this process.
     """
     from .checkpoint import read_config
 
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ParamsError(f"params.yaml: project.runtime.batch_size: must be an integer >= 1, got {batch_size!r}")
-    device = resolve_device(device)
+    rank = group.rank if group is not None else Rank()
+    device = group.device if group is not None else resolve_device(device)
     targets = load_targets(degraded_dir)
     degraded_dir, out_dir = Path(degraded_dir), Path(out_dir)
     # Everything is checked before the models are loaded.
     generator, vgg = weight_files(weights)
     R = read_config(generator)["img_resolution"]
-
     faces = targets["faces"]
     names = {f["name"] for f in faces}
 
     # The weights are hashed once per run, not once per face (the FFHQ generator is 120 MB).
     weights_digest = sha256_of(generator) + sha256_of(vgg)
-    pending = []
+    fingerprints = {}
     for face in faces:
-        fp = _face_fingerprint(cfg, targets, face, degraded_dir, weights_digest)
+        fp = fingerprints[face["name"]] = _face_fingerprint(cfg, targets, face, degraded_dir, weights_digest)
         done = out_dir / face["name"] / "done.json"
-        if done.is_file():
-            if json.loads(done.read_text()).get("fingerprint") == fp:
-                continue
-            if not replace:
-                raise ParamsError(f"{done.parent}: already holds a result made with other settings or inputs "
-                                  "(add --force to replace it)")
+        if done.is_file() and not replace and json.loads(done.read_text()).get("fingerprint") != fp:
+            raise ParamsError(f"{done.parent}: already holds a result made with other settings or inputs "
+                              "(add --force to replace it)")
+
+    def is_done(face) -> bool:
+        done = out_dir / face["name"] / "done.json"
+        return done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprints[face["name"]]
+
+    batches = [faces[i:i + batch_size] for i in range(0, len(faces), batch_size)]
+    pending = [b for b in ([f for f in batch if not is_done(f)] for batch in batches) if b]
+    mine = rank.share(pending)
+    todo = sum(len(b) for b in pending)
+    images = {}
+    for face in (f for batch in mine for f in batch):
         rgb, _ = load_photo(degraded_dir / face["degraded"])
         if rgb.shape[:2] != (R, R):
             raise PhotoError(f"{degraded_dir / face['degraded']}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
                              f"generator makes {R}x{R} "
                              f"(align faces at {R} px: align.resolution in params.yaml, --size of recon align)")
-        pending.append((face, fp, from_uint8(rgb)))
-    if len(pending) < len(faces):
-        log(f"project {mode}: {len(faces) - len(pending)} of {len(faces)} faces already done")
-
+        images[face["name"]] = from_uint8(rgb)
+    if rank.is_main and todo < len(faces):
+        log(f"project {mode}: {len(faces) - todo} of {len(faces)} faces already done")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.iterdir() if replace else ():
-        if stale.is_dir() and not stale.name.startswith(".") and stale.name not in names:
-            shutil.rmtree(stale)
-    if not pending:
-        return []
-    G, features = load_models((generator, vgg), device)
-    projector = Projector(G, features, cfg)
+    if rank.is_main:
+        for stale in out_dir.iterdir() if replace else ():
+            if stale.is_dir() and not stale.name.startswith(".") and stale.name not in names:
+                shutil.rmtree(stale)
     snap_dir = out_dir / ".snapshots"
-    done_names = []
-    warning = slow_settings_warning(device, R, len(pending), cfg.num_steps)
-    if warning:
-        log(f"project {mode}: warning: {warning}")
-    progress = StageProgress(f"project {mode}", len(faces), len(faces) - len(pending), cfg.num_steps)
-    for start in range(0, len(pending), max(1, batch_size)):
-        chunk = pending[start:start + batch_size]
-        batch_faces = [f for f, _, _ in chunk]
-        imgs = torch.cat([img for _, _, img in chunk])
-        d = degradation_for(targets, batch_faces, degraded_dir, R)
-        key = hashlib.sha256("|".join(fp for _, fp, _ in chunk).encode()).hexdigest()[:16]
-        snap = snap_dir / f"{key}.pt"
-        snap_dir.mkdir(exist_ok=True)
-        def save_progress(step, images, batch_faces=batch_faces):
-            for face, img in zip(batch_faces, to_uint8(images)):
-                save_png(out_dir / face["name"] / "progress" / f"step{step:05d}.png", img)
+    snap_dir.mkdir(exist_ok=True)
+    if group is not None:
+        group.barrier()   # every rank has read what is done before any rank writes a result
 
-        resumed_at = snapshot_step(snap)
-        results = projector.project(imgs, degradation=d, names=[f["name"] for f in batch_faces],
-                                    rngs=[TorchRandom(cfg.seed) for _ in batch_faces], snapshot_path=snap,
-                                    on_snapshot=save_progress, progress=False,
-                                    on_step=progress.batch(len(chunk), resumed_at))
-        for (face, fp, target), res in zip(chunk, results):
-            res.save(out_dir / face["name"])
-            save_png(out_dir / face["name"] / "target.png", to_uint8(target)[0])
-            write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fp, mode=mode, config=cfg.model_dump(),
-                                                                 target=face))
-            done_names.append(face["name"])
-            progress.face_done(face["name"], res.history)
-        snap.unlink(missing_ok=True)
-    progress.close()
-    if snap_dir.is_dir() and not any(snap_dir.iterdir()):
+    done_names = []
+    if mine:
+        G, features = load_models((generator, vgg), device)
+        projector = Projector(G, features, cfg)
+        warning = slow_settings_warning(device, R, todo, cfg.num_steps)
+        if warning and rank.is_main:
+            log(f"project {mode}: warning: {warning}")
+        pending_names = [f["name"] for batch in pending for f in batch]
+        count_done = ((lambda: len(faces) - todo + sum((out_dir / n / "done.json").is_file() for n in pending_names))
+                      if rank.world > 1 else None)
+        progress = StageProgress(f"project {mode}", len(faces), len(faces) - todo, cfg.num_steps,
+                                 enabled=rank.is_main, count_done=count_done, workers=rank.world)
+        for batch in mine:
+            done_names += _project_batch(mode, projector, cfg, targets, batch, images, fingerprints, degraded_dir,
+                                         out_dir, snap_dir, R, progress)
+        progress.close()
+    if group is not None:
+        group.barrier()   # rank 0 writes the summary once every rank is done
+    if rank.is_main and snap_dir.is_dir() and not any(snap_dir.iterdir()):
         snap_dir.rmdir()
     return done_names
+
+
+def _project_batch(mode, projector, cfg, targets, batch, images, fingerprints, degraded_dir, out_dir, snap_dir, R,
+                   progress) -> List[str]:
+    d = degradation_for(targets, batch, degraded_dir, R)
+    key = hashlib.sha256("|".join(fingerprints[f["name"]] for f in batch).encode()).hexdigest()[:16]
+    snap = snap_dir / f"{key}.pt"
+
+    def save_progress(step, imgs):
+        for face, img in zip(batch, to_uint8(imgs)):
+            save_png(out_dir / face["name"] / "progress" / f"step{step:05d}.png", img)
+
+    results = projector.project(torch.cat([images[f["name"]] for f in batch]), degradation=d,
+                                names=[f["name"] for f in batch], rngs=[TorchRandom(cfg.seed) for _ in batch],
+                                snapshot_path=snap, on_snapshot=save_progress, progress=False,
+                                on_step=progress.batch(len(batch), snapshot_step(snap)))
+    for face, res in zip(batch, results):
+        res.save(out_dir / face["name"])
+        save_png(out_dir / face["name"] / "target.png", to_uint8(images[face["name"]])[0])
+        write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fingerprints[face["name"]], mode=mode,
+                                                             config=cfg.model_dump(), target=face))
+        progress.face_done(face["name"], res.history)
+    progress.batch_done()
+    snap.unlink(missing_ok=True)
+    return [f["name"] for f in batch]
 
 
 # ----------------------------------------------------------------------------------------------
 # synthetic: invert generated images over a grid of num_steps x latent_dist_reg_weight
 
 def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weights="weights",
-                    device: str = "auto") -> dict:
-    """Sample one image per seed, then invert all of them for every (num_steps, reg weight) pair."""
-    device = resolve_device(device)
+                    device: str = "auto", group: Optional[Group] = None) -> dict:
+    """Sample one image per seed, then invert all of them for every (num_steps, reg weight) cell
+    of the grid; the output folder is made anew. With a ``group`` each rank takes every
+    world-th cell and rank 0 writes ``runs.json`` once all are done."""
+    rank = group.rank if group is not None else Rank()
+    device = group.device if group is not None else resolve_device(device)
     out_dir = Path(out_dir)
+    if rank.is_main:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    if group is not None:
+        group.barrier()
     G, features = load_models(weights, device)
     seeds, psi = list(params.seeds), params.truncation_psi
     z = torch.cat([torch.from_numpy(np.random.RandomState(s).randn(1, G.z_dim)) for s in seeds]).to(device)
     with torch.no_grad():
         truth = G.synthesis(G.mapping(z, None, truncation_psi=psi), noise_mode="const")
     truth_u8 = to_uint8(truth)
-    for s, img in zip(seeds, truth_u8):
-        save_png(out_dir / "truth" / f"seed{s:04d}.png", img)
+    if rank.is_main:
+        for s, img in zip(seeds, truth_u8):
+            save_png(out_dir / "truth" / f"seed{s:04d}.png", img)
     targets = from_uint8(truth_u8).to(device)
-    runs = {}
     grid = [(steps, reg) for steps in params.num_steps for reg in params.latent_dist_reg_weight]
     warning = slow_settings_warning(device, G.img_resolution, len(seeds) * len(grid), max(params.num_steps))
-    if warning:
+    if warning and rank.is_main:
         log(f"synthetic: warning: {warning}")
+    names = [f"seed{s:04d}" for s in seeds]
+    tags = {cell: f"steps{int(cell[0])}_reg{float(cell[1]):g}" for cell in grid}
     for k, (steps, reg) in enumerate(grid, 1):
+        if (k - 1) % rank.world != rank.rank:
+            continue
         cfg = base_cfg.model_copy(update=dict(num_steps=steps, latent_dist_reg_weight=reg))
-        tag = f"steps{int(steps)}_reg{float(reg):g}"
-        results = Projector(G, features, cfg).project(
-            targets, names=[f"seed{s:04d}" for s in seeds], rngs=[TorchRandom(cfg.seed) for _ in seeds],
-            desc=f"synthetic run {k}/{len(grid)} (steps {steps}, reg {reg:g})")
+        label = f"synthetic run {k}/{len(grid)} (steps {steps}, reg {reg:g})"
+        results = Projector(G, features, cfg).project(targets, names=names, rngs=[TorchRandom(cfg.seed) for _ in seeds],
+                                                      desc=rank.label(label))
         for res in results:
-            res.save(out_dir / tag / res.name)
-        runs[tag] = dict(num_steps=int(steps), latent_dist_reg_weight=float(reg), faces=[r.name for r in results])
-        log(f"synthetic run {k}/{len(grid)} (steps {steps}, reg {reg:g}) done: mean distance "
-            f"{np.mean([r.history[-1]['dist'] for r in results]):.4g}")
-    write_json(out_dir / "runs.json", dict(seeds=seeds, truncation_psi=psi, runs=runs))
+            res.save(out_dir / tags[steps, reg] / res.name)
+        log(f"{rank.label(label)} done: mean distance {np.mean([r.history[-1]['dist'] for r in results]):.4g}")
+    runs = {tags[steps, reg]: dict(num_steps=int(steps), latent_dist_reg_weight=float(reg), faces=names)
+            for steps, reg in grid}
+    if group is not None:
+        group.barrier()
+    if rank.is_main:
+        write_json(out_dir / "runs.json", dict(seeds=seeds, truncation_psi=psi, runs=runs))
     return runs
 
 

@@ -3,6 +3,7 @@ line per finished face with its final loss, the projected total time once the fi
 been timed, and a warning up front when the settings make a run impractically long."""
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable, Optional
 
@@ -34,15 +35,24 @@ def slow_settings_warning(device: str, resolution: int, faces: int, num_steps: i
             "steps (project.default.num_steps: 200); or run on a GPU")
 
 
-class StageProgress:
-    """The bar of one stage, counting faces (fractions of a face as their steps go by)."""
+POLL_S = 2.0                # how often the main rank counts the faces that the others finished
 
-    def __init__(self, label: str, total: int, done: int, steps_per_face: int, enabled: bool = True):
-        self.label, self.steps_per_face = label, steps_per_face
+
+class StageProgress:
+    """The bar of one stage, counting faces (fractions of a face as their steps go by).
+
+    With several workers only the main rank shows it (``enabled``); ``count_done`` then tells it
+    how many faces the whole group has finished (it reads their ``done.json``), so the bar and
+    its ETA cover every rank."""
+
+    def __init__(self, label: str, total: int, done: int, steps_per_face: int, enabled: bool = True,
+                 count_done: Optional[Callable[[], int]] = None, workers: int = 1):
+        self.label, self.steps_per_face, self.enabled = label, steps_per_face, enabled
         self.bar = tqdm(total=total, initial=done, desc=label, disable=not enabled,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} faces "
                                    "[{elapsed}<{remaining}]")
-        self.todo_steps = (total - done) * steps_per_face
+        self.base, self.count_done, self.own, self.polled_at = done, count_done, 0.0, 0.0
+        self.todo_steps = (total - done) * steps_per_face / max(workers, 1)
         self.timed_steps, self.timed_s, self.estimated = 0, 0.0, False
 
     def batch(self, size: int, start_step: int = 0) -> Callable[[int], None]:
@@ -52,7 +62,11 @@ class StageProgress:
         def on_step(step: int) -> None:
             now = time.perf_counter()
             steps = step - state["last"]
-            self.bar.update(size * steps / self.steps_per_face)
+            if self.count_done is not None and now - self.polled_at >= POLL_S:
+                self.polled_at = now
+                self.base = self.count_done()
+            self.own = size * step / self.steps_per_face      # the batch in progress
+            self.bar.update(max(self.base + self.own, self.bar.n) - self.bar.n)
             self.timed_steps += size * steps
             self.timed_s += now - state["t"]
             state.update(last=step, t=now)
@@ -66,10 +80,19 @@ class StageProgress:
 
     def face_done(self, name: str, history) -> None:
         last = history[-1]
+        if self.count_done is None:
+            self.base += 1
         self.write(f"{name} done: distance {last['dist']:.4g}, loss {last['loss']:.4g}")
 
     def write(self, text: str) -> None:
-        tqdm.write(f"{self.label}: {text}")
+        if self.enabled:
+            tqdm.write(f"{self.label}: {text}", file=sys.stderr)
+
+    def batch_done(self) -> None:
+        self.own = 0.0
 
     def close(self) -> None:
+        if self.count_done is not None:
+            self.base, self.own = self.count_done(), 0.0
+        self.bar.update(max(self.base + self.own, self.bar.n) - self.bar.n)
         self.bar.close()

@@ -10,6 +10,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from recon.config import Params, load_params  # noqa: E402
+from recon.distributed import current  # noqa: E402
 from recon.runner import run  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def stage_main(name: str, body, doc: str, paths: dict, mode: bool = False) -> No
         ap.add_argument(f"--{flag}", required=True, help=help_text)
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
-    label = f"{name} {args.mode}" if mode else name
+    label = current().label(f"{name} {args.mode}" if mode else name)   # "[rank k]" among several workers
 
     def go():
         params = load_params(args.params)

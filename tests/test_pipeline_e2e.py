@@ -5,94 +5,23 @@ that only the blur stages and the report rerun; runs `dvc exp run -S` twice and 
 `dvc exp show` lists both runs with their metrics.
 """
 import json
-import os
-import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import ROOT, SHARED, need
+from scratch_repo import make_repo, ran_stages, set_params, sh
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
 
 
-def sh(cmd, cwd, env, check=True, timeout=900):
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
-    return res
-
-
-def ran_stages(output: str):
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def set_params(path: Path, updates: dict):
-    from ruamel.yaml import YAML
-    yaml = YAML()
-    data = yaml.load(path.read_text())
-    for dotted, value in updates.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    with open(path, "w") as f:
-        yaml.dump(data, f)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    faces = need(SHARED / "data" / "faces")
-    work = tmp_path_factory.mktemp("e2e")
-    repo = work / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\n")
-    for f in filter(None, files):
-        src = ROOT / f
-        if src.is_file():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / f)
-    raw = repo / "data" / "raw"
-    for p in raw.iterdir():
-        if p.suffix != ".md":
-            p.unlink()
-    for name in ("grace_hopper.jpg", "luciano.png"):
-        shutil.copy2(faces / name, raw / name)
-
-    # Tiny weights in the official formats, served through file:// URLs.
-    from official_format import write_official_pkl
-    from recon.networks import Generator
-    from tiny_vgg import write_tiny_vgg
-    torch.manual_seed(0)
-    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=256, channel_max=32)).eval()
-    served = work / "served"
-    served.mkdir()
-    write_official_pkl(served / "tiny-ffhq.pkl", G)
-    write_tiny_vgg(served / "tiny-vgg16.pt")
-
-    set_params(repo / "params.yaml", {
-        "weights.generator.source": (served / "tiny-ffhq.pkl").as_uri(),
-        "weights.vgg16.source": (served / "tiny-vgg16.pt").as_uri(),
-        "align.resolution": 32,
+    return make_repo(tmp_path_factory.mktemp("e2e"), ("grace_hopper.jpg", "luciano.png"), {
         "degrade.blur.kernel": 5, "degrade.blur.sigma": 1.5,
         "project.default.num_steps": 12, "project.default.w_avg_samples": 200,
         "project.default.snapshot_every": 5, "project.runtime.batch_size": 2,
         "synthetic.seeds": [0], "synthetic.num_steps": [4, 8], "synthetic.latent_dist_reg_weight": [0.0, 0.01],
     })
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-               RECON_NO_CUDA_OPS="1")
-    env.pop("PYTHONPATH", None)
-    sh(["git", "init", "-q"], repo, env)
-    sh(["git", "add", "-A"], repo, env)
-    sh(["git", "commit", "-qm", "scratch copy"], repo, env)
-    return repo, env
 
 
 def test_repro_report_rerun_and_experiments(project):

@@ -1,0 +1,81 @@
+"""A scratch copy of the project as a git + DVC repository, with tiny weights in the official
+formats served through file:// URLs and some of the shared sample photos: what the end-to-end
+tests run `dvc repro` and the stage commands in."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import ROOT, SHARED, need
+
+
+def sh(cmd, cwd, env, check=True, timeout=900):
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n{res.stdout[-3000:]}\n"
+                             f"{res.stderr[-6000:]}")
+    return res
+
+
+def ran_stages(output: str):
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def set_params(path: Path, updates: dict):
+    from ruamel.yaml import YAML
+    yaml = YAML()
+    data = yaml.load(path.read_text())
+    for dotted, value in updates.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    with open(path, "w") as f:
+        yaml.dump(data, f)
+
+
+def make_repo(work: Path, photos, params: dict):
+    """``(repo, env)``: the checkout's tracked files, ``photos`` from the shared faces as
+    data/raw, tiny weights, ``params`` applied, committed."""
+    faces = need(SHARED / "data" / "faces")
+    repo = work / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\n")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / f)
+    raw = repo / "data" / "raw"
+    for p in raw.iterdir():
+        if p.suffix != ".md":
+            p.unlink()
+    for name in photos:
+        shutil.copy2(faces / name, raw / name)
+
+    from official_format import write_official_pkl
+    from recon.networks import Generator
+    from tiny_vgg import write_tiny_vgg
+    torch.manual_seed(0)
+    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=256, channel_max=32)).eval()
+    served = work / "served"
+    served.mkdir()
+    write_official_pkl(served / "tiny-ffhq.pkl", G)
+    write_tiny_vgg(served / "tiny-vgg16.pt")
+    set_params(repo / "params.yaml", {"weights.generator.source": (served / "tiny-ffhq.pkl").as_uri(),
+                                      "weights.vgg16.source": (served / "tiny-vgg16.pt").as_uri(),
+                                      "align.resolution": 32, **params})
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               RECON_NO_CUDA_OPS="1")
+    env.pop("PYTHONPATH", None)
+    sh(["git", "init", "-q"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "scratch copy"], repo, env)
+    return repo, env

@@ -147,7 +147,7 @@ def flatten_ops(op: Op) -> List[Op]:
 
 def check_op_fits(ops: List[Op], resolution: int) -> None:
     """Refuse ops that cannot work on ``resolution`` px images (``ValueError`` naming the key)."""
-    for i, op in enumerate(ops):
+    for op in ops:
         if isinstance(op, BlurOp) and op.kernel >= resolution:
             raise ValueError(f"kernel {op.kernel} is not smaller than the {resolution} px image")
         if isinstance(op, DownsampleOp) and resolution % op.factor:

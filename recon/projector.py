@@ -21,9 +21,7 @@ maps them to [0, 255] itself (see :mod:`recon.perceptual`).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import math
 import weakref
 from dataclasses import dataclass
 from pathlib import Path

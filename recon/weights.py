@@ -103,7 +103,7 @@ def fetch(source: str, dest, sha256: str = "", progress: bool = True, timeout: f
     if local is not None:
         if not local.is_file():
             raise DownloadError(f"{url}: no such file")
-        link_or_copy(local, part)
+        shutil.copyfile(local, part)     # a copy: the cache must not change when the source does
         digest = _verify(part, sha256, url)
         os.replace(part, dest)
         return digest

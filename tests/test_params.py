@@ -92,8 +92,20 @@ if not torch.cuda.is_available():
                 "params.yaml: project.runtime.device: cuda is not available on this machine"))
 
 
+PATHS = {  # as dvc.yaml's cmd gives them
+    "download_weights": ["--out", "weights"],
+    "align": ["--photos", "data/raw", "--out", "data/aligned", "--generator", "weights/generator.safetensors"],
+    "degrade": ["--aligned", "data/aligned", "--out", "data/degraded/{mode}"],
+    "project": ["--degraded", "data/degraded/{mode}", "--weights", "weights", "--out", "data/projected/{mode}",
+                "--losses", "reports/losses/{mode}.csv"],
+    "synthetic": ["--weights", "weights", "--out", "data/synthetic", "--losses", "reports/losses/synthetic.csv"],
+    "report": ["--data", "data", "--photos", "data/raw", "--out", "reports"],
+}
+
+
 def run_stage(cwd: Path, stage: str, mode=None, timeout=120):
-    cmd = [sys.executable, str(ROOT / "stages" / f"{stage}.py")] + ([mode] if mode else [])
+    cmd = [sys.executable, str(ROOT / "stages" / f"{stage}.py")] + ([mode] if mode else []) + \
+        [a.format(mode=mode) for a in PATHS[stage]]
     env = dict(os.environ, RECON_NO_CUDA_OPS="1")
     env.pop("RECON_DEBUG", None)
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -223,4 +235,4 @@ def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
 def test_cli_refuses_bad_options():
     res = subprocess.run([sys.executable, "-m", "recon.cli", "project", "x", "--generator", "g", "--vgg", "v",
                           "--out", "o", "--batch", "-1"], capture_output=True, text=True)
-    assert res.returncode == 2 and "--batch: must be an integer >= 1, got -1" in res.stderr
+    assert res.returncode == 2 and "--batch: must be an integer >= 1, got '-1'" in res.stderr

@@ -5,6 +5,7 @@ that only the blur stages and the report rerun; runs `dvc exp run -S` twice and 
 `dvc exp show` lists both runs with their metrics.
 """
 import json
+import re
 import shutil
 
 import pytest

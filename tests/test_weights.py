@@ -178,7 +178,8 @@ def _stage(tmp_path, params: dict, resolution: int = 1024):
     base["align"]["resolution"] = resolution
     with open(tmp_path / "params.yaml", "w") as f:
         YAML().dump(base, f)
-    return subprocess.run([sys.executable, str(ROOT / "stages" / "download_weights.py")], cwd=tmp_path,
+    return subprocess.run([sys.executable, str(ROOT / "stages" / "download_weights.py"), "--out", "weights"],
+                          cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env=dict(os.environ, RECON_NO_CUDA_OPS="1"))
 
 

@@ -222,6 +222,16 @@ class ProjectorConfig(_Model):
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class RobustConfig(_Model):
+    """The robust method's settings (Poirier-Ginter & Lalonde, CVPR 2023; defaults are the
+    reference code's): steps and learning rate per phase W, W+, W++, and the multiscale loss."""
+    steps: Annotated[List[NonNegInt], Field(min_length=3, max_length=3)] = [150, 150, 150]
+    learning_rates: Annotated[List[NonNegFloat], Field(min_length=3, max_length=3)] = [0.08, 0.02, 0.005]
+    min_loss_res: PositiveInt = 16          # no LPIPS level at or below this many pixels
+    level_weights: Annotated[List[NonNegFloat], Field(min_length=1, max_length=12)] = [1.0] * 6
+    l1_weight: NonNegFloat = 0.1            # L1 at the coarsest level reached
+
+
 class Runtime(_Model):
     """Where and how the projection runs; never part of a result's fingerprint."""
     device: str = "auto"                 # auto | cpu | cuda | cuda:N

@@ -51,6 +51,8 @@ class FullyConnectedLayer(nn.Module):
             if self.bias_gain != 1:
                 b = b * self.bias_gain
         if self.activation == "linear" and b is not None:
+            if x.ndim == 3:   # per-filter styles (W++): [N, K, in] -> [N, K, out]
+                return x.matmul(w.t()) + b
             return torch.addmm(b.unsqueeze(0), x, w.t())
         return bias_act(x.matmul(w.t()), b, act=self.activation)
 
@@ -107,8 +109,11 @@ class SynthesisLayer(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", fused_modconv: bool = True,
                 gain: float = 1, noise_input: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``noise_input`` ([N or 1, 1, res, res] or [res, res]) replaces ``noise_const`` in
-        ``const`` mode: the projector optimizes one noise map per target this way."""
+        ``const`` mode: the projector optimizes one noise map per target this way. ``w`` is
+        ``[N, w_dim]``, or ``[N, K, w_dim]`` for per-filter styles (W++: row o drives filter o)."""
         styles = self.affine(w)
+        if styles.ndim == 3:
+            styles = styles[:, :self.weight.shape[0]]
         noise = None
         if self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) \
@@ -137,6 +142,8 @@ class ToRGBLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
+        if styles.ndim == 3:        # per-filter styles (W++): the first rows of the shared block
+            styles = styles[:, :self.weight.shape[0]]
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
         return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
@@ -291,6 +298,10 @@ class SynthesisBlock(nn.Module):
 class SynthesisNetwork(nn.Module):
     """ws -> image: ``ws [N, num_ws, w_dim]`` -> ``img [N, img_channels, R, R]``, about [-1, 1].
 
+    ``ws [N, num_ws, K, w_dim]`` gives every output filter its own style vector (W++, Poirier-
+    Ginter & Lalonde 2023): the block of K rows that replaces ws row l drives filter o of each
+    layer reading row l with its row o (a ToRGB shares its block with the next conv0, as in W+).
+
     One block per resolution 4, 8, ..., R; each block consumes its slice of ws (two convolutions
     and a toRGB). ``noise_mode``: ``const`` (the network's own noise buffers), ``random`` or
     ``none``; ``noise_inputs`` maps a layer name to ``[N, 1, res, res]`` maps that replace them.
@@ -332,8 +343,11 @@ class SynthesisNetwork(nn.Module):
         in ``const`` mode (keys as :meth:`noise_buffers` without ``.noise_const``)."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+        per_filter = ws.ndim == 4 and ws.shape[1] == self.num_ws and ws.shape[3] == self.w_dim \
+            and ws.shape[2] >= self.max_channels
+        if not per_filter and (ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim)):
+            raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}] (or [N, {self.num_ws}, K >= "
+                             f"{self.max_channels}, {self.w_dim}] per filter), got {tuple(ws.shape)}")
         ws = ws.to(torch.float32)
         x = img = None
         w_idx = 0
@@ -346,6 +360,12 @@ class SynthesisNetwork(nn.Module):
             x, img = block(x, img, block_ws, force_fp32=force_fp32, fused_modconv=fused_modconv,
                            noise_mode=noise_mode, noise_inputs=block_noise)
         return img
+
+    @property
+    def max_channels(self) -> int:
+        """The most output filters of any layer: the rows a per-filter (W++) ws block needs."""
+        return max([self.img_channels] + [int(m.weight.shape[0]) for m in self.modules()
+                                          if isinstance(m, SynthesisLayer)])
 
     def noise_buffers(self):
         """``{name: buffer}`` of every ``noise_const`` map, in state_dict order (the projector's)."""

@@ -195,6 +195,16 @@ class Align(_Model):
         return v
 
 
+class RobustConfig(_Model):
+    """The robust method's settings (Poirier-Ginter & Lalonde, CVPR 2023; defaults are the
+    reference code's): steps and learning rate per phase W, W+, W++, and the multiscale loss."""
+    steps: Annotated[List[NonNegInt], Field(min_length=3, max_length=3)] = [150, 150, 150]
+    learning_rates: Annotated[List[NonNegFloat], Field(min_length=3, max_length=3)] = [0.08, 0.02, 0.005]
+    min_loss_res: PositiveInt = 16          # no LPIPS level at or below this many pixels
+    level_weights: Annotated[List[NonNegFloat], Field(min_length=1, max_length=12)] = [1.0] * 6
+    l1_weight: NonNegFloat = 0.1            # L1 at the coarsest level reached
+
+
 LATENT_SPACES = ("w", "w+", "w->w+")
 
 
@@ -216,20 +226,18 @@ class ProjectorConfig(_Model):
     noise_init: Literal["random", "const"] = "random"   # 'const': the generator's own noise maps
     seed: NonNegInt = 303
     snapshot_every: NonNegInt = 100                      # 0 disables snapshots
+    # official: NVIDIA's projector (the settings above); robust: W -> W+ -> W++ of Poirier-Ginter
+    # & Lalonde (CVPR 2023) with its own settings below, fixed noise and a multiscale LPIPS loss
+    method: Literal["official", "robust"] = "official"
+    robust: RobustConfig = RobustConfig()
 
     def fingerprint(self) -> str:
-        keep = self.model_dump(exclude={"snapshot_every"})
+        """What a result depends on: the settings of the method that made it."""
+        if self.method == "robust":
+            keep = dict(method="robust", robust=self.robust.model_dump())
+        else:
+            keep = self.model_dump(exclude={"snapshot_every", "robust"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class RobustConfig(_Model):
-    """The robust method's settings (Poirier-Ginter & Lalonde, CVPR 2023; defaults are the
-    reference code's): steps and learning rate per phase W, W+, W++, and the multiscale loss."""
-    steps: Annotated[List[NonNegInt], Field(min_length=3, max_length=3)] = [150, 150, 150]
-    learning_rates: Annotated[List[NonNegFloat], Field(min_length=3, max_length=3)] = [0.08, 0.02, 0.005]
-    min_loss_res: PositiveInt = 16          # no LPIPS level at or below this many pixels
-    level_weights: Annotated[List[NonNegFloat], Field(min_length=1, max_length=12)] = [1.0] * 6
-    l1_weight: NonNegFloat = 0.1            # L1 at the coarsest level reached
 
 
 class Runtime(_Model):

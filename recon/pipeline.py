@@ -22,12 +22,14 @@ import numpy as np
 import torch
 
 from .config import MaskOp, ProjectorConfig, Runtime, Synthetic
-from .degrade import Degradation, DegradationError, centre_mask, mask_from_color, mask_from_file, parse_ops
+from .degrade import (Degradation, DegradationError, centre_mask, fill_missing, mask_from_color, mask_from_file,
+                      parse_ops)
 from .distributed import Group, Rank
 from .errors import MissingInputError, ParamsError
 from .imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8, write_atomic
 from .progress import StageProgress, slow_settings_warning
 from .projector import Projector, TorchRandom, snapshot_step
+from .robust import RobustProjector, VGGLPIPS
 from .weights import sha256_of
 
 
@@ -261,14 +263,16 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     done_names = []
     if mine:
         G, features = load_models((generator, vgg), device)
-        projector = Projector(G, features, cfg)
-        warning = slow_settings_warning(device, R, todo, cfg.num_steps)
+        projector = (RobustProjector(G, VGGLPIPS(features.vgg), cfg.robust) if cfg.method == "robust"
+                     else Projector(G, features, cfg))
+        steps = sum(cfg.robust.steps) if cfg.method == "robust" else cfg.num_steps
+        warning = slow_settings_warning(device, R, todo, steps)
         if warning and rank.is_main:
             log(f"project {mode}: warning: {warning}")
         pending_names = [f["name"] for batch in pending for f in batch]
         count_done = ((lambda: len(faces) - todo + sum((out_dir / n / "done.json").is_file() for n in pending_names))
                       if rank.world > 1 else None)
-        progress = StageProgress(f"project {mode}", len(faces), len(faces) - todo, cfg.num_steps,
+        progress = StageProgress(f"project {mode}", len(faces), len(faces) - todo, steps,
                                  enabled=rank.is_main, count_done=count_done, workers=rank.world)
         for batch in mine:
             done_names += _project_batch(mode, projector, cfg, targets, batch, images, fingerprints, degraded_dir,
@@ -284,6 +288,8 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
 def _project_batch(mode, projector, cfg, targets, batch, images, fingerprints, degraded_dir, out_dir, snap_dir, R,
                    progress) -> List[str]:
     d = degradation_for(targets, batch, degraded_dir, R)
+    if cfg.method == "robust":
+        return _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, out_dir, progress)
     key = hashlib.sha256("|".join(fingerprints[f["name"]] for f in batch).encode()).hexdigest()[:16]
     snap = snap_dir / f"{key}.pt"
 
@@ -308,6 +314,32 @@ def _project_batch(mode, projector, cfg, targets, batch, images, fingerprints, d
 
 # ----------------------------------------------------------------------------------------------
 # synthetic: invert generated images over a grid of num_steps x latent_dist_reg_weight
+
+def _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, out_dir, progress) -> List[str]:
+    """The robust method on one batch: the loss compares the degraded generated image with the
+    degraded target, both in [0, 1] (the pipeline's degradations work in [-1, 1]). Masked pixels
+    take the degradation's fixed fill in both images, as with the official method; the
+    reference code's fresh noise per step and scale is not reproduced here. No snapshots: an
+    interrupted batch starts over."""
+    targets = torch.cat([images[f["name"]] for f in batch])
+    if d.has_mask:
+        targets = fill_missing(targets, d.masks, d.fill("cpu"))
+
+    def degrade(x01):
+        return (d(x01 * 2 - 1) + 1) / 2
+
+    results = projector.project((targets + 1) / 2, degrade, on_step=progress.batch(len(batch)))
+    for face, res in zip(batch, results):
+        with torch.no_grad():
+            degraded = d(res.images["W++"][None].to(projector.device) * 2 - 1, batch_index=[batch.index(face)])[0]
+        res.save(out_dir / face["name"], degraded.cpu())
+        save_png(out_dir / face["name"] / "target.png", to_uint8(images[face["name"]])[0])
+        write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fingerprints[face["name"]], mode=mode,
+                                                             config=cfg.model_dump(), target=face))
+        progress.face_done(face["name"], [dict(h, dist=h["loss"]) for h in res.history])
+    progress.batch_done()
+    return [f["name"] for f in batch]
+
 
 def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weights="weights",
                     device: str = "auto", group: Optional[Group] = None) -> dict:

@@ -50,9 +50,11 @@ def _figure_tag(fig, alt: str) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="{html.escape(alt)}">'
 
 
-def _plot_curves(curves: Dict[str, List[float]], title: str, small: bool = False) -> str:
+def _plot_curves(curves: Dict[str, List[float]], title: str, small: bool = False,
+                 phases: Optional[Dict[str, int]] = None) -> str:
     """One line per face: the perceptual distance (the loss without its weighted regularizers,
-    which would otherwise dominate and stack every curve on one line)."""
+    which would otherwise dominate and stack every curve on one line); ``phases`` (name -> first
+    step) are marked with vertical lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -61,6 +63,10 @@ def _plot_curves(curves: Dict[str, List[float]], title: str, small: bool = False
     for name, ys in curves.items():
         ax.plot(range(len(ys)), ys, label=name, linewidth=1.0 if small else 1.4)
     ax.set_yscale("log")
+    for name, start in (phases or {}).items():
+        ax.axvline(start, color="0.6", linewidth=0.8, linestyle=":")
+        ax.annotate(name, (start, 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                    textcoords="offset points", fontsize=7, color="0.35")
     ax.set_xlabel("step", fontsize=7 if small else 10)
     ax.set_ylabel("VGG16 distance", fontsize=7 if small else 10)
     ax.tick_params(labelsize=6 if small else 9)
@@ -77,6 +83,16 @@ def _read_distance(csv_path: Path) -> List[float]:
         rows = list(csv.DictReader(f))
     key = "dist" if rows and "dist" in rows[0] else "loss"
     return [float(r[key]) for r in rows]
+
+
+def _read_phases(csv_path: Path) -> Dict[str, int]:
+    """``{phase: first step}`` of a robust run's ``loss.csv`` (empty for the official method)."""
+    with open(csv_path, newline="") as f:
+        phases: Dict[str, int] = {}
+        for r in csv.DictReader(f):
+            if r.get("phase"):
+                phases.setdefault(r["phase"], int(r["step"]))
+    return phases
 
 
 def _fmt(v, key: str = "") -> str:
@@ -106,7 +122,7 @@ def _metric_rows(m: dict) -> str:
 
 def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Path, identity: bool = True):
     targets = json.loads((degraded_dir / "targets.json").read_text())
-    rows, per_face, curves = [], {}, {}
+    rows, per_face, curves, phases = [], {}, {}, {}
     restored_by_photo: Dict[str, list] = {}
     op_types = [op["type"] for op in targets["ops"]]
     for face in targets["faces"]:
@@ -137,6 +153,7 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
             m["identity"] = identity_distance(original, generated)
         per_face[name] = m
         curves[name] = _read_distance(out / "loss.csv")
+        phases = _read_phases(out / "loss.csv") or phases
         images = [(original, "original"), (degraded, "original degraded"), (generated, "generated"),
                   (gen_degraded, "generated degraded")]
         if composited is not None:
@@ -171,7 +188,8 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
                "<table><tr><th>face</th><th>Original</th><th>Original degraded</th><th>Generated</th>"
                f"<th>Generated degraded</th>{composite_head}<th>metrics</th></tr>", *rows, "</table>"]
     if curves:
-        section.append(_plot_curves(curves, f"{mode}: perceptual distance per face"))
+        section.append(_plot_curves(curves, f"{mode}: " + ("robust method, multiscale LPIPS + L1 per face" if phases
+                                                          else "perceptual distance per face"), phases=phases))
     if pasted:
         section += ["<h3>Pasted back into the photos</h3><table><tr><th>photo</th><th>original</th>"
                     "<th>restored</th></tr>", *pasted, "</table>"]

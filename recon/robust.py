@@ -15,13 +15,17 @@ the same trajectory).
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import RobustConfig
+from .imageio import save_png, to_uint8, write_atomic
 
 PHASES = ("W", "W+", "W++")
 LPIPSFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]     # [B,3,h,w] x2 in [0,1] -> [B]
@@ -70,6 +74,32 @@ class RobustResult:
     images: Dict[str, torch.Tensor]            # phase -> [3, R, R] in [0, 1] at the end of that phase
     history: List[dict]                        # one row per step: phase, step, loss, loss terms
     trajectory: Dict[str, List[torch.Tensor]] = field(default_factory=dict)   # phase -> latent after each step
+
+    def save(self, out_dir, degraded: torch.Tensor) -> Path:
+        """image.png (the final W++ image), image_W.png, image_W+.png (the end of each earlier
+        phase), degraded.png (``degraded``: the final image degraded, in [-1, 1]), latents.npz
+        (``wpp [num_ws, K, w_dim]``) and loss.csv (phase per step; ``dist`` is the whole loss:
+        the method has no regularizers)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for phase, img in self.images.items():
+            name = "image.png" if phase == PHASES[-1] else f"image_{phase}.png"
+            save_png(out / name, to_uint8(img[None] * 2 - 1)[0])
+        save_png(out / "degraded.png", to_uint8(degraded[None])[0])
+
+        def write_npz(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, wpp=self.latent.numpy())
+        write_atomic(out / "latents.npz", write_npz)
+        terms = [k for k in self.history[0] if k.startswith("term")]
+
+        def write_csv(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=["step", "phase", "loss", "dist", "noise_reg", "latent_reg", *terms])
+                w.writeheader()
+                w.writerows(dict(h, dist=h["loss"], noise_reg=0.0, latent_reg=0.0) for h in self.history)
+        write_atomic(out / "loss.csv", write_csv)
+        return out
 
 
 class RobustProjector:

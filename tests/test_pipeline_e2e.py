@@ -22,6 +22,7 @@ def project(tmp_path_factory):
         "project.default.num_steps": 12, "project.default.w_avg_samples": 200,
         "project.default.snapshot_every": 5, "project.runtime.batch_size": 2,
         "synthetic.seeds": [0], "synthetic.num_steps": [4, 8], "synthetic.latent_dist_reg_weight": [0.0, 0.01],
+        "project.mask": {"method": "robust", "robust": {"steps": [3, 3, 3], "min_loss_res": 4}},
     })
 
 
@@ -55,6 +56,9 @@ def test_repro_report_rerun_and_experiments(project):
     detail = json.loads((repo / "reports" / "metrics_detail.json").read_text())
     assert set(detail["synthetic"]) == {"steps4_reg0", "steps4_reg0.01", "steps8_reg0", "steps8_reg0.01"}
     assert set(detail["blur"]["faces"]) == {"grace_hopper_0", "luciano_0"}
+    # the mask mode ran the robust method: three phases, their images kept
+    assert (repo / "data" / "projected" / "mask" / "luciano_0" / "image_W+.png").is_file()
+    assert "W++" in (repo / "data" / "projected" / "mask" / "luciano_0" / "loss.csv").read_text()
     # one loss table per mode, a line per face
     table = (repo / "reports" / "losses" / "blur.csv").read_text().splitlines()
     assert table[0] == "step,face,dist,noise_reg,latent_reg,loss" and len(table) == 1 + 2 * 12

@@ -169,3 +169,28 @@ def test_cli_and_pipeline_give_the_same_result(setup):
             assert (tmp / "pipe" / name / f).read_bytes() == (tmp / "cli" / name / f).read_bytes(), (name, f)
         a, b = np.load(tmp / "pipe" / name / "latents.npz"), np.load(tmp / "cli" / name / "latents.npz")
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_robust_method_through_the_project_stage(setup):
+    import csv
+    from recon.config import RobustConfig
+    tmp, weights, aligned = setup
+    degrade_stage("blur", {"type": "blur", "kernel": 5, "sigma": 1.0}, aligned_faces(aligned), tmp / "deg")
+    cfg = ProjectorConfig(method="robust", robust=RobustConfig(steps=[3, 3, 3], min_loss_res=4))
+    done = project_stage("blur", cfg, tmp / "deg", tmp / "proj", weights, batch_size=2, device="cpu")
+    assert done == ["p0_0", "p1_0", "p2_0"]
+    out = tmp / "proj" / "p0_0"
+    for name in ("image.png", "image_W.png", "image_W+.png", "degraded.png", "target.png", "done.json"):
+        assert (out / name).is_file(), name
+    G = recon.load_generator(weights / "generator.safetensors")
+    assert np.load(out / "latents.npz")["wpp"].shape == (G.num_ws, G.synthesis.max_channels, G.w_dim)
+    rows = list(csv.DictReader(open(out / "loss.csv")))
+    assert [r["phase"] for r in rows] == ["W"] * 3 + ["W+"] * 3 + ["W++"] * 3
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    # the saved image is the final W++ image, rendered again from the saved latent
+    img = (G.synthesis(torch.from_numpy(np.load(out / "latents.npz")["wpp"])[None], noise_mode="const") + 1) / 2
+    assert np.abs(np.asarray(Image.open(out / "image.png")).astype(int)
+                  - to_uint8(img * 2 - 1)[0].astype(int)).max() <= 1
+    # settings of the official projector do not touch a robust result; its own do
+    assert project_stage("blur", cfg.model_copy(update=dict(num_steps=7)), tmp / "deg", tmp / "proj", weights,
+                         device="cpu") == []

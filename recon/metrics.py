@@ -68,6 +68,24 @@ def identity_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(face_descriptor(a) - face_descriptor(b)))
 
 
+class LPIPSMetric:
+    """LPIPS-VGG between two ``uint8 [H, W, 3]`` images, with NVIDIA's ``vgg16.pt``."""
+
+    def __init__(self, vgg_path, device: str = "cpu"):
+        from .perceptual import load_vgg16
+        from .robust import VGGLPIPS
+
+        self.lpips, self.device = VGGLPIPS(load_vgg16(vgg_path, device)), device
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
+        import torch
+
+        def t(img):
+            return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().to(self.device) / 255
+        with torch.no_grad():
+            return float(self.lpips(t(a), t(b))[0])
+
+
 def psnr_torch(a, b, mask=None):
     """PSNR in dB per image for [-1, 1] tensors ``[N, C, H, W]`` (peak-to-peak 2); ``mask`` selects pixels."""
     import torch
@@ -87,6 +105,10 @@ GLOSSARY = {
              "original (8-bit, whole image)"),
     "ssim": ("SSIM", "", "higher", "structural similarity to the original, 0 to 1 (Wang et al. 2004, 11 px "
              "Gaussian window)"),
+    "lpips": ("LPIPS", "", "lower", "learned perceptual distance (LPIPS-VGG, NVIDIA's vgg16.pt) of the generated "
+              "face to the undegraded original; 0 = identical"),
+    "lpips_consistency": ("consistency LPIPS", "", "lower", "LPIPS between the generated face degraded again and "
+                          "the degraded target"),
     "psnr_degraded_input": ("PSNR of the input", "dB", "higher", "the degraded target against the original: the "
                             "baseline that a restoration should beat"),
     "consistency_psnr": ("consistency PSNR", "dB", "higher", "the generated face degraded again against the "

@@ -120,7 +120,8 @@ def _metric_rows(m: dict) -> str:
                        f"{_fmt(v, k)}</span>" for k, v in m.items() if k in GLOSSARY)
 
 
-def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Path, identity: bool = True):
+def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Path, identity: bool = True,
+                 lpips=None):
     targets = json.loads((degraded_dir / "targets.json").read_text())
     rows, per_face, curves, phases = [], {}, {}, {}
     restored_by_photo: Dict[str, list] = {}
@@ -149,6 +150,9 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
             m["psnr_mask"] = psnr(generated, original, hole)
         if composited is not None:
             m["psnr_composited"] = psnr(composited, original)
+        if lpips is not None:
+            m["lpips"] = lpips(generated, original)
+            m["lpips_consistency"] = lpips(gen_degraded, degraded)
         if identity:
             m["identity"] = identity_distance(original, generated)
         per_face[name] = m
@@ -257,23 +261,26 @@ td.best{outline:3px solid #1a7f37;background:#eefbf0}.study{display:flex;gap:1em
 .truth{display:flex;flex-direction:column;margin-top:1em}.imgs{white-space:nowrap}
 table.glossary td{font-size:13px}p.means{font-size:14px}"""
 
-HEADLINE = ("psnr", "ssim", "consistency_psnr", "identity", "psnr_composited")
+HEADLINE = ("psnr", "ssim", "lpips", "consistency_psnr", "identity", "psnr_composited")
 
 
-def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str = "", report=None) -> dict:
+def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str = "", report=None,
+                 vgg=None) -> dict:
     """Write ``index.html`` (self-contained), ``metrics.json`` (the headline numbers: what
     ``dvc exp show`` shows, about 20 columns) and ``metrics_detail.json`` (every face and cell).
-    Returns the headline metrics."""
+    ``vgg``: NVIDIA's ``vgg16.pt``, for LPIPS (left out without it). Returns the headline metrics."""
     from .config import Report
+    from .metrics import LPIPSMetric
 
     report = report if report is not None else Report()
+    lpips = LPIPSMetric(vgg) if vgg is not None else None
     data_dir, raw_dir, out_dir = Path(data_dir), Path(raw_dir), Path(out_dir)
     sections, detail, headline = [], {}, {}
     for mode in modes:
         d, p = data_dir / "degraded" / mode, data_dir / "projected" / mode
         if not (d / "targets.json").is_file():
             continue
-        text, m = mode_section(mode, d, p, raw_dir, report.identity)
+        text, m = mode_section(mode, d, p, raw_dir, report.identity, lpips)
         sections.append(text)
         detail[mode] = m
         headline[mode] = {k: v for k, v in m["mean"].items() if k in HEADLINE}

@@ -8,11 +8,12 @@ from recon.report import build_report
 
 def report(params, args) -> int:
     summary = build_report(list(params.degrade), args.data, args.photos, args.out, Path(args.params).read_text(),
-                           params.report)
+                           params.report, vgg=args.vgg)
     print("report: " + str(Path(args.out) / "index.html") + "; " + ", ".join(
         f"{m}: PSNR {v['psnr']:.2f} dB" for m, v in summary.items() if isinstance(v, dict) and "psnr" in v))
 
 
 if __name__ == "__main__":
     stage_main("report", report, __doc__, dict(data="the data folder (degraded/, projected/, synthetic/)",
-                                               photos="the original photos", out="output folder"))
+                                               photos="the original photos", vgg="NVIDIA's vgg16.pt, for LPIPS",
+                                               out="output folder"))

@@ -99,7 +99,7 @@ PATHS = {  # as dvc.yaml's cmd gives them
     "project": ["--degraded", "data/degraded/{mode}", "--weights", "weights", "--out", "data/projected/{mode}",
                 "--losses", "reports/losses/{mode}.csv"],
     "synthetic": ["--weights", "weights", "--out", "data/synthetic", "--losses", "reports/losses/synthetic.csv"],
-    "report": ["--data", "data", "--photos", "data/raw", "--out", "reports"],
+    "report": ["--data", "data", "--photos", "data/raw", "--vgg", "weights/vgg16.pt", "--out", "reports"],
 }
 
 

@@ -47,7 +47,7 @@ def test_repro_report_rerun_and_experiments(project):
     for mode in ("blur", "grayscale", "mask"):
         m = metrics[mode]
         assert 0 < m["psnr"] < 100 and -1 <= m["ssim"] <= 1 and m["identity"] >= 0
-        assert m["consistency_psnr"] > 0
+        assert m["consistency_psnr"] > 0 and m["lpips"] > 0
     assert "psnr_composited" in metrics["mask"] and "psnr_composited" in metrics["grayscale"]
     # pasting the known pixels back can only bring the result closer to the original
     assert metrics["mask"]["psnr_composited"] > metrics["mask"]["psnr"]

@@ -194,3 +194,14 @@ def test_robust_method_through_the_project_stage(setup):
     # settings of the official projector do not touch a robust result; its own do
     assert project_stage("blur", cfg.model_copy(update=dict(num_steps=7)), tmp / "deg", tmp / "proj", weights,
                          device="cpu") == []
+
+
+def test_lpips_metric(setup):
+    from recon.metrics import LPIPSMetric
+    _, weights, aligned = setup
+    lpips = LPIPSMetric(weights / "vgg16.pt")
+    face = np.asarray(Image.open(aligned / "p0_0.png"))
+    rng = np.random.RandomState(0)
+    noisy = [np.clip(face + rng.randn(*face.shape) * s, 0, 255).astype(np.uint8) for s in (5, 40)]
+    assert lpips(face, face) == 0.0
+    assert 0 < lpips(face, noisy[0]) < lpips(face, noisy[1])

@@ -72,19 +72,24 @@ class GrayscaleOp(_Model):
 
 
 class MaskOp(_Model):
-    """Missing pixels (inpainting): a centred hole, a mask file beside the photo, or a painted colour."""
+    """Missing pixels (inpainting): a centred hole, random brush strokes (seeded per face), a mask
+    file beside the photo, or a painted colour."""
     type: Literal["mask"] = "mask"
-    source: Literal["center", "file", "color"] = "center"
+    source: Literal["center", "brush", "file", "color"] = "center"
     fraction: Annotated[float, Field(gt=0, lt=1)] = 0.4     # side of the centred hole / image side
+    strokes: Annotated[int, Field(ge=1, le=64)] = 5         # source: brush (the benchmark's S level)
     fill: Literal["noise", "gray"] = "noise"                # what missing pixels become in both images
     color: Annotated[List[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)] = [0, 255, 0]
     tolerance: Annotated[int, Field(ge=0, le=255)] = 8
 
 
 class DownsampleOp(_Model):
-    """Super-resolution operator: area-average by ``factor``, bilinear back up."""
+    """Super-resolution operator: area-average by ``factor``, bilinear back up. ``filter`` is how
+    the *target* is made smaller (a real camera or resizer is rarely a box); the generated image
+    always goes through the box, as the robust method's reference does."""
     type: Literal["downsample"] = "downsample"
     factor: Annotated[int, Field(ge=2)] = 4
+    filter: Literal["box", "bilinear", "bicubic", "lanczos"] = "box"
 
 
 class NoiseOp(_Model):

@@ -57,14 +57,57 @@ def grayscale(img: torch.Tensor) -> torch.Tensor:
     return (img * w).sum(1, keepdim=True).repeat(1, 3, 1, 1)
 
 
-def downsample(img: torch.Tensor, factor: int) -> torch.Tensor:
-    """Super-resolution operator: area-average by ``factor``, then bilinear back to the input size,
-    so degraded images keep the generator's resolution. ``[N, C, H, W]`` -> same shape."""
+def downsample(img: torch.Tensor, factor: int, filter: str = "box") -> torch.Tensor:
+    """Super-resolution operator: shrink by ``factor`` (``box``: area average, differentiable; or
+    Pillow's antialiased ``bilinear``, ``bicubic``, ``lanczos``, for targets), then bilinear back to
+    the input size, so degraded images keep the generator's resolution. ``[N, C, H, W]`` -> same."""
     if factor < 2 or img.shape[-1] % factor or img.shape[-2] % factor:
         raise DegradationError(f"downsample factor must be >= 2 and divide the {img.shape[-1]} px size, "
                                f"got {factor}")
-    small = F.avg_pool2d(img, factor)
+    if filter == "box":
+        small = F.avg_pool2d(img, factor)
+    else:
+        small = _pil_resize(img, (img.shape[-1] // factor, img.shape[-2] // factor), filter)
     return F.interpolate(small, size=img.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _pil_resize(img: torch.Tensor, size, filter: str) -> torch.Tensor:
+    """Pillow's resampler on float images, channel by channel (mode F keeps full precision)."""
+    from PIL import Image
+
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                "lanczos": Image.Resampling.LANCZOS}[filter]
+    x = img.detach().float().cpu().numpy()
+    out = np.stack([np.stack([np.asarray(Image.fromarray(ch).resize(size, resample)) for ch in im]) for im in x])
+    return torch.from_numpy(out).to(img.device, img.dtype)
+
+
+def brush_mask(size: int, strokes: int, seed: int) -> torch.Tensor:
+    """``[1, 1, size, size]`` soft mask (1 = known) of ``strokes`` random brush strokes, as the robust
+    method's benchmark draws them, but seeded: on a 4x canvas, strokes about 8% of the image wide
+    between points in the outer thirds, then two Gaussian 5-tap pyramid reductions."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.RandomState(seed)
+    canvas = 4 * size
+    width = max(int(0.08 * size), 1) * 4
+    im = Image.new("F", (canvas, canvas), 0.0)
+    draw = ImageDraw.Draw(im)
+
+    def coord():
+        third = canvas // 3
+        return int(rng.randint(0, third + 1) if rng.rand() < 0.5 else rng.randint(2 * third, canvas + 1))
+    for _ in range(strokes):
+        a, b = (coord(), coord()), (coord(), coord())
+        draw.line([a, b], fill=1.0, width=width)
+        r = width // 2
+        draw.ellipse([a[0] - r, a[1] - r, a[0] + r, a[1] + r], fill=1.0)
+    x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy())[None, None]
+    taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+    for _ in range(2):   # pyrDown: 5x5 Gaussian, then every other pixel
+        x = F.pad(x, [2, 2, 2, 2], mode="reflect")
+        x = F.conv2d(F.conv2d(x, taps.view(1, 1, 1, 5)), taps.view(1, 1, 5, 1))[..., ::2, ::2]
+    return (1 - x).clamp(0, 1)
 
 
 def fill_missing(img: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
@@ -177,7 +220,7 @@ class Degradation:
             elif isinstance(op, GrayscaleOp):
                 x = grayscale(x)
             elif isinstance(op, DownsampleOp):
-                x = downsample(x, op.factor)
+                x = downsample(x, op.factor, op.filter if target else "box")
             elif isinstance(op, MaskOp):
                 m = self.masks.to(x.device, x.dtype)
                 if batch_index is not None and m.shape[0] > 1:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .config import MaskOp, ProjectorConfig, Runtime, Synthetic
-from .degrade import (Degradation, DegradationError, centre_mask, fill_missing, mask_from_color, mask_from_file,
-                      parse_ops)
+from .degrade import (Degradation, DegradationError, brush_mask, centre_mask, fill_missing, mask_from_color,
+                      mask_from_file, parse_ops)
 from .distributed import Group, Rank
 from .errors import MissingInputError, ParamsError
 from .imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8, write_atomic
@@ -101,7 +101,7 @@ def aligned_faces(aligned_dir) -> List[dict]:
 # ----------------------------------------------------------------------------------------------
 # degrade@mode
 
-def _mask_for(face: dict, op: MaskOp, rgb: np.ndarray) -> torch.Tensor:
+def _mask_for(face: dict, op: MaskOp, rgb: np.ndarray, seed: int) -> torch.Tensor:
     size = rgb.shape[0]
     if op.source == "file":
         if not face["mask"]:
@@ -110,6 +110,9 @@ def _mask_for(face: dict, op: MaskOp, rgb: np.ndarray) -> torch.Tensor:
         return mask_from_file(face["mask"], size)
     if op.source == "color":
         return mask_from_color(rgb, op.color, op.tolerance)
+    if op.source == "brush":   # seeded per face, so every face has its own strokes, the same each run
+        seed = seed + int(hashlib.sha256(face["name"].encode()).hexdigest()[:8], 16)
+        return (brush_mask(size, op.strokes, seed) > 0.5).float()
     return centre_mask(size, op.fraction)
 
 
@@ -129,7 +132,7 @@ def degrade_stage(mode: str, ops, faces: List[dict], out_dir, seed: int = 0) -> 
         rgb, _ = load_photo(face["file"])
         if rgb.shape[0] != rgb.shape[1]:
             raise PhotoError(f"{face['file']}: aligned faces must be square, got {rgb.shape[1]}x{rgb.shape[0]}")
-        mask = _mask_for(face, mask_op, rgb) if mask_op is not None else None
+        mask = _mask_for(face, mask_op, rgb, seed) if mask_op is not None else None
         try:
             d = Degradation(ops, rgb.shape[0], masks=mask, seed=seed)
         except DegradationError as exc:

@@ -131,3 +131,26 @@ def test_differentiable_ops_pass_gradcheck():
     m = centre_mask(12, 0.5).double()
     fill = torch.rand(1, 3, 12, 12, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda t: fill_missing(t, m, fill), (x,))
+
+
+def test_brush_masks_are_seeded_strokes():
+    from recon.degrade import brush_mask
+    a, b = brush_mask(64, 5, seed=1), brush_mask(64, 5, seed=1)
+    assert torch.equal(a, b) and not torch.equal(a, brush_mask(64, 5, seed=2))
+    assert a.shape == (1, 1, 64, 64) and 0 <= float(a.min()) and float(a.max()) <= 1
+    holes = [float((brush_mask(64, k, seed=3) < 0.5).float().mean()) for k in (1, 5, 17)]
+    assert 0.01 < holes[0] < holes[1] < holes[2] < 0.9          # more strokes, more missing
+
+
+def test_downsample_filters_for_targets():
+    """The target may be shrunk by Pillow's filters; the generated image always by the box, so
+    with filter box the two paths are one, and other filters stay close on smooth images."""
+    x = torch.linspace(-1, 1, 64).view(1, 1, 1, 64).repeat(1, 3, 64, 1)
+    x = x * torch.linspace(-1, 1, 64).view(1, 1, 64, 1).cos()
+    box = Degradation([{"type": "downsample", "factor": 4}], 64)
+    torch.testing.assert_close(box.target(x), box(x))
+    for f in ("bilinear", "bicubic", "lanczos"):
+        d = Degradation([{"type": "downsample", "factor": 4, "filter": f}], 64)
+        assert not torch.equal(d.target(x), d(x))
+        assert psnr_torch(d.target(x), d(x)).item() > 30, f
+        torch.testing.assert_close(d(x), box(x))

@@ -205,3 +205,15 @@ def test_lpips_metric(setup):
     noisy = [np.clip(face + rng.randn(*face.shape) * s, 0, 255).astype(np.uint8) for s in (5, 40)]
     assert lpips(face, face) == 0.0
     assert 0 < lpips(face, noisy[0]) < lpips(face, noisy[1])
+
+
+def test_brush_masks_per_face_and_repeatable(setup):
+    tmp, _, aligned = setup
+    faces = aligned_faces(aligned)
+    degrade_stage("mask", {"type": "mask", "source": "brush", "strokes": 3}, faces, tmp / "a", seed=7)
+    degrade_stage("mask", {"type": "mask", "source": "brush", "strokes": 3}, faces, tmp / "b", seed=7)
+    masks = [np.asarray(Image.open(tmp / "a" / f"{f['name']}_mask.png")) for f in faces]
+    assert all(np.array_equal(m, np.asarray(Image.open(tmp / "b" / f"{f['name']}_mask.png")))
+               for m, f in zip(masks, faces))
+    assert not np.array_equal(masks[0], masks[1])
+    assert all(0 < (m == 255).mean() < 0.9 for m in masks)

@@ -304,6 +304,13 @@ class Report(_Model):
     identity: bool = True               # dlib face-recognition distance (same person below ~0.6)
 
 
+class Mode(_Model):
+    """One degradation mode: its op, and whether its photos are already degraded (``observed:
+    true``: the aligned photo is the target as it is; the op only models how it was degraded)."""
+    op: Any
+    observed: bool = False
+
+
 class Params(_Model):
     seeds: Seeds = Seeds()
     weights: Weights = Weights()
@@ -321,14 +328,20 @@ class Params(_Model):
             if not MODE_NAME.match(mode) or mode in PROJECT_SECTIONS:
                 raise _OpError(mode, "a mode name is letters, digits, '_' and '-' (and not "
                                f"{' or '.join(PROJECT_SECTIONS)})")
-            out[mode] = parse_op(spec, mode)
+            observed = False
+            if isinstance(spec, dict) and "observed" in spec:
+                spec = dict(spec)
+                observed = spec.pop("observed")
+                if not isinstance(observed, bool):
+                    raise _OpError(f"{mode}.observed", f"must be true or false, got {observed!r}")
+            out[mode] = Mode(op=parse_op(spec, mode), observed=observed)
         return out
 
     @model_validator(mode="after")
     def _agree(self):
-        for mode, op in self.degrade.items():
+        for mode, m in self.degrade.items():
             try:
-                check_op_fits(flatten_ops(op), self.align.resolution)
+                check_op_fits(flatten_ops(m.op), self.align.resolution)
             except ValueError as exc:
                 raise _OpError(f"degrade.{mode}", f"{exc} (align.resolution)") from None
         for mode in self.project.model_extra or {}:
@@ -341,7 +354,11 @@ class Params(_Model):
         """The flat op list of a degradation mode."""
         if mode not in self.degrade:
             raise ParamsError(f"params.yaml: degrade.{mode}: no such mode; modes: {', '.join(self.degrade) or 'none'}")
-        return flatten_ops(self.degrade[mode])
+        return flatten_ops(self.degrade[mode].op)
+
+    def observed(self, mode: str) -> bool:
+        self.ops(mode)
+        return self.degrade[mode].observed
 
 
 # ----------------------------------------------------------------------------------------------

@@ -116,11 +116,13 @@ def _mask_for(face: dict, op: MaskOp, rgb: np.ndarray, seed: int) -> torch.Tenso
     return centre_mask(size, op.fraction)
 
 
-def degrade_stage(mode: str, ops, faces: List[dict], out_dir, seed: int = 0) -> dict:
+def degrade_stage(mode: str, ops, faces: List[dict], out_dir, seed: int = 0, observed: bool = False) -> dict:
     """Write each face's degraded target as an 8-bit PNG (plus its mask) and targets.json.
 
     ``ops``: the mode's typed ops (``Params.ops(mode)``), or anything :func:`parse_ops` takes.
-    ``faces``: :func:`aligned_faces` (or the same records for any square images)."""
+    ``faces``: :func:`aligned_faces` (or the same records for any square images).
+    ``observed``: the photos are already degraded: each is its own target, as it is (the ops
+    then only model, for the generated image, how the photo was degraded; masks are still made)."""
     from tqdm import tqdm
 
     ops = parse_ops(ops)
@@ -137,7 +139,7 @@ def degrade_stage(mode: str, ops, faces: List[dict], out_dir, seed: int = 0) -> 
             d = Degradation(ops, rgb.shape[0], masks=mask, seed=seed)
         except DegradationError as exc:
             raise DegradationError(f"degrade.{mode} on {face['file']}: {exc}") from exc
-        degraded = to_uint8(d.target(from_uint8(rgb)))[0]
+        degraded = rgb if observed else to_uint8(d.target(from_uint8(rgb)))[0]
         save_png(out_dir / f"{face['name']}.png", degraded)
         rec = dict(name=face["name"], source=face["file"], photo=face["photo"], quad=face["quad"],
                    degraded=f"{face['name']}.png", mask=None, mask_source=mask_op.source if mask_op else None)
@@ -145,7 +147,7 @@ def degrade_stage(mode: str, ops, faces: List[dict], out_dir, seed: int = 0) -> 
             rec["mask"] = f"{face['name']}_mask.png"
             save_png(out_dir / rec["mask"], np.where(mask[0, 0].numpy() > 0.5, 0, 255).astype(np.uint8))
         records.append(rec)
-    targets = dict(mode=mode, ops=[op.model_dump() for op in ops], seed=seed, faces=records)
+    targets = dict(mode=mode, ops=[op.model_dump() for op in ops], seed=seed, observed=observed, faces=records)
     write_json(out_dir / "targets.json", targets)
     return targets
 

@@ -123,6 +123,7 @@ def _metric_rows(m: dict) -> str:
 def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Path, identity: bool = True,
                  lpips=None):
     targets = json.loads((degraded_dir / "targets.json").read_text())
+    observed = bool(targets.get("observed"))   # no ground truth: only consistency and identity
     rows, per_face, curves, phases = [], {}, {}, {}
     restored_by_photo: Dict[str, list] = {}
     op_types = [op["type"] for op in targets["ops"]]
@@ -143,23 +144,25 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
             composited = paste_known(generated, degraded, hole)
         elif op_types == ["grayscale"]:
             composited = transfer_luminance(generated, degraded)
-        m = dict(psnr=psnr(generated, original), ssim=ssim(generated, original),
-                 psnr_degraded_input=psnr(degraded, original),
-                 consistency_psnr=psnr(gen_degraded, degraded, known))
-        if hole is not None:
+        m = {} if observed else dict(psnr=psnr(generated, original), ssim=ssim(generated, original),
+                                     psnr_degraded_input=psnr(degraded, original))
+        m["consistency_psnr"] = psnr(gen_degraded, degraded, known)
+        if hole is not None and not observed:
             m["psnr_mask"] = psnr(generated, original, hole)
-        if composited is not None:
+        if composited is not None and not observed:
             m["psnr_composited"] = psnr(composited, original)
         if lpips is not None:
-            m["lpips"] = lpips(generated, original)
+            if not observed:
+                m["lpips"] = lpips(generated, original)
             m["lpips_consistency"] = lpips(gen_degraded, degraded)
         if identity:
             m["identity"] = identity_distance(original, generated)
         per_face[name] = m
         curves[name] = _read_distance(out / "loss.csv")
         phases = _read_phases(out / "loss.csv") or phases
-        images = [(original, "original"), (degraded, "original degraded"), (generated, "generated"),
-                  (gen_degraded, "generated degraded")]
+        images = ([(degraded, "observed photo")] if observed else
+                  [(original, "original"), (degraded, "original degraded")])
+        images += [(generated, "generated"), (gen_degraded, "generated degraded")]
         if composited is not None:
             images.append((composited, "generated + what the input knows"))
         cells = "".join(f"<td>{_img_tag(im, t)}</td>" for im, t in images)
@@ -186,10 +189,13 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
     if op_types in (["mask"], ["grayscale"]):
         composite_head = ("<th>Composited (known pixels pasted back)</th>" if op_types == ["mask"]
                           else "<th>Composited (input luminance, generated colour)</th>")
+    heads = "<th>Observed photo</th>" if observed else "<th>Original</th><th>Original degraded</th>"
+    note = (" The photos were already degraded (observed): no ground truth, so only consistency with the "
+            "photo and identity are measured." if observed else "")
     section = [f'<h2 id="{html.escape(mode)}">{html.escape(mode)}</h2>',
-               f"<p>operations: <code>{ops}</code></p>",
+               f"<p>operations: <code>{ops}</code>.{note}</p>",
                f"<p class=means>mean over {len(per_face)} faces: {_metric_rows(means).replace('<br>', ' · ')}</p>",
-               "<table><tr><th>face</th><th>Original</th><th>Original degraded</th><th>Generated</th>"
+               f"<table><tr><th>face</th>{heads}<th>Generated</th>"
                f"<th>Generated degraded</th>{composite_head}<th>metrics</th></tr>", *rows, "</table>"]
     if curves:
         section.append(_plot_curves(curves, f"{mode}: " + ("robust method, multiscale LPIPS + L1 per face" if phases
@@ -283,7 +289,8 @@ def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str 
         text, m = mode_section(mode, d, p, raw_dir, report.identity, lpips)
         sections.append(text)
         detail[mode] = m
-        headline[mode] = {k: v for k, v in m["mean"].items() if k in HEADLINE}
+        headline[mode] = {k: v for k, v in m["mean"].items() if k in HEADLINE or k == "lpips_consistency"
+                          and "lpips" not in m["mean"]}
     syn = data_dir / "synthetic" / "runs.json"
     if syn.is_file():
         text, cells, best = synthetic_section(syn.parent)

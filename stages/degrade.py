@@ -6,7 +6,8 @@ from recon.pipeline import aligned_faces, degrade_stage
 
 def degrade(params, args) -> int:
     ops = params.ops(args.mode)
-    targets = degrade_stage(args.mode, ops, aligned_faces(args.aligned), args.out, seed=params.seeds.degrade)
+    targets = degrade_stage(args.mode, ops, aligned_faces(args.aligned), args.out, seed=params.seeds.degrade,
+                            observed=params.observed(args.mode))
     print(f"degrade {args.mode}: {len(targets['faces'])} targets")
 
 

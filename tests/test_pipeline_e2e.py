@@ -23,6 +23,8 @@ def project(tmp_path_factory):
         "project.default.snapshot_every": 5, "project.runtime.batch_size": 2,
         "synthetic.seeds": [0], "synthetic.num_steps": [4, 8], "synthetic.latent_dist_reg_weight": [0.0, 0.01],
         "project.mask": {"method": "robust", "robust": {"steps": [3, 3, 3], "min_loss_res": 4}},
+        "degrade.old": {"type": "grayscale", "observed": True},     # photos that are already degraded
+        "project.old": {},
     })
 
 
@@ -56,6 +58,13 @@ def test_repro_report_rerun_and_experiments(project):
     detail = json.loads((repo / "reports" / "metrics_detail.json").read_text())
     assert set(detail["synthetic"]) == {"steps4_reg0", "steps4_reg0.01", "steps8_reg0", "steps8_reg0.01"}
     assert set(detail["blur"]["faces"]) == {"grace_hopper_0", "luciano_0"}
+    # an observed mode: the photo is its own target; no ground-truth metrics; pasted back
+    import numpy as np
+    from PIL import Image
+    assert np.array_equal(np.asarray(Image.open(repo / "data" / "degraded" / "old" / "luciano_0.png")),
+                          np.asarray(Image.open(repo / "data" / "aligned" / "luciano_0.png")))
+    assert set(metrics["old"]) == {"consistency_psnr", "identity", "lpips_consistency"}
+    assert "Observed photo" in page and page.count("Pasted back into the photos") == 4
     # the mask mode ran the robust method: three phases, their images kept
     assert (repo / "data" / "projected" / "mask" / "luciano_0" / "image_W+.png").is_file()
     assert "W++" in (repo / "data" / "projected" / "mask" / "luciano_0" / "loss.csv").read_text()
@@ -64,10 +73,10 @@ def test_repro_report_rerun_and_experiments(project):
     assert table[0] == "step,face,dist,noise_reg,latent_reg,loss" and len(table) == 1 + 2 * 12
     # the experiment table stays small; the plots are one per mode plus the study
     metric_cols = [c for c in sh(["dvc", "exp", "show", "--csv"], repo, env).stdout.splitlines()[0].split(",")
-                   if c.split(".")[0] in metrics]
+                   if c.split(".")[0] in metrics and not c.startswith("old.")]   # the sample's modes
     assert len(metric_cols) <= 25, metric_cols
     plots = json.loads(sh(["dvc", "plots", "show", "--json", "--split"], repo, env).stdout)["data"]
-    assert sorted(plots) == sorted(f"reports/losses/{m}.csv" for m in ("blur", "grayscale", "mask", "synthetic")), \
+    assert sorted(plots) == sorted(f"reports/losses/{m}.csv" for m in ("blur", "grayscale", "mask", "old", "synthetic")), \
         list(plots)
 
     # Editing the code a stage runs makes DVC see the stage as changed.

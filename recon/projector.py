@@ -202,6 +202,8 @@ class _State:
     optimizer: torch.optim.Optimizer
     history: List[List[dict]]
     trajectory: Optional[List[torch.Tensor]] = None
+    rng_from: int = 0               # the step at which rng_state was taken
+    rng_state: Optional[list] = None
 
 
 class Projector:
@@ -247,7 +249,7 @@ class Projector:
                 draws = [rng.noise_init(name, (res, res)) for rng in rngs]
             noise[layer] = torch.stack(draws)[:, None].to(self.device).requires_grad_(self.cfg.optimize_noise)
         return _State(0, space, w_opt, noise, self._make_optimizer(w_opt, noise), [[] for _ in range(batch)],
-                      [] if record_w else None)
+                      [] if record_w else None, 0, [r.get_state() for r in rngs])
 
     def _switch_to_w_plus(self, st: _State) -> None:
         w_opt = st.w_opt.detach().repeat(1, self.G.num_ws, 1).requires_grad_(True)
@@ -257,7 +259,7 @@ class Projector:
     def _snapshot(self, st: _State, rngs, names, path: Path) -> None:
         data = dict(fingerprint=self.cfg.fingerprint(), names=list(names), step=st.step, space=st.space,
                     w_opt=st.w_opt.detach().cpu(), noise={k: v.detach().cpu() for k, v in st.noise.items()},
-                    optimizer=st.optimizer.state_dict(), rng=[r.get_state() for r in rngs],
+                    optimizer=st.optimizer.state_dict(), rng=st.rng_state, rng_from=st.rng_from,
                     history=json.dumps(st.history),
                     trajectory=torch.stack(st.trajectory) if st.trajectory else None)
         write_atomic(path, lambda tmp: torch.save(data, tmp))
@@ -273,11 +275,10 @@ class Projector:
         noise = {k: v.to(self.device).requires_grad_(self.cfg.optimize_noise) for k, v in data["noise"].items()}
         opt = self._make_optimizer(w_opt, noise)
         opt.load_state_dict(data["optimizer"])
-        for r, s in zip(rngs, data["rng"]):
-            r.set_state(s)
         traj = list(data["trajectory"].to(self.device)) if (record_w and data["trajectory"] is not None) else (
             [] if record_w else None)
-        return _State(data["step"], data["space"], w_opt, noise, opt, json.loads(data["history"]), traj)
+        return _State(data["step"], data["space"], w_opt, noise, opt, json.loads(data["history"]), traj,
+                      int(data.get("rng_from", data["step"])), data["rng"])
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -296,9 +297,23 @@ class Projector:
         """``(learning rate, w-noise scale)`` at ``step``: ramp up, cosine ramp down, noise decay."""
         return learning_rate(step, self.cfg), w_noise_scale(step, self.w_std, self.cfg)
 
-    def loss(self, st: _State, target_features, degradation, rngs, scale: float) -> Dict[str, torch.Tensor]:
-        """Per-target loss terms ``[B]`` at the state's current latents (w perturbed by noise)."""
-        unit = torch.cat([r.w_noise_unit(st.step, (1,) + tuple(st.w_opt.shape[1:])) for r in rngs]).to(self.device)
+    def draw_w_noise(self, st: _State, rngs) -> Dict[int, torch.Tensor]:
+        """Every remaining step's unit w-noise ``[B, rows, w_dim]``, drawn up front in the official
+        order from each target's own random source (from the state it had at ``st.rng_from``, so
+        a resumed run draws the same values) and moved to the device in one copy, not one per step."""
+        steps = list(range(st.rng_from, self.cfg.num_steps))
+        rows = [1 if self._space_at(s) == "w" else self.G.num_ws for s in steps]
+        w_dim = self.G.w_dim
+        flat = torch.stack([torch.cat([r.w_noise_unit(s, (1, n, w_dim)).reshape(-1) for s, n in zip(steps, rows)])
+                            if steps else torch.zeros(0) for r in rngs]).to(self.device)
+        units, offset = {}, 0
+        for s, n in zip(steps, rows):
+            units[s] = flat[:, offset:offset + n * w_dim].view(len(rngs), n, w_dim)
+            offset += n * w_dim
+        return units
+
+    def loss(self, st: _State, target_features, degradation, unit: torch.Tensor, scale: float) -> Dict[str, torch.Tensor]:
+        """Per-target loss terms ``[B]`` at the state's current latents (w perturbed by ``unit * scale``)."""
         synth = self.synthesize(st.w_opt + unit * scale, st.noise)
         degraded = degradation(synth) if degradation is not None else synth
         dist = (target_features - self.features(degraded)).square().sum(dim=1)
@@ -378,6 +393,9 @@ class Projector:
         st = (self._resume(snapshot_path, names, rngs, record_w) if snapshot_path else None) or \
             self._init_state(B, rngs, record_w)
 
+        for r, state in zip(rngs, st.rng_state):
+            r.set_state(state)
+        units = self.draw_w_noise(st, rngs)
         label = desc or f"project {names[0]}" + (f" +{B - 1}" if B > 1 else "")
         bar = tqdm(total=cfg.num_steps, initial=st.step, desc=label, unit="step", disable=not progress)
         pending = []
@@ -385,7 +403,7 @@ class Projector:
             if st.space == "w" and self._space_at(st.step) == "w+":
                 self._switch_to_w_plus(st)
             lr, scale = self.schedule(st.step)
-            terms = self.loss(st, target_features, degradation, rngs, scale)
+            terms = self.loss(st, target_features, degradation, units.pop(st.step), scale)
             self.step(st, terms["loss"], lr)
             pending.append((st.step, lr, scale, torch.stack([terms[k].detach() for k in
                                                              ("loss", "dist", "noise_reg", "latent_reg")])))

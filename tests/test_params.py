@@ -49,7 +49,7 @@ BAD = [
     ("degrade", "blur", {"degrade.blur.kernel": 4}, "params.yaml: degrade.blur.kernel: must be odd"),
     ("degrade", "blur", {"degrade.blur.sigma": 0}, "params.yaml: degrade.blur.sigma: must be greater than 0"),
     ("degrade", "mask", {"degrade.mask.fraction": 1.5}, "params.yaml: degrade.mask.fraction: must be less than 1"),
-    ("degrade", "mask", {"degrade.mask.source": "disk"}, "params.yaml: degrade.mask.source: must be 'center', 'file'"),
+    ("degrade", "mask", {"degrade.mask.source": "disk"}, "params.yaml: degrade.mask.source: must be 'center', 'brush', 'file' or 'color', got 'disk'"),
     ("degrade", "blur", {"degrade.blur.type": "blurr"}, "params.yaml: degrade.blur.type: unknown degradation 'blurr' "
                                                          "(did you mean blur?)"),
     ("degrade", "blur", {"degrade.sr": {"type": "chain", "ops": ["grayscale", {"type": "downsample", "factor": 3}]}},

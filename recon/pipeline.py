@@ -229,20 +229,19 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
 
     # The weights are hashed once per run, not once per face (the FFHQ generator is 120 MB).
     weights_digest = sha256_of(generator) + sha256_of(vgg)
-    fingerprints = {}
+    fingerprints, finished = {}, set()
     for face in faces:
         fp = fingerprints[face["name"]] = _face_fingerprint(cfg, targets, face, degraded_dir, weights_digest)
         done = out_dir / face["name"] / "done.json"
-        if done.is_file() and not replace and json.loads(done.read_text()).get("fingerprint") != fp:
-            raise ParamsError(f"{done.parent}: already holds a result made with other settings or inputs "
-                              "(add --force to replace it)")
-
-    def is_done(face) -> bool:
-        done = out_dir / face["name"] / "done.json"
-        return done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprints[face["name"]]
+        if done.is_file():
+            if json.loads(done.read_text()).get("fingerprint") == fp:
+                finished.add(face["name"])
+            elif not replace:
+                raise ParamsError(f"{done.parent}: already holds a result made with other settings or inputs "
+                                  "(add --force to replace it)")
 
     batches = [faces[i:i + batch_size] for i in range(0, len(faces), batch_size)]
-    pending = [b for b in ([f for f in batch if not is_done(f)] for batch in batches) if b]
+    pending = [b for b in ([f for f in batch if f["name"] not in finished] for batch in batches) if b]
     mine = rank.share(pending)
     todo = sum(len(b) for b in pending)
     images = {}

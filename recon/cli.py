@@ -43,7 +43,7 @@ def _cmd_project(args) -> int:
     from .degrade import parse_ops
     from .errors import ParamsError
     from .imageio import list_photos
-    from .pipeline import degrade_stage, project_stage, resolve_device
+    from .pipeline import degrade_stage, project_stage, resolve_runtime
 
     params = load_params(args.params) if args.params else Params()
     if args.degrade in params.degrade:
@@ -60,8 +60,7 @@ def _cmd_project(args) -> int:
     runtime = params.project.runtime
     runtime = Runtime(device=args.device or runtime.device,
                       batch_size=args.batch if args.batch is not None else runtime.batch_size)
-    device = resolve_device(runtime.device, key="--device")
-    batch = runtime.batch_size if runtime.batch_size != "auto" else (4 if device.startswith("cuda") else 1)
+    device, batch = resolve_runtime(runtime, device_key="--device")
 
     paths = list_photos(args.targets)
     faces = [dict(name=p.stem, file=str(p), photo=p.name, quad=None, mask=None) for p in paths]

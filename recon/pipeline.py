@@ -59,10 +59,10 @@ def resolve_device(device: str = "auto", key: str = "params.yaml: project.runtim
     return device
 
 
-def resolve_runtime(runtime: Runtime):
+def resolve_runtime(runtime: Runtime, device_key: str = "params.yaml: project.runtime.device"):
     """``(device, batch_size)`` for a run. ``batch_size: auto``: measured on CPU, a batch costs
     more per target than one at a time, so batch only on CUDA (4)."""
-    device = resolve_device(runtime.device)
+    device = resolve_device(runtime.device, key=device_key)
     batch = runtime.batch_size
     if batch == "auto":
         batch = 4 if device.startswith("cuda") else 1

@@ -98,6 +98,23 @@ class NoiseOp(_Model):
     sigma: NonNegFloat = 10.0
 
 
+class JpegOp(_Model):
+    """JPEG compression at ``quality`` (4:2:0 chroma): the target through Pillow's encoder, the
+    generated image through a differentiable approximation with the same quantization tables."""
+    type: Literal["jpeg"] = "jpeg"
+    quality: Annotated[int, Field(ge=1, le=95)] = 12
+
+
+class PoissonOp(_Model):
+    """Photon (shot) noise with pixel dropout, as the robust method's benchmark degrades: the
+    target is ``Poisson(x * photons) / photons`` with each pixel zeroed (all channels) with
+    probability ``dropout``; the generated image goes through a Gaussian approximation with fresh
+    draws at every step."""
+    type: Literal["poisson"] = "poisson"
+    photons: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 24.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.16
+
+
 class ChainOp(_Model):
     """Several ops applied in order."""
     type: Literal["chain"] = "chain"
@@ -109,9 +126,10 @@ class ChainOp(_Model):
         return [parse_op(item, str(i)) for i, item in enumerate(v)]
 
 
-Op = Union[NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, ChainOp]
+Op = Union[NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, JpegOp, PoissonOp, ChainOp]
 OP_TYPES: Dict[str, type] = {m.model_fields["type"].default: m
-                             for m in (NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, ChainOp)}
+                             for m in (NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, JpegOp, PoissonOp,
+                                       ChainOp)}
 
 
 class _OpError(ValueError):
@@ -157,6 +175,8 @@ def check_op_fits(ops: List[Op], resolution: int) -> None:
             raise ValueError(f"kernel {op.kernel} is not smaller than the {resolution} px image")
         if isinstance(op, DownsampleOp) and resolution % op.factor:
             raise ValueError(f"factor {op.factor} does not divide the {resolution} px image")
+        if isinstance(op, JpegOp) and resolution % 16:
+            raise ValueError(f"jpeg needs a multiple of 16 px (4:2:0 blocks), not {resolution} px")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,11 +255,27 @@ class ProjectorConfig(_Model):
     # & Lalonde (CVPR 2023) with its own settings below, fixed noise and a multiscale LPIPS loss
     method: Literal["official", "robust"] = "official"
     robust: RobustConfig = RobustConfig()
+    # where the latent starts: w_avg, a latents.npz (one for every face), or another mode's
+    # results (data/projected/<mode>/<face>/latents.npz), to refine them or restore from them
+    init: Annotated[str, Field(min_length=1)] = "w_avg"
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v):
+        if v != "w_avg" and not v.endswith(".npz") and not MODE_NAME.match(v):
+            raise ValueError(f"must be w_avg, a path to a latents.npz or a mode name, got {v!r}")
+        return v
+
+    @property
+    def init_mode(self) -> Optional[str]:
+        """The mode whose results are the starting latents, if ``init`` names one."""
+        return None if self.init == "w_avg" or self.init.endswith(".npz") else self.init
 
     def fingerprint(self) -> str:
-        """What a result depends on: the settings of the method that made it."""
+        """What a result depends on: the settings of the method that made it (the init latents'
+        contents are fingerprinted per face by the stage)."""
         if self.method == "robust":
-            keep = dict(method="robust", robust=self.robust.model_dump())
+            keep = dict(method="robust", robust=self.robust.model_dump(), seed=self.seed, init=self.init)
         else:
             keep = self.model_dump(exclude={"snapshot_every", "robust"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
@@ -344,6 +380,20 @@ class Params(_Model):
                 check_op_fits(flatten_ops(m.op), self.align.resolution)
             except ValueError as exc:
                 raise _OpError(f"degrade.{mode}", f"{exc} (align.resolution)") from None
+        for mode in self.degrade:
+            init = self.project.for_mode(mode).init_mode
+            where = (f"project.{mode}.init" if self.project.for_mode(mode).init != self.project.default.init
+                     else "project.default.init")
+            if init is not None and init not in self.degrade:
+                raise _OpError(where, f"{init!r} is not a mode under degrade{_did_you_mean(init, self.degrade)} "
+                               "(nor w_avg or a path ending in .npz)")
+            seen = [mode]
+            while init is not None:
+                if init in seen:
+                    raise _OpError(where, f"modes start from each other's results in a cycle: "
+                                   f"{' -> '.join(seen + [init])}")
+                seen.append(init)
+                init = self.project.for_mode(init).init_mode
         for mode in self.project.model_extra or {}:
             if mode not in self.degrade:
                 hint = _did_you_mean(mode, list(self.degrade) + list(PROJECT_SECTIONS))

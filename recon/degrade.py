@@ -9,17 +9,18 @@ black = known**.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import (BlurOp, DownsampleOp, GrayscaleOp, MaskOp, NoiseOp, Op, check_op_fits, flatten_ops,
-                     parse_op)
+from .config import (BlurOp, DownsampleOp, GrayscaleOp, JpegOp, MaskOp, NoiseOp, Op, PoissonOp, check_op_fits,
+                     flatten_ops, parse_op)
 from .errors import DegradationError
 
 LUMA = (0.299, 0.587, 0.114)
+Draws = Callable[[str, tuple], torch.Tensor]    # (tag, per-image shape) -> [N or 1, *shape]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,6 +81,64 @@ def _pil_resize(img: torch.Tensor, size, filter: str) -> torch.Tensor:
     x = img.detach().float().cpu().numpy()
     out = np.stack([np.stack([np.asarray(Image.fromarray(ch).resize(size, resample)) for ch in im]) for im in x])
     return torch.from_numpy(out).to(img.device, img.dtype)
+
+
+class SurrogateClamp(torch.autograd.Function):
+    """``clamp(x, 0, 1)`` forward; backward the slope of ``sigmoid(2 (x - 0.5))``, so pixels pushed
+    past the range still get a gradient (the robust method's photon-noise approximation)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(2 * (x - 0.5))
+        return grad * 2 * s * (1 - s)
+
+
+def poisson_target(img: torch.Tensor, photons: float, dropout: float, generator: torch.Generator) -> torch.Tensor:
+    """Photon noise and dropout as a camera makes them: ``Poisson(x * photons) / photons`` per
+    channel, each pixel zeroed (all channels) with probability ``dropout``, clamped.
+    ``[N, 3, H, W]`` in [-1, 1] -> the same; draws from ``generator`` (CPU)."""
+    x = ((img.detach().cpu().double() + 1) / 2).clamp(0, 1)
+    y = torch.poisson(x * photons, generator=generator) / photons
+    keep = torch.rand(x.shape[0], 1, *x.shape[2:], generator=generator, dtype=torch.float64) >= dropout
+    return ((y * keep).clamp(0, 1) * 2 - 1).to(img.device, img.dtype)
+
+
+def poisson_approx(img: torch.Tensor, photons: float, dropout: float, normal: torch.Tensor,
+                   uniform: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """Differentiable stand-in for :func:`poisson_target`: with ``lam = x * photons``,
+    ``(lam - 0.5 + sqrt(lam + 1e-3) * normal) / photons``, zeroed where ``uniform < dropout``, with a
+    surrogate clamp before and after (the reference's approximation, its -0.5 offset included).
+    ``img`` ``[N, 3, H, W]`` in [-1, 1]; ``normal`` ``[N, 3, H, W]`` ~ N(0, 1); ``uniform``
+    ``[N, 1, H, W]`` ~ U(0, 1) -> the same shape as ``img``."""
+    x = (img + 1) / 2
+    if clamp:
+        x = SurrogateClamp.apply(x)
+    lam = x * photons
+    y = (lam - 0.5 + torch.sqrt(lam + 1e-3) * normal) / photons
+    y = y * (uniform >= dropout).to(y.dtype)
+    if clamp:
+        y = SurrogateClamp.apply(y)
+    return y * 2 - 1
+
+
+def normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws -> uniform ones on (0, 1)."""
+    return 0.5 * (1 + torch.erf(x / 2 ** 0.5))
+
+
+def jpeg_target(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """Each image through Pillow's JPEG encoder (8-bit, 4:2:0). ``[N, 3, H, W]`` in [-1, 1]."""
+    from .imageio import from_uint8, to_uint8
+    from .jpeg import encode
+
+    out = [from_uint8(encode(im, quality)) for im in to_uint8(img.detach().cpu())]
+    return torch.cat(out).to(img.device, img.dtype)
 
 
 def brush_mask(size: int, strokes: int, seed: int) -> torch.Tensor:
@@ -173,7 +232,8 @@ class Degradation:
     """A chain of degradation ops, bound to an image size (and per-target masks).
 
     ``ops``: typed ops from :mod:`recon.config` (or anything :func:`parse_ops` takes): blur,
-    grayscale, mask (per-target masks passed in ``masks``), downsample, noise (target only).
+    grayscale, mask (per-target masks passed in ``masks``), downsample, noise (target only), jpeg,
+    poisson (stochastic: fresh draws per call).
     """
     ops: List[Op]
     size: int
@@ -212,7 +272,16 @@ class Degradation:
             self._fill = (torch.rand(1, 3, self.size, self.size, generator=g) * 2 - 1).to(device, dtype)
         return self._fill
 
-    def _apply(self, img: torch.Tensor, target: bool, batch_index=None) -> torch.Tensor:
+    @property
+    def stochastic(self) -> bool:
+        """Whether the operator on generated images draws fresh randomness (photon noise)."""
+        return any(isinstance(op, PoissonOp) for op in self.ops)
+
+    def _fixed_draws(self, tag: str, shape) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + 15485863 + sum(tag.encode()))
+        return torch.randn(1, *shape, generator=g)
+
+    def _apply(self, img: torch.Tensor, target: bool, batch_index=None, draws: Optional[Draws] = None) -> torch.Tensor:
         x = img
         for op in self.ops:
             if isinstance(op, BlurOp):
@@ -232,11 +301,26 @@ class Degradation:
                 g = torch.Generator().manual_seed(self.seed + 104729)
                 n = torch.randn(x.shape[1:], generator=g).to(x.device, x.dtype)
                 x = x + n * (op.sigma / 127.5)
+            elif isinstance(op, JpegOp):
+                from .jpeg import diff_jpeg
+                x = jpeg_target(x, op.quality) if target else diff_jpeg(x, op.quality)
+            elif isinstance(op, PoissonOp):
+                if target:
+                    x = poisson_target(x, op.photons, op.dropout, torch.Generator().manual_seed(self.seed + 104723))
+                else:
+                    draw = draws or self._fixed_draws
+                    n = draw(f"{op.type}.normal", (3, *x.shape[2:])).to(x.device, x.dtype)
+                    # uniform from a normal draw (its CDF): a random source has one kind of draw
+                    u = normal_cdf(draw(f"{op.type}.dropout", (1, *x.shape[2:])).to(x.device, x.dtype))
+                    x = poisson_approx(x, op.photons, op.dropout, n, u)
         return x
 
-    def __call__(self, img: torch.Tensor, batch_index=None) -> torch.Tensor:
-        """Degrade generated images (differentiable)."""
-        return self._apply(img, target=False, batch_index=batch_index)
+    def __call__(self, img: torch.Tensor, batch_index=None, draws: Optional[Draws] = None) -> torch.Tensor:
+        """Degrade generated images (differentiable). ``draws(tag, shape)`` gives the fresh
+        randomness of a stochastic operator, ``[N or 1, *shape]``, one row per image (a
+        projector passes each target's own draws for the step); without it the draws are fixed
+        by the seed."""
+        return self._apply(img, target=False, batch_index=batch_index, draws=draws)
 
     def target(self, img: torch.Tensor, batch_index=None) -> torch.Tensor:
         """Degrade clean targets once (adds observation noise where configured)."""

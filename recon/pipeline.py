@@ -184,8 +184,67 @@ def load_models(weights, device):
     return load_generator(generator, device=device), VGGFeatures(load_vgg16(vgg, device))
 
 
-def _face_fingerprint(cfg: ProjectorConfig, targets: dict, face: dict, degraded_dir, weights_digest: str) -> str:
+# ----------------------------------------------------------------------------------------------
+# Starting latents (project.<mode>.init)
+
+MAX_INIT_BYTES = 256 << 20
+
+
+def init_path(cfg: ProjectorConfig, face_name: str, out_dir) -> Optional[Path]:
+    """Where a face's starting latent is read from (None: ``w_avg``)."""
+    if cfg.init == "w_avg":
+        return None
+    if cfg.init_mode:
+        return Path(out_dir).parent / cfg.init_mode / face_name / "latents.npz"
+    return Path(cfg.init)
+
+
+def read_init(path: Path, method: str, G, mode: str = "<mode>") -> torch.Tensor:
+    """One target's starting latent from a ``latents.npz``: W ``[w_dim]``, W+ ``[num_ws, w_dim]``
+    or (robust method) W++ ``[num_ws, K, w_dim]``, the most detailed the file holds that the
+    method can start from. A W+ whose rows are all equal is a W."""
+    import zipfile
+
+    key = f"params.yaml: project.{mode}.init"
+    if not path.is_file():
+        hint = (f" (run `dvc repro project@{path.parent.parent.name}` first)" if path.name == "latents.npz"
+                and path.parent.parent.parent.name == "projected" else "")
+        raise MissingInputError(f"{path}: starting latents not found{hint} ({key})")
+    try:
+        with zipfile.ZipFile(path) as z:
+            if sum(i.file_size for i in z.infolist()) > MAX_INIT_BYTES:
+                raise ParamsError(f"{path}: more than {MAX_INIT_BYTES >> 20} MB of arrays; not a latents file ({key})")
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("wpp", "wp", "ws", "w") if k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ParamsError(f"{path}: not a readable latents.npz ({exc}) ({key})") from None
+    order = ("wpp", "wp", "ws", "w") if method == "robust" else ("wp", "ws", "w")
+    name = next((k for k in order if k in arrays), None)
+    if name is None:
+        raise ParamsError(f"{path}: holds none of {', '.join(order)} ({key})")
+    x = torch.from_numpy(np.asarray(arrays[name], dtype=np.float32))
+    shapes = {"w": [G.w_dim], "ws": [G.num_ws, G.w_dim], "wp": [G.num_ws, G.w_dim],
+              "wpp": [G.num_ws, G.synthesis.max_channels, G.w_dim]}
+    if list(x.shape) != shapes[name] or not torch.isfinite(x).all():
+        raise ParamsError(f"{path}: {name} must be finite and {shapes[name]} for this generator, "
+                          f"got {list(x.shape)} ({key})")
+    if x.ndim == 2 and torch.equal(x, x[:1].expand_as(x)):
+        x = x[0]
+    return x
+
+
+def stack_inits(inits: List[torch.Tensor], num_ws: int) -> torch.Tensor:
+    """One batch of starting latents: W ones broadcast to W+ when the batch mixes the two."""
+    if len({t.ndim for t in inits}) > 1:
+        inits = [t[None].repeat(num_ws, 1) if t.ndim == 1 else t for t in inits]
+    return torch.stack(inits)
+
+
+def _face_fingerprint(cfg: ProjectorConfig, targets: dict, face: dict, degraded_dir, weights_digest: str,
+                      init: Optional[Path] = None) -> str:
     h = hashlib.sha256()
+    if init is not None and init.is_file():
+        h.update(sha256_of(init).encode())
     h.update(cfg.fingerprint().encode())
     h.update(weights_digest.encode())
     h.update(json.dumps(targets["ops"], sort_keys=True).encode())
@@ -231,7 +290,8 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     weights_digest = sha256_of(generator) + sha256_of(vgg)
     fingerprints, finished = {}, set()
     for face in faces:
-        fp = fingerprints[face["name"]] = _face_fingerprint(cfg, targets, face, degraded_dir, weights_digest)
+        fp = fingerprints[face["name"]] = _face_fingerprint(cfg, targets, face, degraded_dir, weights_digest,
+                                                            init_path(cfg, face["name"], out_dir))
         done = out_dir / face["name"] / "done.json"
         if done.is_file():
             if json.loads(done.read_text()).get("fingerprint") == fp:
@@ -252,6 +312,9 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
                              f"generator makes {R}x{R} "
                              f"(align faces at {R} px: align.resolution in params.yaml, --size of recon align)")
         images[face["name"]] = from_uint8(rgb)
+        start = init_path(cfg, face["name"], out_dir)
+        if start is not None and not start.is_file():
+            read_init(start, cfg.method, None, mode)     # raises, naming the file and the key
     if rank.is_main and todo < len(faces):
         log(f"project {mode}: {len(faces) - todo} of {len(faces)} faces already done")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -289,13 +352,24 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     return done_names
 
 
+def _batch_inits(cfg, mode, batch, out_dir, G) -> Optional[torch.Tensor]:
+    paths = [init_path(cfg, f["name"], out_dir) for f in batch]
+    if paths[0] is None:
+        return None
+    return stack_inits([read_init(p, cfg.method, G, mode) for p in paths], G.num_ws)
+
+
 def _project_batch(mode, projector, cfg, targets, batch, images, fingerprints, degraded_dir, out_dir, snap_dir, R,
                    progress) -> List[str]:
     d = degradation_for(targets, batch, degraded_dir, R)
-    if cfg.method == "robust":
-        return _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, out_dir, progress)
+    init = _batch_inits(cfg, mode, batch, out_dir, projector.G)
     key = hashlib.sha256("|".join(fingerprints[f["name"]] for f in batch).encode()).hexdigest()[:16]
     snap = snap_dir / f"{key}.pt"
+    if cfg.method == "robust":
+        return _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, out_dir, progress,
+                                     init, snap)
+    if init is not None and init.ndim == 2:
+        init = init[:, None]
 
     def save_progress(step, imgs):
         for face, img in zip(batch, to_uint8(imgs)):
@@ -304,7 +378,7 @@ def _project_batch(mode, projector, cfg, targets, batch, images, fingerprints, d
     results = projector.project(torch.cat([images[f["name"]] for f in batch]), degradation=d,
                                 names=[f["name"] for f in batch], rngs=[TorchRandom(cfg.seed) for _ in batch],
                                 snapshot_path=snap, on_snapshot=save_progress, progress=False,
-                                on_step=progress.batch(len(batch), snapshot_step(snap)))
+                                on_step=progress.batch(len(batch), snapshot_step(snap)), init_ws=init)
     for face, res in zip(batch, results):
         res.save(out_dir / face["name"])
         save_png(out_dir / face["name"] / "target.png", to_uint8(images[face["name"]])[0])
@@ -319,20 +393,24 @@ def _project_batch(mode, projector, cfg, targets, batch, images, fingerprints, d
 # ----------------------------------------------------------------------------------------------
 # synthetic: invert generated images over a grid of num_steps x latent_dist_reg_weight
 
-def _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, out_dir, progress) -> List[str]:
+def _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, out_dir, progress, init=None,
+                          snap=None) -> List[str]:
     """The robust method on one batch: the loss compares the degraded generated image with the
     degraded target, both in [0, 1] (the pipeline's degradations work in [-1, 1]). Masked pixels
-    take the degradation's fixed fill in both images, as with the official method; the
-    reference code's fresh noise per step and scale is not reproduced here. No snapshots: an
-    interrupted batch starts over."""
+    take the degradation's fixed fill in both images, and the loss adds the same fresh noise to
+    both in the holes at every scale and step (each target's own draws). Snapshots every
+    ``snapshot_every`` steps; an interrupted batch resumes from its snapshot."""
     targets = torch.cat([images[f["name"]] for f in batch])
     if d.has_mask:
         targets = fill_missing(targets, d.masks, d.fill("cpu"))
 
-    def degrade(x01):
-        return (d(x01 * 2 - 1) + 1) / 2
+    def degrade(x01, draws=None):
+        return (d(x01 * 2 - 1, draws=draws) + 1) / 2
 
-    results = projector.project((targets + 1) / 2, degrade, on_step=progress.batch(len(batch)))
+    results = projector.project((targets + 1) / 2, degrade, on_step=progress.batch(len(batch), snapshot_step(snap)),
+                                mask=d.masks if d.has_mask else None, rngs=[TorchRandom(cfg.seed) for _ in batch],
+                                names=[f["name"] for f in batch], init=init, snapshot_path=snap,
+                                snapshot_every=cfg.snapshot_every)
     for face, res in zip(batch, results):
         with torch.no_grad():
             degraded = d(res.images["W++"][None].to(projector.device) * 2 - 1, batch_index=[batch.index(face)])[0]
@@ -342,7 +420,10 @@ def _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, 
                                                              config=cfg.model_dump(), target=face))
         progress.face_done(face["name"], [dict(h, dist=h["loss"]) for h in res.history])
     progress.batch_done()
+    if snap is not None:
+        snap.unlink(missing_ok=True)
     return [f["name"] for f in batch]
+
 
 
 def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weights="weights",

@@ -21,6 +21,7 @@ maps them to [0, 255] itself (see :mod:`recon.perceptual`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import weakref
 from dataclasses import dataclass
@@ -49,7 +50,15 @@ class TorchRandom:
     the noise maps in state_dict order, then one w-noise draw per step."""
 
     def __init__(self, seed: int):
-        self.gen = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
+
+    def normal(self, step: int, tag: str, shape) -> torch.Tensor:
+        """Standard normal draws for ``tag`` at ``step`` (a stochastic degradation, the robust
+        loss's hole noise): from their own generator keyed by (seed, step, tag), so they do not
+        move the main stream, and a resumed run or another batch gets the same values."""
+        key = hashlib.sha256(f"{self.seed}/{int(step)}/{tag}".encode()).digest()
+        return torch.randn(shape, generator=torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1))
 
     def noise_init(self, name: str, shape) -> torch.Tensor:
         return torch.randn(shape, generator=self.gen)
@@ -67,9 +76,14 @@ class TorchRandom:
 class RecordedRandom:
     """Replays recorded draws (``noise_init[name]`` and ``w_noise_unit[step]``), e.g. an official run's."""
 
-    def __init__(self, noise_init: Dict[str, torch.Tensor], w_noise_unit: torch.Tensor):
+    def __init__(self, noise_init: Dict[str, torch.Tensor], w_noise_unit: torch.Tensor,
+                 normals: Optional[Dict[tuple, torch.Tensor]] = None):
         self.noise = noise_init
         self.w_noise = w_noise_unit
+        self.normals = normals or {}
+
+    def normal(self, step: int, tag: str, shape) -> torch.Tensor:
+        return self.normals[int(step), tag].reshape(shape).clone()
 
     def noise_init(self, name: str, shape) -> torch.Tensor:
         return self.noise[name].reshape(shape).clone()
@@ -82,6 +96,12 @@ class RecordedRandom:
 
     def set_state(self, state) -> None:
         pass
+
+
+def step_draws(rngs, step: int):
+    """The fresh randomness of one step as a degradation takes it: ``draws(tag, shape)`` ->
+    ``[B, *shape]``, row i from target i's own source."""
+    return lambda tag, shape: torch.stack([r.normal(step, tag, shape) for r in rngs])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,10 +255,14 @@ class Projector:
         params = [w_opt] + (list(noise.values()) if self.cfg.optimize_noise else [])
         return torch.optim.Adam(params, betas=(0.9, 0.999), lr=self.cfg.initial_learning_rate)
 
-    def _init_state(self, batch: int, rngs, record_w: bool) -> _State:
+    def _init_state(self, batch: int, rngs, record_w: bool, init_ws: Optional[torch.Tensor] = None) -> _State:
         space = self._space_at(0)
         rows = 1 if space == "w" else self.G.num_ws
-        w_opt = self.w_avg.repeat(batch, rows, 1).detach().clone().requires_grad_(True)
+        if init_ws is None:
+            w_opt = self.w_avg.repeat(batch, rows, 1)
+        else:
+            w_opt = self._start_latent(init_ws.to(self.device, torch.float32), space, batch)
+        w_opt = w_opt.detach().clone().requires_grad_(True)
         noise = {}
         buffers = self.G.synthesis.noise_buffers()
         for layer, res in self.layers.items():
@@ -250,6 +274,20 @@ class Projector:
             noise[layer] = torch.stack(draws)[:, None].to(self.device).requires_grad_(self.cfg.optimize_noise)
         return _State(0, space, w_opt, noise, self._make_optimizer(w_opt, noise), [[] for _ in range(batch)],
                       [] if record_w else None, 0, [r.get_state() for r in rngs])
+
+    def _start_latent(self, init_ws: torch.Tensor, space: str, batch: int) -> torch.Tensor:
+        """``init_ws`` ``[B, 1 or num_ws, w_dim]`` as the first latent of ``space`` (a W+ latent
+        can start a W run only if its rows are equal)."""
+        G = self.G
+        if init_ws.ndim != 3 or init_ws.shape[0] != batch or init_ws.shape[1] not in (1, G.num_ws) \
+                or init_ws.shape[2] != G.w_dim:
+            raise ValueError(f"init latents must be [{batch}, 1 or {G.num_ws}, {G.w_dim}], got {list(init_ws.shape)}")
+        if space == "w":
+            if not torch.equal(init_ws, init_ws[:, :1].expand_as(init_ws)):
+                raise ValueError("init latents are W+ (one w per layer) but the run starts in W "
+                                 "(latent_space w or w->w+); use latent_space: w+")
+            return init_ws[:, :1]
+        return init_ws.expand(batch, G.num_ws, G.w_dim)
 
     def _switch_to_w_plus(self, st: _State) -> None:
         w_opt = st.w_opt.detach().repeat(1, self.G.num_ws, 1).requires_grad_(True)
@@ -312,10 +350,12 @@ class Projector:
             offset += n * w_dim
         return units
 
-    def loss(self, st: _State, target_features, degradation, unit: torch.Tensor, scale: float) -> Dict[str, torch.Tensor]:
-        """Per-target loss terms ``[B]`` at the state's current latents (w perturbed by ``unit * scale``)."""
+    def loss(self, st: _State, target_features, degradation, unit: torch.Tensor, scale: float,
+             draws=None) -> Dict[str, torch.Tensor]:
+        """Per-target loss terms ``[B]`` at the state's current latents (w perturbed by ``unit * scale``);
+        ``draws``: the step's fresh randomness for a stochastic degradation (:func:`step_draws`)."""
         synth = self.synthesize(st.w_opt + unit * scale, st.noise)
-        degraded = degradation(synth) if degradation is not None else synth
+        degraded = degradation(synth, draws=draws) if degradation is not None else synth
         dist = (target_features - self.features(degraded)).square().sum(dim=1)
         reg = noise_regularization(st.noise)
         latent = (st.w_opt - self.w_avg).square().sum(dim=[1, 2]) * self.cfg.latent_dist_reg_weight
@@ -352,7 +392,8 @@ class Projector:
     def project(self, targets: torch.Tensor, degradation: Optional[Degradation] = None,
                 names: Optional[Sequence[str]] = None, rngs=None, snapshot_path=None, progress: bool = True,
                 record_w: bool = False, on_snapshot: Optional[Callable] = None,
-                on_step: Optional[Callable[[int], None]] = None, desc: Optional[str] = None) -> List[ProjectionResult]:
+                on_step: Optional[Callable[[int], None]] = None, desc: Optional[str] = None,
+                init_ws: Optional[torch.Tensor] = None) -> List[ProjectionResult]:
         """Optimize one latent (and noise maps) per target.
 
         Args:
@@ -366,6 +407,8 @@ class Projector:
             on_snapshot: called as ``on_snapshot(step, images [B, 3, R, R])`` at each snapshot.
             on_step: called with the number of steps done after each step (a stage's progress).
             desc: the progress bar's label.
+            init_ws: ``[B, 1 or num_ws, w_dim]`` starting latents instead of ``w_avg`` (the
+                latent regularizer still pulls toward ``w_avg``).
         """
         from tqdm import tqdm
 
@@ -391,7 +434,7 @@ class Projector:
 
         snapshot_path = Path(snapshot_path) if snapshot_path else None
         st = (self._resume(snapshot_path, names, rngs, record_w) if snapshot_path else None) or \
-            self._init_state(B, rngs, record_w)
+            self._init_state(B, rngs, record_w, init_ws)
 
         for r, state in zip(rngs, st.rng_state):
             r.set_state(state)
@@ -403,7 +446,8 @@ class Projector:
             if st.space == "w" and self._space_at(st.step) == "w+":
                 self._switch_to_w_plus(st)
             lr, scale = self.schedule(st.step)
-            terms = self.loss(st, target_features, degradation, units.pop(st.step), scale)
+            draws = step_draws(rngs, st.step) if degradation is not None and degradation.stochastic else None
+            terms = self.loss(st, target_features, degradation, units.pop(st.step), scale, draws)
             self.step(st, terms["loss"], lr)
             pending.append((st.step, lr, scale, torch.stack([terms[k].detach() for k in
                                                              ("loss", "dist", "noise_reg", "latent_reg")])))

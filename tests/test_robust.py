@@ -28,7 +28,7 @@ def test_replays_the_reference_run(golden_G, golden):
     cfg = RobustConfig(steps=[3, 3, 3], learning_rates=[0.08, 0.02, 0.005], min_loss_res=2)
     torch.testing.assert_close(golden_G.mapping.w_avg[None], golden["w_init"], **TOL)
     proj = RobustProjector(golden_G, standin_lpips, cfg)
-    (res,) = proj.project(golden["target"], lambda x: F.avg_pool2d(x, 2), record=True)
+    (res,) = proj.project(golden["target"], lambda x, draws=None: F.avg_pool2d(x, 2), record=True)
 
     losses = torch.tensor([h["loss"] for h in res.history])
     torch.testing.assert_close(losses, golden["loss"], **TOL)

@@ -72,3 +72,83 @@ def test_per_filter_styles_start_from_the_w_plus_image(golden_G):
                                atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="per filter"):
         golden_G.synthesis(wpp[:, :, :3], noise_mode="const")
+
+
+def _pool(x, draws=None):
+    return F.avg_pool2d(x, 2)
+
+
+def test_hole_noise_is_fresh_per_scale_and_step_and_the_same_in_both_images(golden_G, golden):
+    from recon.projector import RecordedRandom, TorchRandom, step_draws
+    cfg = RobustConfig(steps=[1, 1, 1], min_loss_res=2)
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    mask = torch.ones(2, 1, 16, 16)
+    mask[:, :, 4:12, 4:12] = 0
+    rngs = [TorchRandom(3), TorchRandom(4)]
+    draws = step_draws(rngs, 7)
+    total, terms = multiscale_loss(standin_lpips, x, y, cfg, mask, lambda lv, s: draws(f"hole.{lv}", s))
+    # by hand: level k adds (n_k + 0.5) / 2 in the pooled holes of both images
+    xs, ys, m, want = x, y, mask, []
+    for level in range(3):
+        n = (torch.stack([r.normal(7, f"hole.{level}", (3, xs.shape[-1], xs.shape[-1])) for r in rngs]) + 0.5) / 2
+        want.append(standin_lpips(xs + n * (1 - m), ys + n * (1 - m)))
+        xs, ys, m = F.avg_pool2d(xs, 2), F.avg_pool2d(ys, 2), F.avg_pool2d(m, 2)
+    want.append(0.1 * (xs - ys).abs().mean(dim=[1, 2, 3]))
+    torch.testing.assert_close(terms, torch.stack(want, 1))
+    # the noise makes identical images in known pixels agree whatever the holes hold
+    same, _ = multiscale_loss(standin_lpips, x * mask, x * mask, cfg, mask, lambda lv, s: draws(f"hole.{lv}", s))
+    assert torch.all(same == 0)
+    assert not torch.equal(rngs[0].normal(7, "hole.0", (3, 4, 4)), rngs[0].normal(8, "hole.0", (3, 4, 4)))
+    assert not torch.equal(rngs[0].normal(7, "hole.0", (3, 4, 4)), rngs[0].normal(7, "hole.1", (3, 4, 4)))
+
+    # a masked restoration is repeatable, alone or in a batch, and replays from recorded draws
+    target = golden["target"].repeat(2, 1, 1, 1)
+    m16 = mask[:1]
+    proj = RobustProjector(golden_G, standin_lpips, cfg)
+    a = proj.project(target, _pool, mask=m16, rngs=[TorchRandom(1), TorchRandom(2)])
+    b = proj.project(target[1:], _pool, mask=m16, rngs=[TorchRandom(2)])
+    torch.testing.assert_close(a[1].latent, b[0].latent, atol=1e-6, rtol=1e-6)
+    assert not torch.equal(a[0].latent, a[1].latent)           # each target has its own draws
+    rec = {(s, f"hole.{lv}"): TorchRandom(2).normal(s, f"hole.{lv}", (3, 16 >> lv, 16 >> lv))
+           for s in range(3) for lv in range(3)}
+    c = proj.project(target[1:], _pool, mask=m16, rngs=[RecordedRandom({}, torch.zeros(0), rec)])
+    assert torch.equal(c[0].latent, b[0].latent)
+
+
+def test_interrupted_run_resumes_from_its_snapshot_exactly(golden_G, golden, tmp_path):
+    cfg = RobustConfig(steps=[2, 2, 2], min_loss_res=2)
+    proj = RobustProjector(golden_G, standin_lpips, cfg)
+    whole = proj.project(golden["target"], _pool)[0]
+    snap = tmp_path / "snap.pt"
+    for stop_at in (3, 4):          # snapshot at the W -> W+ boundary (step 2), and mid-W+ (step 3)
+        def stop(step):
+            if step == stop_at:
+                raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt):
+            proj.project(golden["target"], _pool, on_step=stop, snapshot_path=snap, snapshot_every=1)
+        assert torch.load(snap, weights_only=True)["step"] == stop_at - 1
+        resumed = proj.project(golden["target"], _pool, snapshot_path=snap, snapshot_every=1)[0]
+        assert torch.equal(resumed.latent, whole.latent)
+        assert resumed.history == whole.history
+        for phase in ("W", "W+"):
+            assert torch.equal(resumed.images[phase], whole.images[phase])
+            assert torch.equal(resumed.latents[phase], whole.latents[phase])
+        snap.unlink()
+
+
+def test_init_starts_the_phase_the_latent_belongs_to(golden_G, golden):
+    cfg = RobustConfig(steps=[2, 2, 2], min_loss_res=2)
+    proj = RobustProjector(golden_G, standin_lpips, cfg)
+    first = proj.project(golden["target"], _pool)[0]
+    # from the W+ result: the W phase is skipped and W+ continues from there
+    wp = first.latents["W+"][None]
+    again = proj.project(golden["target"], _pool, init=wp, record=True)[0]
+    assert [h["phase"] for h in again.history] == ["W+"] * 2 + ["W++"] * 2
+    assert "W" not in again.images
+    assert (again.trajectory["W+"][0] - wp).norm(dim=-1).max() <= 0.02 + 1e-6    # one NGD step from it
+    # from W: the same as a normal run started at that w
+    w = golden_G.mapping.w_avg[None].float()
+    same = proj.project(golden["target"], _pool, init=w)[0]
+    assert torch.equal(same.latent, first.latent)
+    with pytest.raises(ValueError, match="init latent must be"):
+        proj.project(golden["target"], _pool, init=torch.zeros(1, 3, 64))

@@ -336,6 +336,23 @@ class Synthetic(_Model):
     latent_dist_reg_weight: Annotated[List[NonNegFloat], Field(min_length=1)] = [0.0, 0.001, 0.01]
 
 
+BENCHMARK_TASKS = ("upsample", "noise", "jpeg", "inpaint_brush", "inpaint_center", "blur", "grayscale")
+BENCHMARK_LEVELS = ("XS", "S", "M", "L", "XL")
+
+
+class BenchmarkConfig(_Model):
+    """Methods compared on faces sampled from the generator, per task and level, at equal budgets.
+    ``methods``: name -> overrides of ``project.default`` (as a mode's are)."""
+    seeds: Annotated[List[NonNegInt], Field(min_length=1, max_length=1000)] = [0, 1]
+    truncation_psi: Annotated[float, Field(ge=0, le=1)] = 0.7
+    tasks: Annotated[List[Literal[BENCHMARK_TASKS]], Field(min_length=1)] = list(BENCHMARK_TASKS)
+    levels: Annotated[List[Literal[BENCHMARK_LEVELS]], Field(min_length=1)] = ["M"]
+    budget: Annotated[int, Field(ge=1, le=100000)] = 450    # generator forward+backward passes per restoration
+    identity: bool = True
+    methods: Dict[str, Any] = Field(default_factory=lambda: {"official": {}, "robust": {"method": "robust"}},
+                                    min_length=1)
+
+
 class Report(_Model):
     identity: bool = True               # dlib face-recognition distance (same person below ~0.6)
 
@@ -354,6 +371,7 @@ class Params(_Model):
     degrade: Dict[str, Any] = {}
     project: Project = Project()
     synthetic: Synthetic = Synthetic()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
     report: Report = Report()
 
     @field_validator("degrade")
@@ -394,6 +412,26 @@ class Params(_Model):
                                    f"{' -> '.join(seen + [init])}")
                 seen.append(init)
                 init = self.project.for_mode(init).init_mode
+        if "jpeg" in self.benchmark.tasks and self.align.resolution % 16:
+            raise _OpError("benchmark.tasks", f"jpeg needs a multiple of 16 px, the generator makes "
+                           f"{self.align.resolution} px (align.resolution)")
+        for name, override in self.benchmark.methods.items():
+            if not MODE_NAME.match(name) or name == "input":
+                raise _OpError(f"benchmark.methods.{name}", "a method name is letters, digits, '_' and '-' (and not input)")
+            if isinstance(override, ProjectorConfig):
+                continue
+            if override is not None and not isinstance(override, dict):
+                raise _OpError(f"benchmark.methods.{name}", "must be a mapping of projector settings to override")
+            if "init" in (override or {}):
+                raise _OpError(f"benchmark.methods.{name}.init", "the benchmark starts every method from w_avg")
+            try:
+                merged = ProjectorConfig.model_validate({**self.project.default.model_dump(), **(override or {}),
+                                                         "init": "w_avg"})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise _OpError(f"benchmark.methods.{name}.{_dotted(err['loc'])}",
+                               _describe(err, ProjectorConfig)) from None
+            self.benchmark.methods[name] = merged
         for mode in self.project.model_extra or {}:
             if mode not in self.degrade:
                 hint = _did_you_mean(mode, list(self.degrade) + list(PROJECT_SECTIONS))

@@ -71,11 +71,11 @@ def identity_distance(a: np.ndarray, b: np.ndarray) -> float:
 class LPIPSMetric:
     """LPIPS-VGG between two ``uint8 [H, W, 3]`` images, with NVIDIA's ``vgg16.pt``."""
 
-    def __init__(self, vgg_path, device: str = "cpu"):
+    def __init__(self, vgg_path, device: str = "cpu", vgg=None):
         from .perceptual import load_vgg16
         from .robust import VGGLPIPS
 
-        self.lpips, self.device = VGGLPIPS(load_vgg16(vgg_path, device)), device
+        self.lpips, self.device = VGGLPIPS(vgg if vgg is not None else load_vgg16(vgg_path, device)), device
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
         import torch

@@ -125,6 +125,7 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
     targets = json.loads((degraded_dir / "targets.json").read_text())
     observed = bool(targets.get("observed"))   # no ground truth: only consistency and identity
     rows, per_face, curves, phases = [], {}, {}, {}
+    phase_heads = ""
     restored_by_photo: Dict[str, list] = {}
     op_types = [op["type"] for op in targets["ops"]]
     for face in targets["faces"]:
@@ -162,7 +163,11 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
         phases = _read_phases(out / "loss.csv") or phases
         images = ([(degraded, "observed photo")] if observed else
                   [(original, "original"), (degraded, "original degraded")])
-        images += [(generated, "generated"), (gen_degraded, "generated degraded")]
+        phase_imgs = [(load_photo(out / f"image_{ph}.png")[0], f"after {ph}") for ph in ("W", "W+")
+                      if (out / f"image_{ph}.png").is_file()]
+        if phase_imgs:
+            phase_heads = "".join(f"<th>{html.escape(t)}</th>" for _, t in phase_imgs)
+        images += phase_imgs + [(generated, "generated"), (gen_degraded, "generated degraded")]
         if composited is not None:
             images.append((composited, "generated + what the input knows"))
         cells = "".join(f"<td>{_img_tag(im, t)}</td>" for im, t in images)
@@ -195,7 +200,7 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
     section = [f'<h2 id="{html.escape(mode)}">{html.escape(mode)}</h2>',
                f"<p>operations: <code>{ops}</code>.{note}</p>",
                f"<p class=means>mean over {len(per_face)} faces: {_metric_rows(means).replace('<br>', ' · ')}</p>",
-               f"<table><tr><th>face</th>{heads}<th>Generated</th>"
+               f"<table><tr><th>face</th>{heads}{phase_heads}<th>Generated</th>"
                f"<th>Generated degraded</th>{composite_head}<th>metrics</th></tr>", *rows, "</table>"]
     if curves:
         section.append(_plot_curves(curves, f"{mode}: " + ("robust method, multiscale LPIPS + L1 per face" if phases
@@ -252,6 +257,71 @@ def synthetic_section(synthetic_dir: Path):
     return "\n".join(body), metrics, best
 
 
+def benchmark_section(bench_dir: Path):
+    """The methods compared: one row per task and level, per method its mean PSNR, SSIM, LPIPS,
+    identity and seconds per restoration (the best LPIPS of a row marked), a plot of LPIPS per
+    row, and the first seed's images. Returns ``(html, headline per method)``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = json.loads((bench_dir / "results.json").read_text())
+    methods = list(res["methods"])
+    table, headline = res["table"], res["headline"]
+    cols = ("psnr", "ssim", "lpips", "identity")
+    present = [c for c in cols if any(c in v for t in table.values() for v in t.values())]
+    head = "".join(f"<th colspan={len(present) + (name != 'input')}>{html.escape(name)}</th>"
+                   for name in ["input"] + methods)
+    sub = "".join("".join(f"<th>{GLOSSARY[c][0]}</th>" for c in present) + ("<th>s</th>" if name != "input" else "")
+                  for name in ["input"] + methods)
+    rows = []
+    seed0 = f"seed{res['seeds'][0]:04d}"
+    strips = []
+    for cell, by in table.items():
+        best = min((by[n]["lpips"], n) for n in methods if by.get(n, {}).get("lpips") is not None)[1] \
+            if any(by.get(n, {}).get("lpips") is not None for n in methods) else None
+        tds = []
+        for name in ["input"] + methods:
+            v = by.get(name, {})
+            mark = " class=best" if name == best else ""
+            tds += [f"<td{mark}>{_fmt(v.get(c), c)}</td>" for c in present]
+            if name != "input":
+                tds.append(f"<td>{_fmt(v.get('seconds'))}</td>")
+        rows.append(f"<tr><th>{html.escape(cell)}</th>{''.join(tds)}</tr>")
+        imgs = [(bench_dir / "truth" / f"{seed0}.png", "truth"), (bench_dir / cell / "target" / f"{seed0}.png", "input")]
+        imgs += [(bench_dir / cell / n / f"{seed0}.png", n) for n in methods]
+        figs = "".join(f"<figure>{_img_tag(load_photo(p)[0], t, 96)}<figcaption>{html.escape(t)}</figcaption></figure>"
+                       for p, t in imgs if p.is_file())
+        strips.append(f"<tr><th>{html.escape(cell)}</th><td class=imgs>{figs}</td></tr>")
+    means = "".join(f"<tr><th>{html.escape(n)}</th>" + "".join(f"<td>{_fmt(headline.get(n, {}).get(c), c)}</td>"
+                                                              for c in present)
+                    + f"<td>{headline.get(n, {}).get('lpips_wins', '–')}</td></tr>" for n in ["input"] + methods)
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(table) * (len(methods) + 1)), 3.2))
+    width = 0.8 / (len(methods) + 1)
+    for k, name in enumerate(["input"] + methods):
+        ys = [table[c].get(name, {}).get("lpips") for c in table]
+        ax.bar([i + k * width for i in range(len(table))], [y if y is not None else 0 for y in ys], width, label=name)
+    ax.set_xticks([i + width * len(methods) / 2 for i in range(len(table))], list(table), rotation=30, ha="right")
+    ax.set_ylabel("LPIPS to the truth (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plot = _figure_tag(fig, "LPIPS per task and method")
+    plt.close(fig)
+    body = ['<h2 id="benchmark">Benchmark: which method restores better, at what cost</h2>',
+            f"<p>{len(res['seeds'])} faces sampled from the generator (truncation psi {res['truncation_psi']}, "
+            f"{res['resolution']} px), degraded per task and level, restored by each method with the same budget of "
+            f"{res['budget']} generator forward+backward passes per face; scores against the sampled truth, mean "
+            "over faces (<i>input</i>: the degraded input itself). The best LPIPS of each row is marked; "
+            "<i>s</i>: seconds per restoration on the machine that ran it.</p>",
+            f"<table><tr><th>mean over rows</th>{''.join(f'<th>{GLOSSARY[c][0]}</th>' for c in present)}"
+            f"<th>rows won (LPIPS)</th></tr>{means}</table>",
+            f"<table><tr><th rowspan=2>task</th>{head}</tr><tr>{sub}</tr>", *rows, "</table>", plot,
+            f"<h3>{seed0}</h3><table>", *strips, "</table>"]
+    headline = {n: {k: v for k, v in headline.get(n, {}).items() if k in cols} for n in methods}
+    return "\n".join(body), headline
+
+
 def glossary_section() -> str:
     rows = "".join(f"<tr><th>{html.escape(label)}</th><td>{unit or '–'}</td><td>{better}</td>"
                    f"<td>{html.escape(meaning)}</td></tr>" for label, unit, better, meaning in GLOSSARY.values())
@@ -300,6 +370,12 @@ def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str 
         best_cell = next(c for c in cells.values() if (c["num_steps"], c["latent_dist_reg_weight"]) == best)
         headline["synthetic"] = dict(best_psnr=best_cell["psnr"], best_num_steps=best[0],
                                      best_latent_dist_reg_weight=best[1], mean_psnr=_mean(psnrs))
+    bench = data_dir / "benchmark" / "results.json"
+    if bench.is_file():
+        text, heads = benchmark_section(bench.parent)
+        sections.append(text)
+        detail["benchmark"] = json.loads(bench.read_text())["table"]
+        headline["benchmark"] = heads
     nav = " · ".join(f'<a href="#{html.escape(k)}">{html.escape(k)}</a>' for k in list(detail) + ["glossary"])
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>recon report</title><style>{STYLE}</style>"
             f"</head><body><h1>recon: restoration report</h1><p>{nav}</p>{''.join(sections)}{glossary_section()}"

@@ -25,13 +25,16 @@ def project(tmp_path_factory):
         "project.mask": {"method": "robust", "robust": {"steps": [3, 3, 3], "min_loss_res": 4}},
         "degrade.old": {"type": "grayscale", "observed": True},     # photos that are already degraded
         "project.old": {},
+        "benchmark.seeds": [0], "benchmark.tasks": ["upsample", "noise", "jpeg", "inpaint_brush"],
+        "benchmark.levels": ["M"], "benchmark.budget": 6,
+        "benchmark.methods": {"official": {}, "robust": {"method": "robust", "robust": {"min_loss_res": 4}}},
     })
 
 
 def test_repro_report_rerun_and_experiments(project):
     repo, env = project
     first = sh(["dvc", "repro"], repo, env)
-    assert {"download_weights", "align", "degrade@blur", "project@mask", "synthetic", "report"} <= \
+    assert {"download_weights", "align", "degrade@blur", "project@mask", "synthetic", "benchmark", "report"} <= \
         ran_stages(first.stdout)
 
     # weights: digests recorded, generator converted once
@@ -68,13 +71,29 @@ def test_repro_report_rerun_and_experiments(project):
     # the mask mode ran the robust method: three phases, their images kept
     assert (repo / "data" / "projected" / "mask" / "luciano_0" / "image_W+.png").is_file()
     assert "W++" in (repo / "data" / "projected" / "mask" / "luciano_0" / "loss.csv").read_text()
+    # the benchmark: each method at the same budget on every task, scored against the sampled truth
+    bench = json.loads((repo / "data" / "benchmark" / "results.json").read_text())
+    assert set(bench["table"]) == {"upsample-M", "noise-M", "jpeg-M", "inpaint_brush-M"}
+    assert bench["methods"]["official"]["num_steps"] == 6 and sum(bench["methods"]["robust"]["robust"]["steps"]) == 6
+    for method in ("official", "robust"):
+        m = metrics["benchmark"][method]
+        assert set(m) == {"psnr", "ssim", "lpips", "identity"} and 0 < m["psnr"] < 60 and m["lpips"] > 0
+        for cell in bench["table"].values():
+            assert cell[method]["seconds"] > 0
+    assert "Benchmark: which method restores better" in page and "rows won (LPIPS)" in page
+    assert (repo / "data" / "benchmark" / "jpeg-M" / "robust" / "seed0000.png").is_file()
+    assert "after W+" in page                                   # the robust mode's phases in the report
     # one loss table per mode, a line per face
     table = (repo / "reports" / "losses" / "blur.csv").read_text().splitlines()
     assert table[0] == "step,face,dist,noise_reg,latent_reg,loss" and len(table) == 1 + 2 * 12
     # the experiment table stays small; the plots are one per mode plus the study
     metric_cols = [c for c in sh(["dvc", "exp", "show", "--csv"], repo, env).stdout.splitlines()[0].split(",")
-                   if c.split(".")[0] in metrics and not c.startswith("old.")]   # the sample's modes
+                   if c.split(".")[0] in metrics and not c.startswith(("old.", "benchmark."))]   # the sample's modes
     assert len(metric_cols) <= 25, metric_cols
+    bench_cols = [c for c in sh(["dvc", "exp", "show", "--csv"], repo, env).stdout.splitlines()[0].split(",")
+                  if c.split(".")[0] == "benchmark" and c.split(".")[1] in ("official", "robust")]
+    assert sorted(bench_cols) == sorted(f"benchmark.{m}.{k}" for m in ("official", "robust")
+                                        for k in ("psnr", "ssim", "lpips", "identity")), bench_cols
     plots = json.loads(sh(["dvc", "plots", "show", "--json", "--split"], repo, env).stdout)["data"]
     assert sorted(plots) == sorted(f"reports/losses/{m}.csv" for m in ("blur", "grayscale", "mask", "old", "synthetic")), \
         list(plots)
@@ -105,7 +124,7 @@ def test_repro_report_rerun_and_experiments(project):
     sh(["dvc", "exp", "run", "-n", "sigma1", "-S", "degrade.blur.sigma=1.0"], repo, env)
     sh(["dvc", "exp", "run", "-n", "steps6", "-S", "project.default.num_steps=6"], repo, env)
     cols = sh(["dvc", "exp", "show", "--csv", "--only-changed"], repo, env).stdout.splitlines()[0].split(",")
-    assert len(cols) <= 40 and "degrade.blur.sigma" in cols and "project.default.num_steps" in cols, cols
+    assert len(cols) <= 48 and "degrade.blur.sigma" in cols and "project.default.num_steps" in cols, cols
     shown = sh(["dvc", "exp", "show", "--json"], repo, env).stdout
     data = json.loads(shown)
     names = set()

@@ -81,7 +81,7 @@ def task_degradation(cell: Cell, R: int, seed: int, draw_seed: Optional[int] = N
         masks = centre_mask(R, HOLE[lv])
     elif t == "blur":
         sigma = BLUR_SIGMA[lv]
-        kernel = min(2 * round(1.75 * sigma) + 1, R - 1 - (R % 2 == 0))     # odd, smaller than the image
+        kernel = min(2 * round(1.75 * sigma) + 1, R - 1 if R % 2 == 0 else R - 2)   # odd, smaller than the image
         ops = [BlurOp(kernel=max(kernel, 3), sigma=sigma)]
     elif t == "grayscale":
         ops = [GrayscaleOp()]

@@ -217,3 +217,57 @@ def test_brush_masks_per_face_and_repeatable(setup):
                for m, f in zip(masks, faces))
     assert not np.array_equal(masks[0], masks[1])
     assert all(0 < (m == 255).mean() < 0.9 for m in masks)
+
+
+def test_init_from_another_mode_and_from_a_file(setup, tmp_path):
+    """``init: <mode>`` starts each face from that mode's result (refine, or restore from a
+    reconstruction); ``init: <file>.npz`` starts every face from one latent; a missing source is
+    named; a changed source invalidates the result."""
+    from recon.config import RobustConfig
+    from recon.errors import MissingInputError
+    from recon.pipeline import read_init
+    tmp, weights, aligned = setup
+    faces = aligned_faces(aligned)
+    degrade_stage("none", {"type": "none"}, faces, tmp / "deg" / "none")
+    degrade_stage("blur", {"type": "blur", "kernel": 5, "sigma": 1.0}, faces, tmp / "deg" / "blur")
+    proj = tmp / "projected"
+    official = ProjectorConfig(**CFG)
+    robust = ProjectorConfig(method="robust", robust=RobustConfig(steps=[2, 2, 2], min_loss_res=4), init="none")
+    with pytest.raises(MissingInputError, match=r"none/p0_0/latents.npz: starting latents not found "
+                                                r"\(run `dvc repro project@none` first\)"):
+        project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights, device="cpu")
+    assert not (proj / "blur").exists() or not any((proj / "blur").glob("*/done.json"))
+    project_stage("none", official, tmp / "deg" / "none", proj / "none", weights, device="cpu")
+    project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights, device="cpu")
+    G = recon.load_generator(weights / "generator.safetensors")
+    for face in ("p0_0", "p2_0"):
+        start = read_init(proj / "none" / face / "latents.npz", "robust", G)
+        assert start.ndim == 1                       # the official W-space result: a W start
+        with np.load(proj / "blur" / face / "latents.npz") as z:
+            w = torch.from_numpy(z["w"])
+        # the W phase ran 2 NGD steps of 0.08 from the reconstruction, not from w_avg
+        assert 0 < float((w - start).norm()) <= 0.16 + 1e-5
+        assert float((w - G.mapping.w_avg).norm()) > 0.5
+    # a new reconstruction makes the restoration stale; an unchanged one does not
+    assert project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights, device="cpu") == []
+    project_stage("none", official.model_copy(update=dict(num_steps=7)), tmp / "deg" / "none", proj / "none",
+                  weights, device="cpu")
+    assert len(project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights, device="cpu")) == 3
+
+    # one file for every face, and the official projector starting from a robust result's W+
+    refine = official.model_copy(update=dict(init=str(proj / "blur" / "p1_0" / "latents.npz"), latent_space="w+"))
+    project_stage("blur", refine, tmp / "deg" / "blur", tmp / "refined", weights, device="cpu")
+    with np.load(proj / "blur" / "p1_0" / "latents.npz") as z:
+        wp = torch.from_numpy(z["wp"])
+    for face in ("p0_0", "p1_0"):
+        ws = torch.from_numpy(np.load(tmp / "refined" / face / "latents.npz")["ws"])
+        assert float((ws - wp).abs().max()) < 1.0 and float((ws - wp).abs().max()) > 0
+    with pytest.raises(ValueError, match="use latent_space: w\\+"):
+        project_stage("blur", official.model_copy(update=dict(init=refine.init)), tmp / "deg" / "blur",
+                      tmp / "refined_w", weights, device="cpu")
+    bad = tmp / "bad.npz"
+    np.savez(bad, ws=np.zeros((3, 5), np.float32))
+    from recon.errors import ParamsError
+    with pytest.raises(ParamsError, match=r"bad.npz: ws must be finite and \[\d+, 64\]"):
+        project_stage("blur", official.model_copy(update=dict(init=str(bad))), tmp / "deg" / "blur",
+                      tmp / "refined_bad", weights, device="cpu")

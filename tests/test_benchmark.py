@@ -1,0 +1,87 @@
+"""The benchmark: task levels, equal budgets (counted as the generator's forward passes with
+gradient), scores against the truth, and finished cells kept across runs."""
+import json
+
+import pytest
+import torch
+
+import recon
+from recon.benchmark import Cell, Restorer, cells, method_budget, run_benchmark, task_degradation
+from recon.config import BlurOp, DownsampleOp, JpegOp, MaskOp, PoissonOp, ProjectorConfig, RobustConfig, parse_params
+from recon.metrics import LPIPSMetric
+from recon.perceptual import VGGFeatures, load_vgg16
+from tiny_vgg import write_tiny_vgg
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, golden_dir):
+    tmp = tmp_path_factory.mktemp("bench")
+    recon.convert(golden_dir / "official_format.pkl", tmp / "g.safetensors")
+    write_tiny_vgg(tmp / "vgg.pt")
+    G = recon.load_generator(tmp / "g.safetensors")
+    features = VGGFeatures(load_vgg16(tmp / "vgg.pt"))
+    return G, features, LPIPSMetric(None, vgg=features.vgg)
+
+
+def test_levels_follow_the_reference_benchmark():
+    ops = {lv: task_degradation(Cell("upsample", lv), 1024, 1).ops[0] for lv in ("XS", "S", "M", "L", "XL")}
+    assert [o.factor for o in ops.values()] == [2, 4, 8, 16, 32] and ops["M"].filter == "bicubic"
+    assert task_degradation(Cell("noise", "XL"), 64, 0).ops == [PoissonOp(photons=6, dropout=0.64)]
+    assert task_degradation(Cell("jpeg", "S"), 64, 0).ops == [JpegOp(quality=15)]
+    brush = task_degradation(Cell("inpaint_brush", "L"), 64, 3)
+    assert brush.ops == [MaskOp(source="brush", strokes=13)] and brush.masks.shape == (1, 1, 64, 64)
+    assert not torch.equal(brush.masks, task_degradation(Cell("inpaint_brush", "L"), 64, 4).masks)  # per face
+    assert task_degradation(Cell("blur", "M"), 1024, 0).ops == [BlurOp(kernel=21, sigma=6.0)]
+    assert task_degradation(Cell("blur", "XL"), 32, 0).ops[0].kernel == 31          # fits a small image
+    p = parse_params({"benchmark": {"tasks": ["grayscale", "jpeg"], "levels": ["S", "M"]}})
+    assert [c.name for c in cells(p.benchmark)] == ["grayscale", "jpeg-S", "jpeg-M"]
+
+
+def test_equal_budgets_count_generator_passes(models):
+    G, features, _ = models
+    official = method_budget(ProjectorConfig(w_avg_samples=200), 10)
+    robust = method_budget(ProjectorConfig(method="robust", robust=RobustConfig(min_loss_res=4)), 10)
+    assert official.num_steps == 10 and robust.robust.steps == [3, 3, 4]
+    d = task_degradation(Cell("blur", "M"), G.img_resolution, 0)
+    target = d.target(G.synthesis(G.mapping(torch.randn(1, G.z_dim), None), noise_mode="const")).detach()
+    for cfg in (official, robust):
+        passes = []
+        hook = G.synthesis.register_forward_hook(lambda *a: passes.append(torch.is_grad_enabled()))
+        try:
+            Restorer(G, features, cfg)(target, d, ["t"])
+        finally:
+            hook.remove()
+        assert sum(passes) == 10, (cfg.method, passes)
+
+
+def test_cells_are_scored_and_kept(models, tmp_path, monkeypatch):
+    G, features, lpips = models
+    p = parse_params({"align": {"resolution": 32}, "project": {"default": {"w_avg_samples": 200}},
+                      "benchmark": {"seeds": [0, 1], "tasks": ["inpaint_center", "noise"], "levels": ["M"],
+                                    "budget": 4, "identity": False,
+                                    "methods": {"official": {}, "robust": {"method": "robust",
+                                                                          "robust": {"min_loss_res": 4}}}}})
+    methods = dict(p.benchmark.methods)
+    doc = run_benchmark(p.benchmark, methods, G, features, lpips, tmp_path / "b")
+    assert set(doc["table"]) == {"inpaint_center-M", "noise-M"}
+    for cell in doc["table"].values():
+        assert set(cell) == {"input", "official", "robust"}
+        for name in ("official", "robust"):
+            assert set(cell[name]) >= {"psnr", "ssim", "lpips", "seconds"} and cell[name]["identity"] is None
+    assert doc["headline"]["official"]["lpips_wins"] + doc["headline"]["robust"]["lpips_wins"] == 2
+    # the input row scores the degraded target itself
+    from recon.imageio import load_photo
+    from recon.metrics import psnr
+    t, _ = load_photo(tmp_path / "b" / "noise-M" / "target" / "seed0001.png")
+    g, _ = load_photo(tmp_path / "b" / "truth" / "seed0001.png")
+    assert doc["cells"]["noise-M"]["input"]["per_seed"][1]["psnr"] == pytest.approx(psnr(t, g))
+
+    # a second run restores nothing and gives the same table; batching does not change results
+    monkeypatch.setattr(Restorer, "__call__", lambda *a: pytest.fail("restored a finished cell"))
+    again = run_benchmark(p.benchmark, methods, G, features, lpips, tmp_path / "b", batch_size=2)
+    assert again["table"] == json.loads(json.dumps(doc["table"]))
+    monkeypatch.undo()
+    batched = run_benchmark(p.benchmark, methods, G, features, lpips, tmp_path / "c", batch_size=2)
+    for cell, by in doc["table"].items():
+        for name in ("official", "robust"):
+            assert batched["table"][cell][name]["psnr"] == pytest.approx(by[name]["psnr"], abs=0.05)

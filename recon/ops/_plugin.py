@@ -1,8 +1,10 @@
-"""Lazy build of the CUDA kernels behind the custom ops.
+"""Lazy build of the CUDA kernels behind the custom ops, and their self-check.
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` (ninja) the first time a CUDA
 tensor reaches a custom op, never at import. A failed build warns once and every op falls back to
-its pure-PyTorch reference, so a broken toolchain costs speed, not correctness.
+its pure-PyTorch reference, so a broken toolchain costs speed, not correctness. Before an op's
+kernel is used on a device it must pass :mod:`recon.ops.selfcheck` against the reference there
+(the verdict is cached beside the build); an op that fails is warned about and not used.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 SOURCES = ("ops.cpp", "bias_act_kernel.cu", "upfirdn2d_kernel.cu")
 
 _lock = threading.Lock()
-_state = {"tried": False, "module": None, "error": None}
+_state = {"tried": False, "module": None, "error": None, "verdicts": {}}
 
 
 def disabled() -> bool:
@@ -41,19 +43,57 @@ def get():
         return _state["module"]
 
 
+def build_dir() -> Path:
+    import torch
+    root = Path(os.environ.get("RECON_EXT_DIR", Path.home() / ".cache" / "recon" / "torch_extensions"))
+    return root / f"torch{torch.__version__}-cuda{torch.version.cuda}".replace("+", "_")
+
+
+def for_op(name: str, device):
+    """The extension for op ``name`` on ``device`` if it is built and its kernel passed the
+    self-check there; None means: use the reference."""
+    from . import selfcheck
+
+    module = get()
+    if module is None:
+        return None
+    key = str(device)
+    verdict = _state["verdicts"].get(key)
+    if verdict is None:
+        with _lock:
+            verdict = _state["verdicts"].get(key)
+            if verdict is None:
+                verdict = _state["verdicts"][key] = selfcheck.cached_verify(module, device,
+                                                                            build_dir() / "selfcheck.json")
+    return module if verdict.get(name, {}).get("ok") else None
+
+
+def status() -> dict:
+    """For ``recon doctor``: ``{state, error, verdicts}``; state is disabled, not tried, built or
+    failed."""
+    if disabled():
+        state = "disabled (RECON_NO_CUDA_OPS)"
+    elif not _state["tried"]:
+        state = "not built yet"
+    else:
+        state = "built and loaded" if _state["module"] is not None else "build failed"
+    err = _state["error"]
+    return dict(state=state, error=f"{type(err).__name__}: {str(err).strip()[:300]}" if err else None,
+                verdicts=dict(_state["verdicts"]))
+
+
 def _build():
     import torch
     from torch.utils import cpp_extension
 
     if not torch.cuda.is_available():
         raise RuntimeError("CUDA is not available")
-    build_dir = Path(os.environ.get("RECON_EXT_DIR", Path.home() / ".cache" / "recon" / "torch_extensions"))
-    build_dir = build_dir / f"torch{torch.__version__}-cuda{torch.version.cuda}".replace("+", "_")
-    build_dir.mkdir(parents=True, exist_ok=True)
+    directory = build_dir()
+    directory.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name="recon_ops",
         sources=[str(CUDA_DIR / s) for s in SOURCES],
-        build_directory=str(build_dir),
-        extra_cuda_cflags=["-O3"],
+        build_directory=str(directory),
+        extra_cuda_cflags=["-O3", "--use_fast_math"],
         verbose=os.environ.get("RECON_EXT_VERBOSE", "") not in ("", "0"),
     )

@@ -68,11 +68,12 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
         raise ValueError(f"impl must be 'auto', 'ref' or 'cuda', got {impl!r}")
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
     if impl != "ref" and x.is_cuda and spec.cuda_code and x.dtype in (torch.float32, torch.float16, torch.float64):
-        plugin = _plugin.get()
+        plugin = _plugin.for_op("bias_act", x.device)
         if plugin is not None:
             return _BiasActCuda.apply(x, b, dim, spec.cuda_code, alpha, gain, clamp, plugin)
         if impl == "cuda":
-            raise RuntimeError("bias_act: impl='cuda' requested but the CUDA ops could not be built")
+            raise RuntimeError("bias_act: impl='cuda' requested but the CUDA ops could not be built or failed "
+                               "their self-check (see the warning)")
     return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
 
 

@@ -91,12 +91,13 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: Pad = 1, down: Pad
     if impl not in ("auto", "ref", "cuda"):
         raise ValueError(f"impl must be 'auto', 'ref' or 'cuda', got {impl!r}")
     if impl != "ref" and x.is_cuda and x.dtype in (torch.float32, torch.float16, torch.float64):
-        plugin = _plugin.get()
+        plugin = _plugin.for_op("upfirdn2d", x.device)
         if plugin is not None:
             return _UpFirDn2dCuda.apply(x, _as_2d_filter(f, x), _pair(up, "up"), _pair(down, "down"),
                                         _parse_padding(padding), flip_filter, gain, plugin)
         if impl == "cuda":
-            raise RuntimeError("upfirdn2d: impl='cuda' requested but the CUDA ops could not be built")
+            raise RuntimeError("upfirdn2d: impl='cuda' requested but the CUDA ops could not be built or failed "
+                               "their self-check (see the warning)")
     return upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain)
 
 

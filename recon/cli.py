@@ -1,4 +1,5 @@
-"""The ``recon`` command: ``convert``, ``info``, ``align``, ``project`` (the pipeline's steps, for direct use)."""
+"""The ``recon`` command: ``convert``, ``info``, ``align``, ``project`` (the pipeline's steps, for direct use)
+and ``doctor`` (what this machine gives recon)."""
 from __future__ import annotations
 
 import argparse
@@ -75,6 +76,69 @@ def _cmd_project(args) -> int:
     return 0
 
 
+def _cmd_doctor(args) -> int:
+    """What this machine gives recon: versions, devices, the CUDA ops' state, one step's time."""
+    import platform
+    import time
+
+    import torch
+
+    from .ops import _plugin
+    from .pipeline import resolve_device
+
+    device = resolve_device(args.device, key="--device")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}"
+          + (f", cuDNN {torch.backends.cudnn.version()}" if torch.cuda.is_available() else ""))
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            print(f"cuda:{i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}")
+    else:
+        print(f"no CUDA device; CPU with {torch.get_num_threads()} threads")
+    print(f"device: {device}")
+
+    weights = Path(args.weights)
+    if (weights / "generator.safetensors").is_file() and (weights / "vgg16.pt").is_file():
+        from .pipeline import load_models
+        G, features = load_models(weights, device)
+        what = f"{weights / 'generator.safetensors'} ({G.img_resolution} px), {weights / 'vgg16.pt'}"
+    else:
+        from .bench import _features, _generator
+        G = _generator(args.resolution, 32768 if device.startswith("cuda") else 8192, 512, torch.device(device))
+        features, vgg_name = _features("", torch.device(device))
+        what = f"a random {args.resolution} px generator and {vgg_name} (no weights in {weights})"
+
+    if device.startswith("cuda"):
+        from .ops.bias_act import bias_act
+        bias_act(torch.zeros(1, 1, device=device))            # builds the extension and runs its self-check
+    st = _plugin.status()
+    if not device.startswith("cuda"):
+        st["state"] = "not used on CPU (the pure-PyTorch reference ops run)"
+    print(f"CUDA ops: {st['state']}" + (f" ({st['error']})" if st["error"] else ""))
+    for dev, verdict in st["verdicts"].items():
+        for op, v in verdict.items():
+            state = "verified" if v["ok"] else "FAILED, using the reference"
+            print(f"  {op} on {dev}: {state} (max relative error {v['error']:.2g} in {v['dtype']})"
+                  + (f": {v['detail']}" if v.get("detail") else ""))
+
+    from .config import ProjectorConfig
+    from .projector import Projector
+    R = G.img_resolution
+    target = torch.zeros(1, 3, R, R, device=device)
+    proj = Projector(G, features, ProjectorConfig(num_steps=args.steps, w_avg_samples=1000, snapshot_every=0))
+    Projector(G, features, ProjectorConfig(num_steps=2, w_avg_samples=1000, snapshot_every=0)).project(
+        target, progress=False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    proj.project(target, progress=False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    per_step = (time.perf_counter() - t0) / args.steps
+    print(f"one projection step (batch 1, official settings, uncompiled) with {what}: {per_step * 1000:.1f} ms")
+    return 0
+
+
 def _number(kind, minimum, what: str):
     """An argparse type: a finite ``kind`` (int or float) of at least ``minimum``."""
     def parse(text: str):
@@ -138,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace results in --out that were made with other settings")
     p.set_defaults(func=_cmd_project)
+
+    p = sub.add_parser("doctor", help="print torch and CUDA versions, the devices, the CUDA ops' state and the "
+                                      "time of one projection step")
+    p.add_argument("--weights", default="weights", help="a download_weights folder to time (default weights; "
+                                                        "without it a random generator of --resolution)")
+    p.add_argument("--resolution", type=positive_int, default=256, help="of the random generator (default 256)")
+    p.add_argument("--steps", type=positive_int, default=5, help="steps to time (default 5)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("info", help="print a generator checkpoint's configuration")
     p.add_argument("path")

@@ -284,9 +284,10 @@ class ProjectorConfig(_Model):
 class Runtime(_Model):
     """Where and how the projection runs; never part of a result's fingerprint."""
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    batch_size: Union[int, str] = "auto"   # targets per forward pass; auto = 4 on CUDA, 1 on CPU
+    batch_size: Union[int, str] = "auto"   # targets per forward pass; auto = fit to memory on CUDA, 1 on CPU
     workers: Union[int, str] = 1         # processes (one per GPU); auto = the visible GPUs (1 on CPU)
     max_restarts: Annotated[int, Field(ge=0, le=100)] = 3   # of a failed worker group, by the launcher
+    compile: Literal["auto", "on", "off"] = "auto"   # torch.compile the step (auto: on CUDA only)
 
     @field_validator("device")
     @classmethod

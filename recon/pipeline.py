@@ -59,14 +59,54 @@ def resolve_device(device: str = "auto", key: str = "params.yaml: project.runtim
     return device
 
 
-def resolve_runtime(runtime: Runtime, device_key: str = "params.yaml: project.runtime.device"):
-    """``(device, batch_size)`` for a run. ``batch_size: auto``: measured on CPU, a batch costs
-    more per target than one at a time, so batch only on CUDA (4)."""
+MAX_AUTO_BATCH = 16
+MEMORY_HEADROOM = 0.8     # of the free device memory, the rest for the allocator and other tenants
+
+
+def resolve_runtime(runtime: Runtime, device_key: str = "params.yaml: project.runtime.device", weights=None):
+    """``(device, batch_size)`` for a run. ``batch_size: auto``: 1 on CPU (measured: a batch costs
+    more per target there than one target at a time); on CUDA the largest batch whose measured
+    step memory fits the free memory with headroom, capped at 16 (4 when ``weights`` are not
+    given to measure with)."""
     device = resolve_device(runtime.device, key=device_key)
     batch = runtime.batch_size
     if batch == "auto":
-        batch = 4 if device.startswith("cuda") else 1
+        batch = 1
+        if device.startswith("cuda"):
+            batch = measured_batch_size(weights, device) if weights is not None else 4
     return device, batch
+
+
+def batch_for_memory(per_target: int, fixed: int, free: int, cap: int = MAX_AUTO_BATCH,
+                     headroom: float = MEMORY_HEADROOM) -> int:
+    """The largest batch with ``fixed + batch * per_target <= headroom * free``, in [1, cap]."""
+    room = headroom * free - fixed
+    return int(max(1, min(cap, room // max(per_target, 1))))
+
+
+def measured_batch_size(weights, device: str) -> int:
+    """One projection step's peak memory at batch 1 and 2 on ``device`` (the run's generator and
+    VGG, the official settings) gives the memory per target; see :func:`batch_for_memory`."""
+    from .config import ProjectorConfig
+
+    G, features = load_models(weights, device)
+    R = G.img_resolution
+    peaks = []
+    for b in (1, 2):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        Projector(G, features, ProjectorConfig(num_steps=1, w_avg_samples=100, snapshot_every=0)).project(
+            torch.zeros(b, 3, R, R, device=device), progress=False)
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - before)
+    per_target = max(peaks[1] - peaks[0], 1)
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    batch = batch_for_memory(per_target, peaks[0] - per_target, free)
+    log(f"batch_size auto: {per_target / 2**20:.0f} MiB per target, {free / 2**30:.1f} GiB free -> batch {batch}")
+    del G, features
+    torch.cuda.empty_cache()
+    return batch
 
 
 def check_resolution(params, generator_path) -> None:
@@ -256,11 +296,12 @@ def _face_fingerprint(cfg: ProjectorConfig, targets: dict, face: dict, degraded_
 
 def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weights="weights",
                   batch_size: int = 4, device: str = "auto", replace: bool = True,
-                  group: Optional[Group] = None) -> List[str]:
+                  group: Optional[Group] = None, compile: str = "off") -> List[str]:
     """Project every degraded target of a mode, in batches; resumable. The pipeline's stage and
     ``recon project`` both run this.
 
     ``weights``: the download_weights folder, or a ``(generator, vgg16)`` pair of paths.
+    ``compile``: auto | on | off (:mod:`recon.compiled`; the official method's step).
     Finished faces carry ``done.json`` with a fingerprint of everything that produced them and are
     skipped on rerun; an interrupted batch resumes from its snapshot. With ``replace`` (the
     pipeline, which owns its output folder) results made with other settings are recomputed and
@@ -330,8 +371,9 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     done_names = []
     if mine:
         G, features = load_models((generator, vgg), device)
+        from .compiled import resolve_compile
         projector = (RobustProjector(G, VGGLPIPS(features.vgg), cfg.robust) if cfg.method == "robust"
-                     else Projector(G, features, cfg))
+                     else Projector(G, features, cfg, compile=resolve_compile(compile, device)))
         steps = sum(cfg.robust.steps) if cfg.method == "robust" else cfg.num_steps
         warning = slow_settings_warning(device, R, todo, steps)
         if warning and rank.is_main:

@@ -235,7 +235,7 @@ class Projector:
         cfg: hyperparameters.
     """
 
-    def __init__(self, G, features: FeatureFn, cfg: ProjectorConfig = ProjectorConfig()):
+    def __init__(self, G, features: FeatureFn, cfg: ProjectorConfig = ProjectorConfig(), compile: bool = False):
         self.G = G
         self.features = features
         self.cfg = cfg
@@ -243,6 +243,10 @@ class Projector:
         self.w_avg, self.w_std = w_stats(G, cfg.w_avg_samples, cfg.w_avg_seed)
         self.w_avg = self.w_avg.to(self.device)
         self.layers = G.synthesis.noise_layers()
+        self._terms = self._loss_terms
+        if compile:
+            from .compiled import CompiledOrEager
+            self._terms = CompiledOrEager(self._loss_terms, self.device)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -354,11 +358,14 @@ class Projector:
              draws=None) -> Dict[str, torch.Tensor]:
         """Per-target loss terms ``[B]`` at the state's current latents (w perturbed by ``unit * scale``);
         ``draws``: the step's fresh randomness for a stochastic degradation (:func:`step_draws`)."""
-        synth = self.synthesize(st.w_opt + unit * scale, st.noise)
+        return self._terms(st.w_opt, st.noise, target_features, degradation, unit, scale, draws)
+
+    def _loss_terms(self, w_opt, noise, target_features, degradation, unit, scale, draws):
+        synth = self.synthesize(w_opt + unit * scale, noise)
         degraded = degradation(synth, draws=draws) if degradation is not None else synth
         dist = (target_features - self.features(degraded)).square().sum(dim=1)
-        reg = noise_regularization(st.noise)
-        latent = (st.w_opt - self.w_avg).square().sum(dim=[1, 2]) * self.cfg.latent_dist_reg_weight
+        reg = noise_regularization(noise)
+        latent = (w_opt - self.w_avg).square().sum(dim=[1, 2]) * self.cfg.latent_dist_reg_weight
         return dict(loss=dist + reg * self.cfg.regularize_noise_weight + latent, dist=dist, noise_reg=reg,
                     latent_reg=latent)
 

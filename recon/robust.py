@@ -39,7 +39,14 @@ class VGGLPIPS:
         self.vgg = vgg
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vgg(x * 255, resize_images=False, return_lpips=True)
+        try:
+            return self.vgg(x * 255, resize_images=False, return_lpips=True)
+        except RuntimeError as exc:
+            if x.shape[-1] >= 32:
+                raise
+            from .errors import ProjectionError
+            raise ProjectionError(f"VGG16 cannot take {x.shape[-1]} px images (its pooling needs more pixels): "
+                                  f"raise robust.min_loss_res to {x.shape[-1]} or more") from exc
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (self.features(x) - self.features(y)).square().sum(dim=1)

@@ -10,7 +10,7 @@ from recon.weights import sha256_of
 
 
 def benchmark(params, args) -> int:
-    device, batch = resolve_runtime(params.project.runtime)
+    device, batch = resolve_runtime(params.project.runtime, weights=args.weights)
     generator, vgg = weight_files(args.weights)
     G, features = load_models(args.weights, device)
     lpips = LPIPSMetric(None, device, vgg=features.vgg)

@@ -1,0 +1,83 @@
+"""Compilation where it pays: the compiled step gives the eager step's results; a step that
+cannot be compiled warns once and runs eagerly; batch size from measured memory; recon doctor."""
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import recon
+from recon.compiled import CompiledOrEager, resolve_compile
+from recon.perceptual import VGGFeatures, load_vgg16
+from recon.pipeline import batch_for_memory
+from recon.projector import Projector, ProjectorConfig
+from tiny_vgg import write_tiny_vgg
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, golden_dir):
+    d = tmp_path_factory.mktemp("compiled")
+    recon.convert(golden_dir / "official_format.pkl", d / "generator.safetensors")
+    write_tiny_vgg(d / "vgg16.pt")
+    return d
+
+
+def test_compiled_step_equals_eager(tiny):
+    G = recon.load_generator(tiny / "generator.safetensors")
+    features = VGGFeatures(load_vgg16(tiny / "vgg16.pt"))
+    cfg = ProjectorConfig(num_steps=4, w_avg_samples=200)
+    targets = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    eager = Projector(G, features, cfg).project(targets, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)        # a compile fallback would fail the test
+        compiled = Projector(G, features, cfg, compile=True).project(targets, progress=False)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b.ws, a.ws, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.image, a.image, atol=1e-5, rtol=1e-5)
+        for ha, hb in zip(a.history, b.history):
+            assert hb["loss"] == pytest.approx(ha["loss"], rel=1e-5)
+
+
+def test_a_step_that_does_not_compile_runs_eagerly(monkeypatch):
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("inductor: no C++ compiler found")
+        return run
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    f = CompiledOrEager(lambda x: x * 2, "cpu")
+    with pytest.warns(RuntimeWarning, match=r"could not compile the projection step \(RuntimeError: inductor: "
+                                            r"no C\+\+ compiler found\); running it uncompiled"):
+        assert f(torch.ones(2)).tolist() == [2.0, 2.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert f(torch.ones(1)).tolist() == [2.0]          # warned once
+
+
+def test_compile_settings():
+    assert resolve_compile("auto", "cuda") and not resolve_compile("auto", "cpu")
+    assert resolve_compile("on", "cpu") and not resolve_compile("off", "cuda:1")
+    from recon.config import parse_params
+    from recon.errors import ParamsError
+    with pytest.raises(ParamsError, match="project.runtime.compile: must be 'auto', 'on' or 'off', got 'yes'"):
+        parse_params({"project": {"runtime": {"compile": "yes"}}})
+
+
+def test_batch_size_from_memory():
+    GiB = 2 ** 30
+    # 2 GiB per target, 1 GiB fixed, 80 GiB free: (0.8 * 80 - 1) / 2 = 31 -> capped at 16
+    assert batch_for_memory(2 * GiB, GiB, 80 * GiB) == 16
+    assert batch_for_memory(2 * GiB, GiB, 20 * GiB) == 7          # (16 - 1) / 2
+    assert batch_for_memory(30 * GiB, GiB, 20 * GiB) == 1         # never below 1
+    assert batch_for_memory(GiB, 0, 100 * GiB, cap=64) == 64
+
+
+def test_doctor_reports_versions_ops_and_step_time(tiny):
+    res = subprocess.run([sys.executable, "-m", "recon.cli", "doctor", "--weights", str(tiny), "--steps", "2",
+                          "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert f"torch {torch.__version__}" in out and "device: cpu" in out
+    assert "CUDA ops: not used on CPU" in out
+    line = next(x for x in out.splitlines() if x.startswith("one projection step"))
+    assert "generator.safetensors (32 px)" in line and float(line.split(": ")[-1].split()[0]) > 0

@@ -1,19 +1,29 @@
-"""Benchmark the projector: seconds per step and peak memory over resolutions and batch sizes.
+"""Benchmark the projector against what NVIDIA's projector does, one table.
 
-    python -m recon.bench [--resolutions 64 128 256] [--batch 1 4] [--steps 10] [--vgg weights/vgg16.pt]
+    python -m recon.bench [--shapes 128:8192:256 256:16384:512] [--batch 1 4] [--compile off on]
+                          [--steps 6] [--repeats 3] [--vgg weights/vgg16.pt] [--device cpu]
 
-Each configuration runs in its own process (so the peak memory is its own) with random-weight
-generators of the official config-f shape (``--channel-base``/``--channel-max`` shrink them for
-CPUs). "batched" optimizes B targets in one forward pass; "official, 1 at a time" runs the same
-B targets one after the other, as NVIDIA's projector must. Without ``--vgg`` (and without
-weights/vgg16.pt) a random-weight VGG16 of the real architecture and cost stands in.
+Contenders per shape (resolution:channel_base:channel_max, random-weight generators of the
+official config-f layout):
+
+* ``official``: what NVIDIA's ``projector.py`` does: the reference ops (no compiled kernels),
+  fused modulated convolutions, one target at a time, no compilation, and the host reads of its
+  per-step log line (``float(dist)``, ``float(loss)``) that synchronise a GPU at every step.
+* ``recon``: recon's projector at each ``--batch`` and ``--compile`` setting.
+
+Every (contender, round) runs in its own process, rounds alternate the contenders, and the table
+gives medians over rounds: seconds per step, target-steps per second, peak memory, and the
+speed-up over ``official`` in target-steps per second. On CPU the time is the process's CPU time
+(the machines are shared: wall time measures the neighbours); run it with ``OMP_NUM_THREADS=1``.
+Without ``--vgg`` (and without weights/vgg16.pt) a random-weight VGG16 of the real architecture
+and cost stands in.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -78,83 +88,140 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run_one(res, batch, steps, mode, channel_base, channel_max, vgg, device) -> dict:
+def _clock(device) -> float:
+    """CPU: this process's CPU time (the neighbours' load does not count); CUDA: wall time."""
+    return time.perf_counter() if device.type == "cuda" else time.process_time()
+
+
+def _peak_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    # ru_maxrss would include the forking parent's peak on Linux; VmHWM is this process's own.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def official_steps(G, features, targets: torch.Tensor, steps: int) -> None:
+    """NVIDIA's projector loop for each target in turn (batch 1): fused modulated convolutions,
+    the reference ops, the noise buffers optimized with Adam beside w, a w-noise draw per step,
+    and its per-step log line's host reads."""
+    from .projector import noise_regularization, w_stats
+
+    w_avg, w_std = w_stats(G, 1000)
+    for i in range(targets.shape[0]):
+        target_features = features(targets[i:i + 1])
+        w_opt = w_avg.clone().to(targets.device).requires_grad_(True)
+        noise = {k: torch.randn(1, 1, r, r, device=targets.device).requires_grad_(True)
+                 for k, r in G.synthesis.noise_layers().items()}
+        opt = torch.optim.Adam([w_opt] + list(noise.values()), betas=(0.9, 0.999), lr=0.1)
+        for step in range(steps):
+            ws = (w_opt + torch.randn_like(w_opt) * w_std * 0.05).repeat([1, G.num_ws, 1])
+            synth = G.synthesis(ws, noise_mode="const", noise_inputs=noise, fused_modconv=True)
+            dist = (target_features - features(synth)).square().sum()
+            loss = dist + noise_regularization(noise).sum() * 1e5
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            _log_line = f"step {step + 1:>4d}/{steps}: dist {float(dist):<4.2f} loss {float(loss):<5.2f}"  # noqa: F841
+            with torch.no_grad():
+                for buf in noise.values():
+                    buf -= buf.mean()
+                    buf *= buf.square().mean().rsqrt()
+
+
+def run_one(res, channel_base, channel_max, batch, contender, compile_, steps, vgg, device) -> dict:
     from .projector import Projector, ProjectorConfig
 
     device = torch.device(device)
+    if contender == "official":
+        os.environ["RECON_NO_CUDA_OPS"] = "1"      # the reference ops
     G = _generator(res, channel_base, channel_max, device)
-    feats, vgg_name = _features(vgg, device)
-    targets = torch.rand(batch, 3, res, res, device=device) * 2 - 1
-    cfg = ProjectorConfig(num_steps=steps, w_avg_samples=1000, snapshot_every=0)
-    proj = Projector(G, feats, cfg)
+    features, vgg_name = _features(vgg, device)
+    targets = torch.rand(batch, 3, res, res, device=device, generator=None) * 2 - 1
+    if contender == "official":
+        def go(n):
+            official_steps(G, features, targets, n)
+    else:
+        cfg = ProjectorConfig(num_steps=steps, w_avg_samples=1000, snapshot_every=0)
+        proj = Projector(G, features, cfg, compile=compile_ == "on")
+
+        def go(n):
+            proj.cfg = cfg.model_copy(update=dict(num_steps=n))
+            proj.project(targets, progress=False)
+    go(2)                      # warm-up (and compilation), not timed
+    _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    # warm-up: builds CUDA kernels / allocator pools, not timed
-    Projector(G, feats, ProjectorConfig(num_steps=2, w_avg_samples=1000, snapshot_every=0)).project(
-        targets[:1], progress=False)
+    t0 = _clock(device)
+    go(steps)
     _sync(device)
-    t0 = time.perf_counter()
-    if mode == "batched":
-        proj.project(targets, progress=False)
-    else:
-        for i in range(batch):
-            proj.project(targets[i:i + 1], progress=False)
-    _sync(device)
-    elapsed = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return dict(res=res, batch=batch, mode=mode, s_per_step=elapsed / steps,
-                s_per_target_step=elapsed / steps / batch, peak_mib=peak / 2 ** 20, vgg=vgg_name,
-                device=str(device))
+    elapsed = _clock(device) - t0
+    return dict(device=str(device), res=res, batch=batch, contender=contender, compile=compile_,
+                s_per_step=elapsed / steps, target_steps_per_s=batch * steps / elapsed,
+                peak_mib=_peak_mib(device), vgg=vgg_name, threads=torch.get_num_threads())
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 256])
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--channel-base", type=int, default=32768)
-    ap.add_argument("--channel-max", type=int, default=512)
+    ap.add_argument("--shapes", nargs="+", default=["128:8192:256", "256:16384:512"],
+                    help="resolution:channel_base:channel_max (config-f is 1024:32768:512)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1])
+    ap.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off"])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; the table gives medians")
     ap.add_argument("--vgg", default="weights/vgg16.pt" if Path("weights/vgg16.pt").is_file() else "")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.one:
-        res, batch, mode = args.one.split(":")
-        print(json.dumps(run_one(int(res), int(batch), args.steps, mode, args.channel_base, args.channel_max,
-                                 args.vgg, args.device)))
+        shape, batch, contender, compile_ = args.one.split(",")
+        res, cb, cm = (int(v) for v in shape.split(":"))
+        print(json.dumps(run_one(res, cb, cm, int(batch), contender, compile_, args.steps, args.vgg, args.device)))
         return 0
 
-    rows = []
-    for res in args.resolutions:
-        for batch in args.batch:
-            for mode in (("batched", "official") if batch > 1 else ("batched",)):
-                cmd = [sys.executable, "-m", "recon.bench", "--one", f"{res}:{batch}:{mode}", "--steps",
-                       str(args.steps), "--channel-base", str(args.channel_base), "--channel-max",
-                       str(args.channel_max), "--vgg", args.vgg, "--device", args.device]
-                out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-                if out.returncode != 0:
-                    print(out.stderr[-2000:], file=sys.stderr)
-                    return out.returncode
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                r = rows[-1]
-                print(f"  {res:>5} px  batch {batch:>3}  {mode:<9} {r['s_per_target_step']:.4f} s/target-step",
-                      file=sys.stderr)
+    configs = []
+    for shape in args.shapes:
+        configs.append((shape, 1, "official", "off"))
+        configs += [(shape, b, "recon", c) for b in args.batch for c in args.compile]
+    runs = {c: [] for c in configs}
+    for r in range(args.repeats):
+        for c in configs:                          # alternate the contenders within each round
+            cmd = [sys.executable, "-m", "recon.bench", "--one", ",".join(map(str, c)), "--steps", str(args.steps),
+                   "--vgg", args.vgg, "--device", args.device]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+            if out.returncode != 0:
+                print(out.stderr[-3000:], file=sys.stderr)
+                return out.returncode
+            runs[c].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  round {r + 1}/{args.repeats} {c}: {runs[c][-1]['s_per_step']:.4f} s/step", file=sys.stderr)
 
-    print(f"\nprojector benchmark on {rows[0]['device']} ({torch.get_num_threads()} threads), "
-          f"{args.steps} steps, VGG: {rows[0]['vgg']}, channel_base {args.channel_base}, "
-          f"channel_max {args.channel_max}\n")
-    head = f"| {'res':>5} | {'batch':>5} | {'mode':<22} | {'s/step':>8} | {'s/target/step':>13} | {'speed-up':>8} | {'peak MiB':>9} |"
+    rows = []
+    for c, rs in runs.items():
+        row = dict(rs[0])
+        for k in ("s_per_step", "target_steps_per_s", "peak_mib"):
+            row[k] = statistics.median(r[k] for r in rs)
+        rows.append(row)
+    first = rows[0]
+    clock = "wall time" if first["device"].startswith("cuda") else "process CPU time"
+    print(f"\nprojector benchmark: {first['device']}, {first['threads']} threads, VGG: {first['vgg']}, "
+          f"{args.steps} steps, medians of {args.repeats} rounds ({clock})\n")
+    head = ("| device | res | channel_base/max | batch | contender | compile | s/step | target-steps/s "
+            "| peak MiB | vs official |")
     print(head)
-    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
-    for r in rows:
-        base = next((o for o in rows if o["res"] == r["res"] and o["batch"] == r["batch"] and o["mode"] == "official"),
-                    None)
-        speed = base["s_per_target_step"] / r["s_per_target_step"] if base else 1.0
-        mode = "official, 1 at a time" if r["mode"] == "official" else "batched"
-        print(f"| {r['res']:>5} | {r['batch']:>5} | {mode:<22} | {r['s_per_step']:>8.4f} | "
-              f"{r['s_per_target_step']:>13.4f} | {speed:>7.2f}x | {r['peak_mib']:>9.0f} |")
+    print("|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|")
+    for (shape, _, _, _), row in zip(runs, rows):
+        base = next(r for (s, _, k, _), r in zip(runs, rows) if s == shape and k == "official")
+        speed = row["target_steps_per_s"] / base["target_steps_per_s"]
+        cb, cm = shape.split(":")[1:]
+        print(f"| {row['device']} | {row['res']} | {cb}/{cm} | {row['batch']} | {row['contender']} | "
+              f"{row['compile']} | {row['s_per_step']:.4f} | {row['target_steps_per_s']:.2f} | "
+              f"{row['peak_mib']:.0f} | {speed:.2f}x |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
 
 

@@ -358,10 +358,12 @@ class Projector:
              draws=None) -> Dict[str, torch.Tensor]:
         """Per-target loss terms ``[B]`` at the state's current latents (w perturbed by ``unit * scale``);
         ``draws``: the step's fresh randomness for a stochastic degradation (:func:`step_draws`)."""
-        return self._terms(st.w_opt, st.noise, target_features, degradation, unit, scale, draws)
+        # the w-noise is scaled here, not in the compiled function: a Python float that changes
+        # every step would make torch.compile specialise on it and recompile every step
+        return self._terms(st.w_opt, st.noise, target_features, degradation, unit * scale, draws)
 
-    def _loss_terms(self, w_opt, noise, target_features, degradation, unit, scale, draws):
-        synth = self.synthesize(w_opt + unit * scale, noise)
+    def _loss_terms(self, w_opt, noise, target_features, degradation, w_noise, draws):
+        synth = self.synthesize(w_opt + w_noise, noise)
         degraded = degradation(synth, draws=draws) if degradation is not None else synth
         dist = (target_features - self.features(degraded)).square().sum(dim=1)
         reg = noise_regularization(noise)

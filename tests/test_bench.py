@@ -16,7 +16,8 @@ def test_bench_table():
     assert [(r[3].strip(), r[4].strip()) for r in rows] == [("1", "official"), ("1", "recon"), ("2", "recon")]
     assert rows[0][-1].strip() == "1.00x"
     for r in rows:
-        s_per_step, tps, peak = float(r[6]), float(r[7]), float(r[8])
+        s_per_step, tps, peak, first = float(r[6]), float(r[7]), float(r[8]), float(r[9])
+        assert first > 0
         assert s_per_step > 0 and peak > 100
         assert tps == __import__("pytest").approx(int(r[3]) / s_per_step, rel=0.02)
     assert re.search(r"process CPU time", res.stdout)

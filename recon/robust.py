@@ -52,6 +52,22 @@ class VGGLPIPS:
         return (self.features(x) - self.features(y)).square().sum(dim=1)
 
 
+class FixedTargetLPIPS:
+    """:class:`VGGLPIPS` against targets that do not change between steps (no hole noise): each
+    scale's target features are computed once, not at every step (half the VGG passes of the
+    reference code, same values)."""
+
+    def __init__(self, lpips: VGGLPIPS):
+        self.lpips, self.cache = lpips, {}
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        key = tuple(y.shape)
+        if key not in self.cache:
+            with torch.no_grad():
+                self.cache[key] = self.lpips.features(y)
+        return (self.lpips.features(x) - self.cache[key]).square().sum(dim=1)
+
+
 def multiscale_loss(lpips: LPIPSFn, x: torch.Tensor, y: torch.Tensor, cfg: RobustConfig,
                     mask: Optional[torch.Tensor] = None, noise: Optional[Callable[[int, tuple], torch.Tensor]] = None):
     """``(total [B], terms [B, levels + 1])``: ``weight * lpips(x, y)`` at each scale while the
@@ -192,6 +208,7 @@ class RobustProjector:
             self._check_init(init, B)
             first = init_phase(init[0])
         plan = [(i, PHASES[i], self.cfg.steps[i], self.cfg.learning_rates[i]) for i in range(first, len(PHASES))]
+        lpips = FixedTargetLPIPS(self.lpips) if mask is None and isinstance(self.lpips, VGGLPIPS) else self.lpips
         total = sum(steps for _, _, steps, _ in plan)
 
         history: List[List[dict]] = [[] for _ in range(B)]
@@ -220,7 +237,7 @@ class RobustProjector:
                 draws = step_draws(rngs, step)
                 image = degrade(self.render(latent), draws=draws)
                 noise = (lambda level, shape, draws=draws: draws(f"hole.{level}", shape)) if mask is not None else None
-                loss, terms = multiscale_loss(self.lpips, image, target, self.cfg, mask, noise)
+                loss, terms = multiscale_loss(lpips, image, target, self.cfg, mask, noise)
                 latent.grad = None
                 loss.sum().backward()
                 ngd_step(latent, lr)

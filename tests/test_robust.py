@@ -152,3 +152,27 @@ def test_init_starts_the_phase_the_latent_belongs_to(golden_G, golden):
     assert torch.equal(same.latent, first.latent)
     with pytest.raises(ValueError, match="init latent must be"):
         proj.project(golden["target"], _pool, init=torch.zeros(1, 3, 64))
+
+
+def test_fixed_target_features_are_computed_once_with_the_same_result(golden_G, tmp_path):
+    from recon.perceptual import load_vgg16
+    from recon.robust import VGGLPIPS
+    from tiny_vgg import write_tiny_vgg
+    write_tiny_vgg(tmp_path / "vgg.pt")
+    lpips = VGGLPIPS(load_vgg16(tmp_path / "vgg.pt"))
+    calls = []
+
+    class Counting(VGGLPIPS):
+        def features(self, x):
+            calls.append(x.requires_grad)
+            return super().features(x)
+    cfg = RobustConfig(steps=[2, 1, 1], min_loss_res=4)
+    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def plain(x, y):                    # the uncached distance, not a VGGLPIPS instance
+        return lpips(x, y)
+    ref = RobustProjector(golden_G, plain, cfg).project(target, lambda x, draws=None: x)[0]
+    got = RobustProjector(golden_G, Counting(lpips.vgg), cfg).project(target, lambda x, draws=None: x)[0]
+    assert torch.equal(got.latent, ref.latent) and got.history == ref.history
+    levels = 3                                            # 32, 16, 8 px
+    assert calls.count(False) == levels and calls.count(True) == 4 * levels   # targets once, images every step

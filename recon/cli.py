@@ -60,8 +60,9 @@ def _cmd_project(args) -> int:
     cfg = cfg.model_validate({**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
     runtime = params.project.runtime
     runtime = Runtime(device=args.device or runtime.device,
-                      batch_size=args.batch if args.batch is not None else runtime.batch_size)
-    device, batch = resolve_runtime(runtime, device_key="--device")
+                      batch_size=args.batch if args.batch is not None else runtime.batch_size,
+                      compile=runtime.compile)
+    device, batch = resolve_runtime(runtime, device_key="--device", weights=(args.generator, args.vgg))
 
     paths = list_photos(args.targets)
     faces = [dict(name=p.stem, file=str(p), photo=p.name, quad=None, mask=None) for p in paths]
@@ -70,7 +71,7 @@ def _cmd_project(args) -> int:
     out = Path(args.out)
     degrade_stage(args.degrade, ops, faces, out / ".targets", seed=params.seeds.degrade)
     done = project_stage(args.degrade, cfg, out / ".targets", out, (args.generator, args.vgg), batch, device,
-                         replace=args.force)
+                         replace=args.force, compile=runtime.compile)
     print(f"projected {len(done)} of {len(faces)} images into {out}"
           + (f" ({len(faces) - len(done)} already done with these settings)" if len(done) < len(faces) else ""))
     return 0

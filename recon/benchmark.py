@@ -26,8 +26,8 @@ import torch
 
 from .config import (BenchmarkConfig, BlurOp, DownsampleOp, GrayscaleOp, JpegOp, MaskOp, PoissonOp,
                      ProjectorConfig)
-from .degrade import Degradation, brush_mask, centre_mask, fill_missing
-from .imageio import from_uint8, load_photo, save_png, to_uint8, write_atomic
+from .degrade import Degradation, brush_mask, centre_mask
+from .imageio import from_uint8, save_png, to_uint8, write_atomic
 
 LEVELS = ("XS", "S", "M", "L", "XL")
 # The robust method's benchmark levels (its tasks.py), and ours for the tasks it does not have.
@@ -129,18 +129,13 @@ class Restorer:
 
     def __call__(self, targets: torch.Tensor, d: Degradation, names: List[str]) -> torch.Tensor:
         from .projector import TorchRandom
+        from .robust import restore_degraded
 
         rngs = [TorchRandom(self.cfg.seed) for _ in names]
         if self.cfg.method == "official":
             res = self.engine.project(targets, degradation=d, names=names, rngs=rngs, progress=False)
             return torch.stack([r.image for r in res])
-        if d.has_mask:
-            targets = fill_missing(targets, d.masks, d.fill("cpu"))
-
-        def degrade(x01, draws=None):
-            return (d(x01 * 2 - 1, draws=draws) + 1) / 2
-        res = self.engine.project((targets + 1) / 2, degrade, mask=d.masks if d.has_mask else None, rngs=rngs,
-                                  names=names)
+        res = restore_degraded(self.engine, targets, d, rngs=rngs, names=names)
         return torch.stack([r.images["W++"] * 2 - 1 for r in res])
 
 
@@ -160,7 +155,7 @@ def _fingerprint(*parts) -> str:
 
 
 def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, features, lpips, out_dir,
-                  weights_digest: str = "", batch_size: int = 1, log=print) -> dict:
+                  weights_digest: str = "", batch_size: int = 1) -> dict:
     """Run every (task, level) x method cell that is not done yet (a cell's ``cell.json`` carries
     a fingerprint of what made it); write ``results.json`` and return it."""
     from tqdm import tqdm
@@ -176,16 +171,17 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
     results: Dict[str, Dict[str, dict]] = {}
     bar = tqdm(total=len(todo) * len(seeds), desc="benchmark", unit="restoration")
     restorers: Dict[str, Restorer] = {}
+    cell_targets: Dict[str, Dict[int, np.ndarray]] = {}
     for cell, name in todo:
         cdir = out_dir / cell.name
-        targets = {}
-        for s in seeds:
-            d = task_degradation(cell, R, s)
-            targets[s] = to_uint8(d.target(from_uint8(truth[s])))[0]
-            save_png(cdir / "target" / f"seed{s:04d}.png", targets[s])
-        if "input" not in results.setdefault(cell.name, {}):
-            results[cell.name]["input"] = dict(per_seed={s: score(targets[s], truth[s], lpips, cfg.identity)
-                                                         for s in seeds})
+        if cell.name not in cell_targets:          # once per cell, shared by its methods
+            targets = cell_targets[cell.name] = {}
+            for s in seeds:
+                targets[s] = to_uint8(task_degradation(cell, R, s).target(from_uint8(truth[s])))[0]
+                save_png(cdir / "target" / f"seed{s:04d}.png", targets[s])
+            results[cell.name] = {"input": dict(per_seed={s: score(targets[s], truth[s], lpips, cfg.identity)
+                                                          for s in seeds})}
+        targets = cell_targets[cell.name]
         fp = _fingerprint(budgeted[name].fingerprint(), cfg.budget, cell.name, seeds, cfg.truncation_psi,
                           weights_digest, [hashlib.sha256(targets[s].tobytes()).hexdigest() for s in seeds])
         cell_json = cdir / name / "cell.json"

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from .config import MaskOp, ProjectorConfig, Runtime, Synthetic
-from .degrade import (Degradation, DegradationError, brush_mask, centre_mask, fill_missing, mask_from_color,
+from .degrade import (Degradation, DegradationError, brush_mask, centre_mask, mask_from_color,
                       mask_from_file, parse_ops)
 from .distributed import Group, Rank
 from .errors import MissingInputError, ParamsError
 from .imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8, write_atomic
 from .progress import StageProgress, slow_settings_warning
 from .projector import Projector, TorchRandom, snapshot_step
-from .robust import RobustProjector, VGGLPIPS
+from .robust import RobustProjector, VGGLPIPS, restore_degraded
 from .weights import sha256_of
 
 
@@ -442,17 +442,10 @@ def _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, 
     take the degradation's fixed fill in both images, and the loss adds the same fresh noise to
     both in the holes at every scale and step (each target's own draws). Snapshots every
     ``snapshot_every`` steps; an interrupted batch resumes from its snapshot."""
-    targets = torch.cat([images[f["name"]] for f in batch])
-    if d.has_mask:
-        targets = fill_missing(targets, d.masks, d.fill("cpu"))
-
-    def degrade(x01, draws=None):
-        return (d(x01 * 2 - 1, draws=draws) + 1) / 2
-
-    results = projector.project((targets + 1) / 2, degrade, on_step=progress.batch(len(batch), snapshot_step(snap)),
-                                mask=d.masks if d.has_mask else None, rngs=[TorchRandom(cfg.seed) for _ in batch],
-                                names=[f["name"] for f in batch], init=init, snapshot_path=snap,
-                                snapshot_every=cfg.snapshot_every)
+    results = restore_degraded(projector, torch.cat([images[f["name"]] for f in batch]), d,
+                               on_step=progress.batch(len(batch), snapshot_step(snap)),
+                               rngs=[TorchRandom(cfg.seed) for _ in batch], names=[f["name"] for f in batch],
+                               init=init, snapshot_path=snap, snapshot_every=cfg.snapshot_every)
     for face, res in zip(batch, results):
         with torch.no_grad():
             degraded = d(res.images["W++"][None].to(projector.device) * 2 - 1, batch_index=[batch.index(face)])[0]

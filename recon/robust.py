@@ -267,3 +267,18 @@ class RobustProjector:
                      ends={p: v.cpu() for p, v in ends.items()}, images=images, history=history)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def restore_degraded(projector: RobustProjector, targets: torch.Tensor, d, **kwargs) -> List[RobustResult]:
+    """The robust method on targets degraded by a pipeline :class:`recon.degrade.Degradation`
+    ``d`` (which works in [-1, 1]; the method in [0, 1]). Holes take ``d``'s fixed fill in both
+    images and the loss adds its fresh noise there. ``targets`` ``[B, 3, R, R]`` in [-1, 1];
+    ``kwargs`` go to :meth:`RobustProjector.project` (rngs, names, init, snapshots, on_step)."""
+    from .degrade import fill_missing
+
+    if d.has_mask:
+        targets = fill_missing(targets, d.masks, d.fill("cpu"))
+
+    def degrade(x01, draws=None):
+        return (d(x01 * 2 - 1, draws=draws) + 1) / 2
+    return projector.project((targets + 1) / 2, degrade, mask=d.masks if d.has_mask else None, **kwargs)

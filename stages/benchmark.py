@@ -5,7 +5,7 @@ from _common import stage_main
 
 from recon.benchmark import run_benchmark
 from recon.metrics import LPIPSMetric
-from recon.pipeline import load_models, log, resolve_runtime, weight_files
+from recon.pipeline import load_models, resolve_runtime, weight_files
 from recon.weights import sha256_of
 
 
@@ -15,7 +15,7 @@ def benchmark(params, args) -> int:
     G, features = load_models(args.weights, device)
     lpips = LPIPSMetric(None, device, vgg=features.vgg)
     doc = run_benchmark(params.benchmark, dict(params.benchmark.methods), G, features, lpips, Path(args.out),
-                        weights_digest=sha256_of(generator) + sha256_of(vgg), batch_size=batch, log=log)
+                        weights_digest=sha256_of(generator) + sha256_of(vgg), batch_size=batch)
     for name, h in doc["headline"].items():
         print(f"benchmark: {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in h.items()))
 

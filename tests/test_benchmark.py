@@ -7,7 +7,7 @@ import torch
 
 import recon
 from recon.benchmark import Cell, Restorer, cells, method_budget, run_benchmark, task_degradation
-from recon.config import BlurOp, DownsampleOp, JpegOp, MaskOp, PoissonOp, ProjectorConfig, RobustConfig, parse_params
+from recon.config import BlurOp, JpegOp, MaskOp, PoissonOp, ProjectorConfig, RobustConfig, parse_params
 from recon.metrics import LPIPSMetric
 from recon.perceptual import VGGFeatures, load_vgg16
 from tiny_vgg import write_tiny_vgg

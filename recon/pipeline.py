@@ -239,6 +239,14 @@ def init_path(cfg: ProjectorConfig, face_name: str, out_dir) -> Optional[Path]:
     return Path(cfg.init)
 
 
+def require_init(path: Path, mode: str = "<mode>") -> None:
+    """Refuse a starting latent that is not there, naming the file, the stage to run and the key."""
+    if not path.is_file():
+        hint = (f" (run `dvc repro project@{path.parent.parent.name}` first)" if path.name == "latents.npz"
+                and path.parent.parent.parent.name == "projected" else "")
+        raise MissingInputError(f"{path}: starting latents not found{hint} (params.yaml: project.{mode}.init)")
+
+
 def read_init(path: Path, method: str, G, mode: str = "<mode>") -> torch.Tensor:
     """One target's starting latent from a ``latents.npz``: W ``[w_dim]``, W+ ``[num_ws, w_dim]``
     or (robust method) W++ ``[num_ws, K, w_dim]``, the most detailed the file holds that the
@@ -246,10 +254,7 @@ def read_init(path: Path, method: str, G, mode: str = "<mode>") -> torch.Tensor:
     import zipfile
 
     key = f"params.yaml: project.{mode}.init"
-    if not path.is_file():
-        hint = (f" (run `dvc repro project@{path.parent.parent.name}` first)" if path.name == "latents.npz"
-                and path.parent.parent.parent.name == "projected" else "")
-        raise MissingInputError(f"{path}: starting latents not found{hint} ({key})")
+    require_init(path, mode)
     try:
         with zipfile.ZipFile(path) as z:
             if sum(i.file_size for i in z.infolist()) > MAX_INIT_BYTES:
@@ -354,8 +359,8 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
                              f"(align faces at {R} px: align.resolution in params.yaml, --size of recon align)")
         images[face["name"]] = from_uint8(rgb)
         start = init_path(cfg, face["name"], out_dir)
-        if start is not None and not start.is_file():
-            read_init(start, cfg.method, None, mode)     # raises, naming the file and the key
+        if start is not None:
+            require_init(start, mode)
     if rank.is_main and todo < len(faces):
         log(f"project {mode}: {len(faces) - todo} of {len(faces)} faces already done")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -401,6 +406,13 @@ def _batch_inits(cfg, mode, batch, out_dir, G) -> Optional[torch.Tensor]:
     return stack_inits([read_init(p, cfg.method, G, mode) for p in paths], G.num_ws)
 
 
+def _mark_done(mode, cfg, face, images, fingerprints, out_dir) -> None:
+    """A finished face: its target beside the result, and done.json last (what reruns check)."""
+    save_png(out_dir / face["name"] / "target.png", to_uint8(images[face["name"]])[0])
+    write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fingerprints[face["name"]], mode=mode,
+                                                         config=cfg.model_dump(), target=face))
+
+
 def _project_batch(mode, projector, cfg, targets, batch, images, fingerprints, degraded_dir, out_dir, snap_dir, R,
                    progress) -> List[str]:
     d = degradation_for(targets, batch, degraded_dir, R)
@@ -423,17 +435,12 @@ def _project_batch(mode, projector, cfg, targets, batch, images, fingerprints, d
                                 on_step=progress.batch(len(batch), snapshot_step(snap)), init_ws=init)
     for face, res in zip(batch, results):
         res.save(out_dir / face["name"])
-        save_png(out_dir / face["name"] / "target.png", to_uint8(images[face["name"]])[0])
-        write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fingerprints[face["name"]], mode=mode,
-                                                             config=cfg.model_dump(), target=face))
+        _mark_done(mode, cfg, face, images, fingerprints, out_dir)
         progress.face_done(face["name"], res.history)
     progress.batch_done()
     snap.unlink(missing_ok=True)
     return [f["name"] for f in batch]
 
-
-# ----------------------------------------------------------------------------------------------
-# synthetic: invert generated images over a grid of num_steps x latent_dist_reg_weight
 
 def _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, out_dir, progress, init=None,
                           snap=None) -> List[str]:
@@ -446,13 +453,11 @@ def _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, 
                                on_step=progress.batch(len(batch), snapshot_step(snap)),
                                rngs=[TorchRandom(cfg.seed) for _ in batch], names=[f["name"] for f in batch],
                                init=init, snapshot_path=snap, snapshot_every=cfg.snapshot_every)
-    for face, res in zip(batch, results):
-        with torch.no_grad():
-            degraded = d(res.images["W++"][None].to(projector.device) * 2 - 1, batch_index=[batch.index(face)])[0]
-        res.save(out_dir / face["name"], degraded.cpu())
-        save_png(out_dir / face["name"] / "target.png", to_uint8(images[face["name"]])[0])
-        write_json(out_dir / face["name"] / "done.json", dict(fingerprint=fingerprints[face["name"]], mode=mode,
-                                                             config=cfg.model_dump(), target=face))
+    with torch.no_grad():
+        degraded = d(torch.stack([r.images["W++"] for r in results]).to(projector.device) * 2 - 1).cpu()
+    for face, res, deg in zip(batch, results, degraded):
+        res.save(out_dir / face["name"], deg)
+        _mark_done(mode, cfg, face, images, fingerprints, out_dir)
         progress.face_done(face["name"], [dict(h, dist=h["loss"]) for h in res.history])
     progress.batch_done()
     if snap is not None:
@@ -460,6 +465,8 @@ def _restore_batch_robust(mode, projector, cfg, batch, images, fingerprints, d, 
     return [f["name"] for f in batch]
 
 
+# ----------------------------------------------------------------------------------------------
+# synthetic: invert generated images over a grid of num_steps x latent_dist_reg_weight
 
 def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weights="weights",
                     device: str = "auto", group: Optional[Group] = None) -> dict:

@@ -144,6 +144,19 @@ class RobustResult:
         return out
 
 
+def _flush_history(pending: list, history: List[List[dict]]) -> None:
+    """Copy the loss rows kept on the device to each target's history in one transfer (not one
+    host read per step)."""
+    if not pending:
+        return
+    table = torch.stack([rows for _, _, rows in pending]).cpu().tolist()      # [steps, B, 1 + terms]
+    for (step, phase, _), rows in zip(pending, table):
+        for i, row in enumerate(rows):
+            history[i].append(dict(step=step, phase=phase, loss=row[0],
+                                   **{f"term{k}": v for k, v in enumerate(row[1:])}))
+    pending.clear()
+
+
 def init_phase(latent: torch.Tensor) -> int:
     """The first phase that can start from a latent of this shape (per target): 0 for W
     ``[w_dim]``, 1 for W+ ``[num_ws, w_dim]``, 2 for W++ ``[num_ws, K, w_dim]``."""
@@ -215,6 +228,7 @@ class RobustProjector:
         images: List[Dict[str, torch.Tensor]] = [{} for _ in range(B)]
         ends: Dict[str, torch.Tensor] = {}
         trajectory: Dict[str, List[torch.Tensor]] = {}
+        pending: list = []          # loss rows kept on the device until a phase ends or a snapshot
         latent, step, resume_phase = init, 0, first
         snapshot_path = Path(snapshot_path) if snapshot_path else None
         if snapshot_path is not None and snapshot_path.is_file():
@@ -241,17 +255,16 @@ class RobustProjector:
                 latent.grad = None
                 loss.sum().backward()
                 ngd_step(latent, lr)
-                rows = torch.cat([loss[:, None], terms], dim=1).detach().cpu().tolist()
-                for i, row in enumerate(rows):
-                    history[i].append(dict(step=step, phase=phase, loss=row[0],
-                                           **{f"term{k}": v for k, v in enumerate(row[1:])}))
+                pending.append((step, phase, torch.cat([loss[:, None], terms], dim=1).detach()))
                 if record:
                     trajectory[phase].append(latent.detach().clone())
                 step += 1
                 if on_step is not None:
                     on_step(step)
                 if snapshot_path is not None and snapshot_every and step % snapshot_every == 0 and step < total:
+                    _flush_history(pending, history)
                     self._snapshot(snapshot_path, names, total, index, step, latent, ends, images, history)
+            _flush_history(pending, history)
             with torch.no_grad():
                 image = self.render(latent)
             for i in range(B):

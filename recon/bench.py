@@ -1,7 +1,8 @@
 """Benchmark the projector against what NVIDIA's projector does, one table.
 
     python -m recon.bench [--shapes 128:8192:256 256:16384:512] [--batch 1 4] [--compile off on]
-                          [--steps 6] [--repeats 3] [--vgg weights/vgg16.pt] [--device cpu]
+                          [--ops cuda ref] [--steps 6] [--repeats 3] [--vgg weights/vgg16.pt]
+                          [--device cpu] [--timeout 600]
 
 Contenders per shape (resolution:channel_base:channel_max, random-weight generators of the
 official config-f layout):
@@ -9,9 +10,11 @@ official config-f layout):
 * ``official``: what NVIDIA's ``projector.py`` does: the reference ops (no compiled kernels),
   fused modulated convolutions, one target at a time, no compilation, and the host reads of its
   per-step log line (``float(dist)``, ``float(loss)``) that synchronise a GPU at every step.
-* ``recon``: recon's projector at each ``--batch`` and ``--compile`` setting.
+* ``recon``: recon's projector at each ``--batch``, ``--compile`` and ``--ops`` setting (``ref``:
+  the pure-PyTorch reference ops instead of the compiled CUDA kernels; the same on CPU).
 
-Every (contender, round) runs in its own process, rounds alternate the contenders, and the table
+Every (contender, round) runs in its own process (one that fails or outlives ``--timeout`` is
+reported as failed, and the others go on), rounds alternate the contenders, and the table
 gives medians over rounds: seconds per step, target-steps per second, peak memory, the time of
 the first two (untimed) steps (compilation shows there), and the speed-up over ``official`` in
 target-steps per second. On CPU the time is the process's CPU time
@@ -132,11 +135,11 @@ def official_steps(G, features, targets: torch.Tensor, steps: int) -> None:
                     buf *= buf.square().mean().rsqrt()
 
 
-def run_one(res, channel_base, channel_max, batch, contender, compile_, steps, vgg, device) -> dict:
+def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, steps, vgg, device) -> dict:
     from .projector import Projector, ProjectorConfig
 
     device = torch.device(device)
-    if contender == "official":
+    if contender == "official" or ops == "ref":
         os.environ["RECON_NO_CUDA_OPS"] = "1"      # the reference ops
     G = _generator(res, channel_base, channel_max, device)
     features, vgg_name = _features(vgg, device)
@@ -161,7 +164,7 @@ def run_one(res, channel_base, channel_max, batch, contender, compile_, steps, v
     go(steps)
     _sync(device)
     elapsed = _clock(device) - t0
-    return dict(device=str(device), res=res, batch=batch, contender=contender, compile=compile_,
+    return dict(device=str(device), res=res, batch=batch, contender=contender, compile=compile_, ops=ops,
                 s_per_step=elapsed / steps, target_steps_per_s=batch * steps / elapsed, warmup_s=warmup,
                 peak_mib=_peak_mib(device), vgg=vgg_name, threads=torch.get_num_threads())
 
@@ -172,60 +175,90 @@ def main(argv=None) -> int:
                     help="resolution:channel_base:channel_max (config-f is 1024:32768:512)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
     ap.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off"])
+    ap.add_argument("--ops", nargs="+", choices=("cuda", "ref"), default=["cuda"],
+                    help="recon's ops: the compiled CUDA kernels (where they build and verify) or the reference")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3, help="rounds; the table gives medians")
     ap.add_argument("--vgg", default="weights/vgg16.pt" if Path("weights/vgg16.pt").is_file() else "")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds one configuration may take")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.one:
-        shape, batch, contender, compile_ = args.one.split(",")
+        shape, batch, contender, compile_, ops = args.one.split(",")
         res, cb, cm = (int(v) for v in shape.split(":"))
-        print(json.dumps(run_one(res, cb, cm, int(batch), contender, compile_, args.steps, args.vgg, args.device)))
+        print(json.dumps(run_one(res, cb, cm, int(batch), contender, compile_, ops, args.steps, args.vgg,
+                                 args.device)))
         return 0
 
     configs = []
     for shape in args.shapes:
-        configs.append((shape, 1, "official", "off"))
-        configs += [(shape, b, "recon", c) for b in args.batch for c in args.compile]
+        configs.append((shape, 1, "official", "off", "ref"))
+        configs += [(shape, b, "recon", c, o) for b in args.batch for c in args.compile for o in args.ops]
     runs = {c: [] for c in configs}
+    failures = {}
     for r in range(args.repeats):
         for c in configs:                          # alternate the contenders within each round
             cmd = [sys.executable, "-m", "recon.bench", "--one", ",".join(map(str, c)), "--steps", str(args.steps),
                    "--vgg", args.vgg, "--device", args.device]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-            if out.returncode != 0:
-                print(out.stderr[-3000:], file=sys.stderr)
-                return out.returncode
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=args.timeout)
+                ok, why = out.returncode == 0, (out.stderr.strip().splitlines() or ["?"])[-1][:200]
+                log = out.stderr[-3000:]
+            except subprocess.TimeoutExpired as exc:
+                ok, why = False, f"ran past --timeout {args.timeout:g} s"
+                log = (exc.stderr or b"")[-3000:].decode(errors="replace") if isinstance(exc.stderr, bytes) \
+                    else (exc.stderr or "")[-3000:]
+            if not ok:
+                failures[c] = why
+                print(f"{log}\n  round {r + 1}/{args.repeats} {c}: FAILED: {why}", file=sys.stderr)
+                continue
             runs[c].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  round {r + 1}/{args.repeats} {c}: {runs[c][-1]['s_per_step']:.4f} s/step", file=sys.stderr)
+            if args.json:       # kept current, so a bench stopped from outside leaves what it measured
+                Path(args.json).write_text(json.dumps([rs[-1] for rs in runs.values() if rs], indent=1))
+        _write_table(args, runs, failures)
+    return 1 if failures else 0
 
-    rows = []
+
+def _write_table(args, runs: dict, failures: dict) -> None:
+    """Print the table of the rounds so far (medians) and write its rows to ``--json``."""
+    rows = {}
     for c, rs in runs.items():
-        row = dict(rs[0])
-        for k in ("s_per_step", "target_steps_per_s", "peak_mib", "warmup_s"):
-            row[k] = statistics.median(r[k] for r in rs)
-        rows.append(row)
-    first = rows[0]
+        if rs:
+            row = dict(rs[0])
+            for k in ("s_per_step", "target_steps_per_s", "peak_mib", "warmup_s"):
+                row[k] = statistics.median(r[k] for r in rs)
+            row["rounds"] = len(rs)
+            rows[c] = row
+    if not rows:
+        print("\nprojector benchmark: every configuration failed", file=sys.stderr)
+        return
+    first = next(iter(rows.values()))
     clock = "wall time" if first["device"].startswith("cuda") else "process CPU time"
     print(f"\nprojector benchmark: {first['device']}, {first['threads']} threads, VGG: {first['vgg']}, "
-          f"{args.steps} steps, medians of {args.repeats} rounds ({clock})\n")
-    head = ("| device | res | channel_base/max | batch | contender | compile | s/step | target-steps/s "
+          f"{args.steps} steps, medians of up to {args.repeats} rounds ({clock})\n")
+    head = ("| device | res | channel_base/max | batch | contender | compile | ops | s/step | target-steps/s "
             "| peak MiB | first 2 steps s | vs official |")
     print(head)
     print("|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|")
-    for (shape, _, _, _), row in zip(runs, rows):
-        base = next(r for (s, _, k, _), r in zip(runs, rows) if s == shape and k == "official")
-        speed = row["target_steps_per_s"] / base["target_steps_per_s"]
+    for c in runs:
+        shape, batch, contender, compile_, ops = c
         cb, cm = shape.split(":")[1:]
+        row = rows.get(c)
+        if row is None:
+            print(f"| {args.device} | {shape.split(':')[0]} | {cb}/{cm} | {batch} | {contender} | {compile_} | {ops} "
+                  f"| failed: {failures.get(c, '?')} | | | | |")
+            continue
+        base = rows.get((shape, 1, "official", "off", "ref"))
+        speed = f"{row['target_steps_per_s'] / base['target_steps_per_s']:.2f}x" if base else "n/a"
         print(f"| {row['device']} | {row['res']} | {cb}/{cm} | {row['batch']} | {row['contender']} | "
-              f"{row['compile']} | {row['s_per_step']:.4f} | {row['target_steps_per_s']:.2f} | "
-              f"{row['peak_mib']:.0f} | {row['warmup_s']:.1f} | {speed:.2f}x |")
+              f"{row['compile']} | {ops} | {row['s_per_step']:.4f} | {row['target_steps_per_s']:.2f} | "
+              f"{row['peak_mib']:.0f} | {row['warmup_s']:.1f} | {speed} |", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
-    return 0
+        Path(args.json).write_text(json.dumps(list(rows.values()), indent=1))
 
 
 if __name__ == "__main__":

@@ -31,13 +31,17 @@ class CompiledOrEager:
 
     def __init__(self, fn: Callable, device, what: str = "the projection step"):
         self.fn, self.what = fn, what
-        mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
-        self.compiled = torch.compile(fn, dynamic=False, mode=mode)
+        self.graphs = torch.device(device).type == "cuda"
+        self.compiled = torch.compile(fn, dynamic=False, mode="reduce-overhead" if self.graphs else None)
         self.failed = None
 
     def __call__(self, *args, **kwargs):
         if self.failed is None:
             try:
+                if self.graphs:
+                    # Each call is one step: what the caller keeps of the last step's outputs it
+                    # has copied, so the captured graph may reuse their memory.
+                    torch.compiler.cudagraph_mark_step_begin()
                 return self.compiled(*args, **kwargs)
             except Exception as exc:        # any compiler failure: the eager function gives the same result
                 self.failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"

@@ -1,42 +1,97 @@
 #!/usr/bin/env bash
-# One command for a CUDA machine: build the CUDA ops (and their self-check), run the CUDA tests,
-# `recon doctor`, and the projector bench at 256 and 1024 px (config-f shapes) with batch 1, 4, 8,
-# 16 and compile off/on. Every step's output goes to OUT (default gpu-check-out), the tables to
-# OUT/bench-*.md. Sized for under 8 minutes on one H100/H200; each step has its own time limit,
-# and a failed step does not stop the others (the summary at the end says which failed).
+# One command for a CUDA machine: build the CUDA ops (and their self-check) with `recon doctor`,
+# time each kernel against its reference, run the projector bench at 1024 and 256 px (config-f
+# shapes) with batch 1, 4, 8, 16 and compile off/on, and run the CUDA tests.
 #
-#   bash scripts/gpu-check.sh [OUT]          (PYTHON=... picks the interpreter; default .venv's)
+#   bash scripts/gpu-check.sh [OUT]
+#
+# Everything goes to OUT (default gpu-check-out): one log per step, the bench rows as JSON, and
+# OUT/report.md (the machine, every table, what failed or was skipped). The steps run in order of
+# what matters most and share one time budget (BUDGET seconds, default 470: under 8 minutes on
+# one H100/H200); a step that would start past it is skipped and named in the report, and a step
+# that fails does not stop the others. Environment: PYTHON (default .venv/bin/python, else
+# python3); RECON_SHARED (the shared fixtures, for the golden CUDA test); WHEELS, a folder of
+# wheels installed first into a temporary site when pydantic or ruamel.yaml are missing (a
+# machine with no package index).
 set -u
 OUT=${1:-gpu-check-out}
+BUDGET=${BUDGET:-470}
 mkdir -p "$OUT"
-PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+START=$(date +%s)
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONUNBUFFERED=1
-failed=()
+export RECON_EXT_DIR=${RECON_EXT_DIR:-$PWD/.gpu-check-build}   # the build and its self-check verdict
+REPORT=$OUT/report.md
+failed=() skipped=()
 
-step() {   # step NAME SECONDS COMMAND...
-    local name=$1 limit=$2
+if ! "$PY" -c "import pydantic, ruamel.yaml" 2>/dev/null && [ -d "${WHEELS:-.whl}" ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/recon-site \
+        "${WHEELS:-.whl}"/*.whl && export PYTHONPATH=/tmp/recon-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+
+step() {   # step NAME SECONDS COMMAND...: at most SECONDS, and never past the budget
+    local name=$1 limit=$2 rc
     shift 2
-    echo "== $name ($(date +%T), limit ${limit}s)" | tee -a "$OUT/summary.txt"
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    local rc=$?
-    tail -n 40 "$OUT/$name.log"
-    [ $rc -eq 0 ] || { failed+=("$name (exit $rc)"); echo "!! $name failed (exit $rc)" | tee -a "$OUT/summary.txt"; }
+    local remaining; remaining=$(left)
+    if (( remaining < 20 )); then
+        skipped+=("$name"); echo "== $name: skipped (budget of ${BUDGET}s spent)"; return
+    fi
+    (( limit > remaining )) && limit=$remaining
+    echo "== $name ($(date +%T), limit ${limit}s)"
+    timeout -k 5 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    rc=$?
+    tail -n 25 "$OUT/$name.log"
+    if (( rc != 0 )); then
+        failed+=("$name (exit $rc$( ((rc == 124)) && echo ', out of time'))")
+        echo "!! $name failed (exit $rc)"
+    fi
 }
 
-step doctor 240 "$PY" -m recon.cli doctor --resolution 1024 --device cuda
-step cuda-tests 240 "$PY" -m pytest -q -x tests/test_ops.py tests/test_selfcheck.py -k "cuda or self or wrong or crash or cached"
-step compile-test 180 "$PY" -m pytest -q -x tests/test_compiled.py -k "equals_eager"
-step bench-256 150 "$PY" -m recon.bench --shapes 256:32768:512 --batch 1 4 8 16 --compile off --steps 20 --repeats 2 \
-    --device cuda --json "$OUT/bench-256.json"
-step bench-256-compiled 150 "$PY" -m recon.bench --shapes 256:32768:512 --batch 1 8 --compile on --steps 20 \
-    --repeats 1 --device cuda --json "$OUT/bench-256-compiled.json"
-step bench-1024 150 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 4 8 16 --compile off --steps 10 \
-    --repeats 1 --device cuda --json "$OUT/bench-1024.json"
-step bench-1024-compiled 150 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 --compile on --steps 10 \
-    --repeats 1 --device cuda --json "$OUT/bench-1024-compiled.json"
+{
+    echo "# recon GPU check, $(date -u +'%F %T') UTC"
+    echo
+    echo '```'
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | head -3
+    "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN', torch.backends.cudnn.version())"
+    nvcc --version 2>&1 | tail -1
+    echo '```'
+} > "$REPORT"
 
-for f in "$OUT"/bench-*.log; do
-    [ -f "$f" ] && sed -n '/^projector benchmark/,$p' "$f" > "${f%.log}.md"
-done
-echo "== done ($(date +%T)); failed: ${failed[*]:-none}" | tee -a "$OUT/summary.txt"
-[ ${#failed[@]} -eq 0 ]
+step doctor 240 "$PY" -m recon.cli doctor --resolution 1024 --device cuda
+step ops-timing 60 "$PY" -m recon.ops.timing --batch 1 8 --reps 20
+step bench-1024 120 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 4 8 16 --compile off --steps 10 \
+    --repeats 1 --device cuda --timeout 60 --json "$OUT/bench-1024.json"
+step cuda-tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_selfcheck.py \
+    tests/test_compiled.py -k "cuda or self or wrong or crash or cached"
+step bench-256-compiled 150 "$PY" -m recon.bench --shapes 256:32768:512 --batch 1 8 --compile on --steps 20 \
+    --repeats 1 --device cuda --timeout 140 --json "$OUT/bench-256-compiled.json"
+step bench-256 90 "$PY" -m recon.bench --shapes 256:32768:512 --batch 1 4 8 16 --compile off --steps 20 \
+    --repeats 1 --device cuda --timeout 60 --json "$OUT/bench-256.json"
+step bench-1024-refops 40 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 8 --compile off --ops ref \
+    --steps 10 --repeats 1 --device cuda --timeout 40 --json "$OUT/bench-1024-refops.json"
+step bench-1024-compiled 180 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 4 16 --compile on --steps 10 \
+    --repeats 1 --device cuda --timeout 170 --json "$OUT/bench-1024-compiled.json"
+
+{
+    for name in doctor ops-timing cuda-tests; do
+        [ -f "$OUT/$name.log" ] || continue
+        echo; echo "## $name"; echo; echo '```'
+        grep -v -E '^\s*$|Warning|warn\(' "$OUT/$name.log" | tail -n 30
+        echo '```'
+    done
+    for f in "$OUT"/bench-*.log; do
+        [ -f "$f" ] || continue
+        echo; echo "## $(basename "${f%.log}")"
+        # the last table the bench printed (it prints one per round), else its last lines
+        awk '/^projector benchmark/{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$f" \
+            | grep -q '^projector benchmark' \
+            && awk '/^projector benchmark/{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$f" \
+            || { echo '```'; tail -n 15 "$f"; echo '```'; }
+    done
+    echo
+    echo "took $(( $(date +%s) - START )) s of a ${BUDGET} s budget; failed: ${failed[*]:-none}; skipped: ${skipped[*]:-none}"
+} >> "$REPORT"
+echo "== done in $(( $(date +%s) - START )) s; failed: ${failed[*]:-none}; skipped: ${skipped[*]:-none}"
+[ ${#failed[@]} -eq 0 ] && [ ${#skipped[@]} -eq 0 ]

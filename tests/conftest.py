@@ -39,3 +39,13 @@ def _deterministic():
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(False)
     yield
+
+
+@pytest.fixture
+def no_tf32():
+    """CUDA convolutions in full float32 (cuDNN's default TF32 rounds inputs to 10 bits): for
+    comparisons with float32 references at 1e-4."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old

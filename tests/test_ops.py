@@ -148,7 +148,7 @@ def test_upfirdn2d_cuda_matches_ref(up, down, pad, flip):
 
 
 @cuda
-def test_generator_cuda_matches_golden(golden_G, golden_cases):
+def test_generator_cuda_matches_golden(golden_G, golden_cases, no_tf32):
     G = golden_G.to("cuda")
     try:
         img = G.synthesis(golden_cases["ws_mixed"].cuda(), noise_mode="const")

@@ -25,6 +25,13 @@ def disabled() -> bool:
     return os.environ.get("RECON_NO_CUDA_OPS", "") not in ("", "0")
 
 
+def compiling() -> bool:
+    """Inside ``torch.compile``'s tracing, ``impl='auto'`` takes the reference ops: the compiler
+    fuses them itself, while an opaque extension call would split the compiled graph."""
+    import torch
+    return torch.compiler.is_compiling()
+
+
 def get():
     """Return the compiled extension module, or None when it is unavailable (warned once)."""
     if disabled():

@@ -67,7 +67,8 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     if impl not in ("auto", "ref", "cuda"):
         raise ValueError(f"impl must be 'auto', 'ref' or 'cuda', got {impl!r}")
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    if impl != "ref" and x.is_cuda and spec.cuda_code and x.dtype in (torch.float32, torch.float16, torch.float64):
+    if impl != "ref" and x.is_cuda and not (impl == "auto" and _plugin.compiling()) \
+            and spec.cuda_code and x.dtype in (torch.float32, torch.float16, torch.float64):
         plugin = _plugin.for_op("bias_act", x.device)
         if plugin is not None:
             return _BiasActCuda.apply(x, b, dim, spec.cuda_code, alpha, gain, clamp, plugin)

@@ -13,7 +13,9 @@ official config-f layout):
 * ``recon``: recon's projector at each ``--batch``, ``--compile`` and ``--ops`` setting (``ref``:
   the pure-PyTorch reference ops instead of the compiled CUDA kernels; the same on CPU).
 
-Every (contender, round) runs in its own process (one that fails or outlives ``--timeout`` is
+A step's time is the difference between a run of ``--steps`` + 1 steps and one of 1 step (so
+each run's fixed set-up and final-image costs, paid once per projection, cancel). Every
+(contender, round) runs in its own process (one that fails or outlives ``--timeout`` is
 reported as failed, and the others go on), rounds alternate the contenders, and the table
 gives medians over rounds: seconds per step, target-steps per second, peak memory, the time of
 the first two (untimed) steps (compilation shows there), and the speed-up over ``official`` in
@@ -158,12 +160,19 @@ def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, ste
     go(2)                      # warm-up (and compilation): reported apart
     _sync(device)
     warmup = _clock(device) - t0
+    # A run's fixed costs (its set-up, the final image, the copies to the host) cancel in the
+    # difference of a 1-step and a (steps + 1)-step run: what is left is the cost of a step,
+    # which is what a 1000-step projection pays.
+    t0 = _clock(device)
+    go(1)
+    _sync(device)
+    short = _clock(device) - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = _clock(device)
-    go(steps)
+    go(steps + 1)
     _sync(device)
-    elapsed = _clock(device) - t0
+    elapsed = _clock(device) - t0 - short
     return dict(device=str(device), res=res, batch=batch, contender=contender, compile=compile_, ops=ops,
                 s_per_step=elapsed / steps, target_steps_per_s=batch * steps / elapsed, warmup_s=warmup,
                 peak_mib=_peak_mib(device), vgg=vgg_name, threads=torch.get_num_threads())

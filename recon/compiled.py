@@ -8,6 +8,7 @@ section) does not repay the minute of compilation for typical runs.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Callable
 
@@ -27,12 +28,16 @@ def resolve_compile(setting: str, device) -> bool:
 class CompiledOrEager:
     """Calls ``torch.compile(fn)``; the first failure warns (naming ``what`` and the error) and
     every later call runs ``fn`` itself. Shapes are static (``dynamic=False``): a new shape (the
-    W -> W+ switch, the last smaller batch) compiles, and on CUDA captures, once more."""
+    W -> W+ switch, the last smaller batch) compiles, and on CUDA captures, once more.
+    ``RECON_COMPILE_MODE`` (``default``, ``reduce-overhead``, ...) overrides torch.compile's mode,
+    for experiments."""
 
     def __init__(self, fn: Callable, device, what: str = "the projection step"):
         self.fn, self.what = fn, what
-        self.graphs = torch.device(device).type == "cuda"
-        self.compiled = torch.compile(fn, dynamic=False, mode="reduce-overhead" if self.graphs else None)
+        mode = os.environ.get("RECON_COMPILE_MODE") or ("reduce-overhead" if torch.device(device).type == "cuda"
+                                                        else "default")
+        self.graphs = mode == "reduce-overhead"
+        self.compiled = torch.compile(fn, dynamic=False, mode=None if mode == "default" else mode)
         self.failed = None
 
     def __call__(self, *args, **kwargs):

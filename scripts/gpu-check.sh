@@ -10,7 +10,8 @@
 # what matters most and share one time budget (BUDGET seconds, default 470: under 8 minutes on
 # one H100/H200); a step that would start past it is skipped and named in the report, and a step
 # that fails does not stop the others. Environment: PYTHON (default .venv/bin/python, else
-# python3); RECON_SHARED (the shared fixtures, for the golden CUDA test); WHEELS, a folder of
+# python3); ONLY, the names of the steps to run (default all); RECON_SHARED (the shared
+# fixtures, for the golden CUDA test); WHEELS, a folder of
 # wheels installed first into a temporary site when pydantic or ruamel.yaml are missing (a
 # machine with no package index).
 set -u
@@ -34,6 +35,7 @@ left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 step() {   # step NAME SECONDS COMMAND...: at most SECONDS, and never past the budget
     local name=$1 limit=$2 rc
     shift 2
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
     local remaining; remaining=$(left)
     if (( remaining < 20 )); then
         skipped+=("$name"); echo "== $name: skipped (budget of ${BUDGET}s spent)"; return
@@ -63,19 +65,25 @@ step doctor 240 "$PY" -m recon.cli doctor --resolution 1024 --device cuda
 step ops-timing 60 "$PY" -m recon.ops.timing --batch 1 8 --reps 20
 step bench-1024 120 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 4 8 16 --compile off --steps 10 \
     --repeats 1 --device cuda --timeout 60 --json "$OUT/bench-1024.json"
-step cuda-tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_selfcheck.py \
-    tests/test_compiled.py -k "cuda or self or wrong or crash or cached"
+step bench-1024-ops 80 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 8 --compile off --ops cuda ref \
+    --steps 10 --repeats 1 --device cuda --timeout 40 --json "$OUT/bench-1024-ops.json"
+step cuda-tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_selfcheck.py \
+    -k "cuda or self or wrong or crash or cached"
+step compile-test 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_compiled.py -k "compiled_step and cuda"
+step compile-test-nographs 90 env RECON_COMPILE_MODE=default TORCH_LOGS=graph_breaks "$PY" -m pytest -q -p no:cacheprovider \
+    tests/test_compiled.py -k "compiled_step and cuda"
 step bench-256-compiled 150 "$PY" -m recon.bench --shapes 256:32768:512 --batch 1 8 --compile on --steps 20 \
     --repeats 1 --device cuda --timeout 140 --json "$OUT/bench-256-compiled.json"
+step bench-256-compiled-nographs 150 env RECON_COMPILE_MODE=default "$PY" -m recon.bench --shapes 256:32768:512 \
+    --batch 1 --compile on --steps 20 --repeats 1 --device cuda --timeout 140 \
+    --json "$OUT/bench-256-compiled-nographs.json"
 step bench-256 90 "$PY" -m recon.bench --shapes 256:32768:512 --batch 1 4 8 16 --compile off --steps 20 \
     --repeats 1 --device cuda --timeout 60 --json "$OUT/bench-256.json"
-step bench-1024-refops 40 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 8 --compile off --ops ref \
-    --steps 10 --repeats 1 --device cuda --timeout 40 --json "$OUT/bench-1024-refops.json"
 step bench-1024-compiled 180 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 4 16 --compile on --steps 10 \
     --repeats 1 --device cuda --timeout 170 --json "$OUT/bench-1024-compiled.json"
 
 {
-    for name in doctor ops-timing cuda-tests; do
+    for name in doctor ops-timing cuda-tests compile-test compile-test-nographs; do
         [ -f "$OUT/$name.log" ] || continue
         echo; echo "## $name"; echo; echo '```'
         grep -v -E '^\s*$|Warning|warn\(' "$OUT/$name.log" | tail -n 30

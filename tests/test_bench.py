@@ -9,7 +9,7 @@ import sys
 def test_bench_table():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-m", "recon.bench", "--shapes", "16:256:32", "--batch", "1", "2",
-                          "--ops", "cuda", "ref", "--steps", "1", "--repeats", "1", "--device", "cpu", "--vgg", ""],
+                          "--ops", "cuda", "ref", "--steps", "2", "--repeats", "1", "--device", "cpu", "--vgg", ""],
                          capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| cpu")]

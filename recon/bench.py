@@ -1,7 +1,7 @@
 """Benchmark the projector against what NVIDIA's projector does, one table.
 
     python -m recon.bench [--shapes 128:8192:256 256:16384:512] [--batch 1 4] [--compile off on]
-                          [--ops cuda ref] [--steps 6] [--repeats 3] [--vgg weights/vgg16.pt]
+                          [--ops auto ref] [--steps 6] [--repeats 3] [--vgg weights/vgg16.pt]
                           [--device cpu] [--timeout 600]
 
 Contenders per shape (resolution:channel_base:channel_max, random-weight generators of the
@@ -11,7 +11,8 @@ official config-f layout):
   fused modulated convolutions, one target at a time, no compilation, and the host reads of its
   per-step log line (``float(dist)``, ``float(loss)``) that synchronise a GPU at every step.
 * ``recon``: recon's projector at each ``--batch``, ``--compile`` and ``--ops`` setting (``ref``:
-  the pure-PyTorch reference ops instead of the compiled CUDA kernels; the same on CPU).
+  the pure-PyTorch reference ops everywhere; ``auto``: the CUDA kernels for large tensors as
+  recon runs by default; the two are the same on CPU).
 
 A step's time is the difference between a run of ``--steps`` + 1 steps and one of 1 step (so
 each run's fixed set-up and final-image costs, paid once per projection, cancel). Every
@@ -184,8 +185,9 @@ def main(argv=None) -> int:
                     help="resolution:channel_base:channel_max (config-f is 1024:32768:512)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
     ap.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off"])
-    ap.add_argument("--ops", nargs="+", choices=("cuda", "ref"), default=["cuda"],
-                    help="recon's ops: the compiled CUDA kernels (where they build and verify) or the reference")
+    ap.add_argument("--ops", nargs="+", choices=("auto", "ref"), default=["auto"],
+                    help="recon's ops: auto (the CUDA kernels for large tensors, where they build and verify) "
+                         "or the pure-PyTorch reference")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3, help="rounds; the table gives medians")
     ap.add_argument("--vgg", default="weights/vgg16.pt" if Path("weights/vgg16.pt").is_file() else "")

@@ -110,8 +110,7 @@ def _cmd_doctor(args) -> int:
         what = f"a random {args.resolution} px generator and {vgg_name} (no weights in {weights})"
 
     if device.startswith("cuda"):
-        from .ops.bias_act import bias_act
-        bias_act(torch.zeros(1, 1, device=device))            # builds the extension and runs its self-check
+        _plugin.for_op("bias_act", torch.device(device))      # builds the extension and runs its self-check
     st = _plugin.status()
     if not device.startswith("cuda"):
         st["state"] = "not used on CPU (the pure-PyTorch reference ops run)"

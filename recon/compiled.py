@@ -1,10 +1,12 @@
 """``torch.compile`` where it pays, and never at the cost of a run: a compiled function that
 fails to compile or to run warns once and falls back to the eager one.
 
-``project.runtime.compile``: ``on``, ``off`` or ``auto``. ``auto`` compiles on CUDA (the step is
-thousands of small kernels at batch 1, which compilation fuses and CUDA graphs launch at once:
-``mode="reduce-overhead"``) and not on CPU, where the measured gain (see the README's Speed
-section) does not repay the minute of compilation for typical runs.
+``project.runtime.compile``: ``on``, ``off`` or ``auto``. ``auto`` compiles nowhere, from
+measurements (README, Speed): on CPU the compiled step is 1.3-1.4x faster but compiling costs
+about what a 1000-step run saves; on an H200 (torch 2.11) compiling the 256 px config-f step took
+over two minutes, longer than a whole batch-1 projection there, and with CUDA graphs
+(``mode="reduce-overhead"``) the compiled backward crashed the process. ``on`` compiles with
+torch.compile's default mode on every device.
 """
 from __future__ import annotations
 
@@ -18,24 +20,21 @@ SETTINGS = ("auto", "on", "off")
 
 
 def resolve_compile(setting: str, device) -> bool:
+    """Whether to compile on ``device``; ``auto`` is off on every device measured so far."""
     if setting not in SETTINGS:
         raise ValueError(f"compile must be one of {', '.join(SETTINGS)}, got {setting!r}")
-    if setting == "auto":
-        return torch.device(device).type == "cuda"
     return setting == "on"
 
 
 class CompiledOrEager:
     """Calls ``torch.compile(fn)``; the first failure warns (naming ``what`` and the error) and
     every later call runs ``fn`` itself. Shapes are static (``dynamic=False``): a new shape (the
-    W -> W+ switch, the last smaller batch) compiles, and on CUDA captures, once more.
-    ``RECON_COMPILE_MODE`` (``default``, ``reduce-overhead``, ...) overrides torch.compile's mode,
-    for experiments."""
+    W -> W+ switch, the last smaller batch) compiles once more. ``RECON_COMPILE_MODE`` (for
+    example ``reduce-overhead``: CUDA graphs) overrides torch.compile's mode, for experiments."""
 
     def __init__(self, fn: Callable, device, what: str = "the projection step"):
         self.fn, self.what = fn, what
-        mode = os.environ.get("RECON_COMPILE_MODE") or ("reduce-overhead" if torch.device(device).type == "cuda"
-                                                        else "default")
+        mode = os.environ.get("RECON_COMPILE_MODE") or "default"
         self.graphs = mode == "reduce-overhead"
         self.compiled = torch.compile(fn, dynamic=False, mode=None if mode == "default" else mode)
         self.failed = None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a CUDA machine: build the CUDA ops (and their self-check) with `recon doctor`,
 # time each kernel against its reference, run the projector bench at 1024 and 256 px (config-f
-# shapes) with batch 1, 4, 8, 16 and compile off/on, and run the CUDA tests.
+# shapes) with batch 1, 4, 8, 16 (kernels for large tensors, and the reference ops alone), run the
+# CUDA tests, then (as the budget allows: compiling took minutes on an H200) the compiled step.
 #
 #   bash scripts/gpu-check.sh [OUT]
 #
@@ -63,27 +64,22 @@ step() {   # step NAME SECONDS COMMAND...: at most SECONDS, and never past the b
 
 step doctor 240 "$PY" -m recon.cli doctor --resolution 1024 --device cuda
 step ops-timing 60 "$PY" -m recon.ops.timing --batch 1 8 --reps 20
-step bench-1024 120 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 4 8 16 --compile off --steps 10 \
-    --repeats 1 --device cuda --timeout 60 --json "$OUT/bench-1024.json"
-step bench-1024-ops 80 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 8 --compile off --ops cuda ref \
-    --steps 10 --repeats 1 --device cuda --timeout 40 --json "$OUT/bench-1024-ops.json"
+step bench-1024 150 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 4 8 16 --compile off --ops auto ref \
+    --steps 10 --repeats 1 --device cuda --timeout 60 --json "$OUT/bench-1024.json"
 step cuda-tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_selfcheck.py \
     -k "cuda or self or wrong or crash or cached"
 step compile-test 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_compiled.py -k "compiled_step and cuda"
-step compile-test-nographs 90 env RECON_COMPILE_MODE=default TORCH_LOGS=graph_breaks "$PY" -m pytest -q -p no:cacheprovider \
-    tests/test_compiled.py -k "compiled_step and cuda"
-step bench-256-compiled 150 "$PY" -m recon.bench --shapes 256:32768:512 --batch 1 8 --compile on --steps 20 \
-    --repeats 1 --device cuda --timeout 140 --json "$OUT/bench-256-compiled.json"
-step bench-256-compiled-nographs 150 env RECON_COMPILE_MODE=default "$PY" -m recon.bench --shapes 256:32768:512 \
-    --batch 1 --compile on --steps 20 --repeats 1 --device cuda --timeout 140 \
-    --json "$OUT/bench-256-compiled-nographs.json"
 step bench-256 90 "$PY" -m recon.bench --shapes 256:32768:512 --batch 1 4 8 16 --compile off --steps 20 \
     --repeats 1 --device cuda --timeout 60 --json "$OUT/bench-256.json"
-step bench-1024-compiled 180 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 4 16 --compile on --steps 10 \
-    --repeats 1 --device cuda --timeout 170 --json "$OUT/bench-1024-compiled.json"
+step bench-256-compiled 300 "$PY" -m recon.bench --shapes 256:32768:512 --batch 1 --compile on --steps 20 \
+    --repeats 1 --device cuda --timeout 290 --json "$OUT/bench-256-compiled.json"
+step bench-1024-compiled 300 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 --compile on --steps 10 \
+    --repeats 1 --device cuda --timeout 290 --json "$OUT/bench-1024-compiled.json"
+step compile-test-graphs 90 env RECON_COMPILE_MODE=reduce-overhead "$PY" -m pytest -q -p no:cacheprovider \
+    tests/test_compiled.py -k "compiled_step and cuda"
 
 {
-    for name in doctor ops-timing cuda-tests compile-test compile-test-nographs; do
+    for name in doctor ops-timing cuda-tests compile-test compile-test-graphs; do
         [ -f "$OUT/$name.log" ] || continue
         echo; echo "## $name"; echo; echo '```'
         grep -v -E '^\s*$|Warning|warn\(' "$OUT/$name.log" | tail -n 30

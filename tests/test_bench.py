@@ -9,12 +9,12 @@ import sys
 def test_bench_table():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-m", "recon.bench", "--shapes", "16:256:32", "--batch", "1", "2",
-                          "--ops", "cuda", "ref", "--steps", "2", "--repeats", "1", "--device", "cpu", "--vgg", ""],
+                          "--ops", "auto", "ref", "--steps", "2", "--repeats", "1", "--device", "cpu", "--vgg", ""],
                          capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| cpu")]
     assert [(r[3].strip(), r[4].strip(), r[6].strip()) for r in rows] == [
-        ("1", "official", "ref"), ("1", "recon", "cuda"), ("1", "recon", "ref"), ("2", "recon", "cuda"),
+        ("1", "official", "ref"), ("1", "recon", "auto"), ("1", "recon", "ref"), ("2", "recon", "auto"),
         ("2", "recon", "ref")]
     assert rows[0][-1].strip() == "1.00x"
     for r in rows:

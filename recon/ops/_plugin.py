@@ -25,6 +25,24 @@ def disabled() -> bool:
     return os.environ.get("RECON_NO_CUDA_OPS", "") not in ("", "0")
 
 
+# ``impl='auto'`` sends a tensor to a kernel only from this many elements up. Measured on an H200
+# (recon.ops.timing, scripts/gpu-check.sh): on large tensors the kernels were 1.3-4.5x faster than
+# the reference forward+backward (upfirdn2d at 0.8M-34M elements, bias_act with clamp at 34M),
+# but on a 2M-17M-element bias_act without clamp both paths were bound by host overhead and the
+# kernel's (a Python autograd function) was 0.70-0.84x; a batch-1 1024 px projection step took
+# 0.101 s with every op on the kernels and 0.084 s with none. From 8M elements the reference's
+# passes over memory cost more than any path's host overhead.
+KERNEL_MIN_NUMEL = 1 << 23
+
+
+def worth_a_kernel(x, impl: str) -> bool:
+    """Whether op input ``x`` goes to a compiled kernel: ``impl='cuda'`` always (when one passed
+    its self-check), ``'auto'`` for a large CUDA tensor outside ``torch.compile``."""
+    if impl == "ref" or not x.is_cuda:
+        return False
+    return impl == "cuda" or (x.numel() >= KERNEL_MIN_NUMEL and not compiling())
+
+
 def compiling() -> bool:
     """Inside ``torch.compile``'s tracing, ``impl='auto'`` takes the reference ops: the compiler
     fuses them itself, while an opaque extension call would split the compiled graph."""

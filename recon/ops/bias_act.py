@@ -2,7 +2,8 @@
 
 ``y = clamp(act(x + b) * gain, -clamp, clamp)`` where ``b`` is broadcast along ``dim``.
 One entry point, :func:`bias_act`; ``impl='ref'`` is plain PyTorch, ``impl='cuda'`` a compiled
-kernel (first-order gradients), ``impl='auto'`` picks CUDA for CUDA tensors when it builds.
+kernel (first-order gradients), ``impl='auto'`` picks the kernel for large CUDA tensors when it
+builds and passes its self-check (see ``_plugin.KERNEL_MIN_NUMEL``).
 """
 from __future__ import annotations
 
@@ -67,8 +68,8 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     if impl not in ("auto", "ref", "cuda"):
         raise ValueError(f"impl must be 'auto', 'ref' or 'cuda', got {impl!r}")
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    if impl != "ref" and x.is_cuda and not (impl == "auto" and _plugin.compiling()) \
-            and spec.cuda_code and x.dtype in (torch.float32, torch.float16, torch.float64):
+    if _plugin.worth_a_kernel(x, impl) and spec.cuda_code \
+            and x.dtype in (torch.float32, torch.float16, torch.float64):
         plugin = _plugin.for_op("bias_act", x.device)
         if plugin is not None:
             return _BiasActCuda.apply(x, b, dim, spec.cuda_code, alpha, gain, clamp, plugin)

@@ -84,14 +84,14 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: Pad = 1, down: Pad
         padding: int, ``[x, y]`` or ``[x0, x1, y0, y1]``, applied after upsampling; negative crops.
         flip_filter: False = convolution (the filter is flipped for correlation), True = correlation.
         gain: overall scale; the filter is multiplied by ``gain ** (f.ndim / 2)``.
-        impl: ``'auto'``, ``'ref'`` or ``'cuda'``.
+        impl: ``'auto'`` (the kernel for large CUDA tensors, see ``_plugin.KERNEL_MIN_NUMEL``),
+            ``'ref'`` or ``'cuda'``.
     Returns:
         ``[N, C, (H*up + y0 + y1 - fh) // down + 1, (W*up + x0 + x1 - fw) // down + 1]``.
     """
     if impl not in ("auto", "ref", "cuda"):
         raise ValueError(f"impl must be 'auto', 'ref' or 'cuda', got {impl!r}")
-    if impl != "ref" and x.is_cuda and not (impl == "auto" and _plugin.compiling()) \
-            and x.dtype in (torch.float32, torch.float16, torch.float64):
+    if _plugin.worth_a_kernel(x, impl) and x.dtype in (torch.float32, torch.float16, torch.float64):
         plugin = _plugin.for_op("upfirdn2d", x.device)
         if plugin is not None:
             return _UpFirDn2dCuda.apply(x, _as_2d_filter(f, x), _pair(up, "up"), _pair(down, "down"),

@@ -237,8 +237,8 @@ def test_fp16_modulated_conv_prenormalisation(up):
 
 
 def test_auto_sends_only_large_cuda_tensors_to_the_kernels(monkeypatch):
-    """Below KERNEL_MIN_NUMEL the kernels lost to the reference on an H200 (host overhead), above it
-    they won 1.3-4.5x; 'cuda' forces a kernel, 'ref' and CPU tensors never get one, and under
+    """Below KERNEL_MIN_NUMEL an op's kernel lost to the reference on an H200 (host overhead) or
+    was not measured to win; 'cuda' forces a kernel, 'ref' and CPU tensors never get one, and under
     torch.compile 'auto' leaves the ops to the compiler."""
     from recon.ops import _plugin
 
@@ -251,9 +251,12 @@ def test_auto_sends_only_large_cuda_tensors_to_the_kernels(monkeypatch):
         def numel(self):
             return self.n
 
-    big, small = OnCuda(_plugin.KERNEL_MIN_NUMEL), OnCuda(_plugin.KERNEL_MIN_NUMEL - 1)
-    assert _plugin.worth_a_kernel(big, "auto") and not _plugin.worth_a_kernel(small, "auto")
-    assert _plugin.worth_a_kernel(small, "cuda") and not _plugin.worth_a_kernel(big, "ref")
-    assert not _plugin.worth_a_kernel(torch.empty(_plugin.KERNEL_MIN_NUMEL), "auto")
+    for op, n in _plugin.KERNEL_MIN_NUMEL.items():
+        big, small = OnCuda(n), OnCuda(n - 1)
+        assert _plugin.worth_a_kernel(op, big, "auto") and not _plugin.worth_a_kernel(op, small, "auto")
+        assert _plugin.worth_a_kernel(op, small, "cuda") and not _plugin.worth_a_kernel(op, big, "ref")
+        assert not _plugin.worth_a_kernel(op, torch.empty(n), "auto")
+    assert _plugin.KERNEL_MIN_NUMEL["bias_act"] == 32 * 1024 * 1024     # config-f's 1024 px layers
     monkeypatch.setattr(_plugin, "compiling", lambda: True)
-    assert not _plugin.worth_a_kernel(big, "auto") and _plugin.worth_a_kernel(big, "cuda")
+    assert not _plugin.worth_a_kernel("upfirdn2d", OnCuda(1 << 30), "auto")
+    assert _plugin.worth_a_kernel("upfirdn2d", OnCuda(1 << 30), "cuda")

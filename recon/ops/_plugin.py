@@ -25,22 +25,21 @@ def disabled() -> bool:
     return os.environ.get("RECON_NO_CUDA_OPS", "") not in ("", "0")
 
 
-# ``impl='auto'`` sends a tensor to a kernel only from this many elements up. Measured on an H200
-# (recon.ops.timing, scripts/gpu-check.sh): on large tensors the kernels were 1.3-4.5x faster than
-# the reference forward+backward (upfirdn2d at 0.8M-34M elements, bias_act with clamp at 34M),
-# but on a 2M-17M-element bias_act without clamp both paths were bound by host overhead and the
-# kernel's (a Python autograd function) was 0.70-0.84x; a batch-1 1024 px projection step took
-# 0.101 s with every op on the kernels and 0.084 s with none. From 8M elements the reference's
-# passes over memory cost more than any path's host overhead.
-KERNEL_MIN_NUMEL = 1 << 23
+# ``impl='auto'`` sends an op's input to its kernel only from this many elements up. Measured on
+# an H200 (recon.ops.timing, forward+backward): upfirdn2d's kernel beat the reference on every
+# generator shape tried, 1.07-1.29x on the 0.8M-element ToRGB upsampling and 2.5-4.5x from 34M;
+# bias_act's lost at 2M and 17M elements (0.70-0.84x: both paths were bound by host overhead, and
+# the kernel's is a Python autograd function) and won at 34M (1.56-3.01x). A batch-1 1024 px
+# projection step took 0.101 s with every op on the kernels and 0.084 s with none.
+KERNEL_MIN_NUMEL = {"upfirdn2d": 1 << 20, "bias_act": 1 << 25}
 
 
-def worth_a_kernel(x, impl: str) -> bool:
-    """Whether op input ``x`` goes to a compiled kernel: ``impl='cuda'`` always (when one passed
-    its self-check), ``'auto'`` for a large CUDA tensor outside ``torch.compile``."""
+def worth_a_kernel(op: str, x, impl: str) -> bool:
+    """Whether ``x`` goes to op ``op``'s compiled kernel: ``impl='cuda'`` always (when it passed
+    its self-check), ``'auto'`` for a large enough CUDA tensor outside ``torch.compile``."""
     if impl == "ref" or not x.is_cuda:
         return False
-    return impl == "cuda" or (x.numel() >= KERNEL_MIN_NUMEL and not compiling())
+    return impl == "cuda" or (x.numel() >= KERNEL_MIN_NUMEL[op] and not compiling())
 
 
 def compiling() -> bool:

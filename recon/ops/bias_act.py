@@ -68,7 +68,7 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     if impl not in ("auto", "ref", "cuda"):
         raise ValueError(f"impl must be 'auto', 'ref' or 'cuda', got {impl!r}")
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    if _plugin.worth_a_kernel(x, impl) and spec.cuda_code \
+    if _plugin.worth_a_kernel("bias_act", x, impl) and spec.cuda_code \
             and x.dtype in (torch.float32, torch.float16, torch.float64):
         plugin = _plugin.for_op("bias_act", x.device)
         if plugin is not None:

@@ -4,8 +4,8 @@ whether the compiled ops pay on a device.
 
     python -m recon.ops.timing [--batch 1 8] [--reps 30]
 
-Times are medians of ``--reps`` CUDA-event-timed calls after warm-up, on fresh random inputs
-(never zeros). Each case first checks that the kernel agrees with the reference.
+Times are medians of ``--reps`` CUDA-event-timed calls after warm-up, on random inputs (never
+zeros). Each case first checks that the kernel agrees with the reference.
 """
 from __future__ import annotations
 

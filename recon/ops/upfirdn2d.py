@@ -91,7 +91,7 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: Pad = 1, down: Pad
     """
     if impl not in ("auto", "ref", "cuda"):
         raise ValueError(f"impl must be 'auto', 'ref' or 'cuda', got {impl!r}")
-    if _plugin.worth_a_kernel(x, impl) and x.dtype in (torch.float32, torch.float16, torch.float64):
+    if _plugin.worth_a_kernel("upfirdn2d", x, impl) and x.dtype in (torch.float32, torch.float16, torch.float64):
         plugin = _plugin.for_op("upfirdn2d", x.device)
         if plugin is not None:
             return _UpFirDn2dCuda.apply(x, _as_2d_filter(f, x), _pair(up, "up"), _pair(down, "down"),

@@ -89,10 +89,8 @@ step compile-test-graphs 90 env RECON_COMPILE_MODE=reduce-overhead "$PY" -m pyte
         [ -f "$f" ] || continue
         echo; echo "## $(basename "${f%.log}")"
         # the last table the bench printed (it prints one per round), else its last lines
-        awk '/^projector benchmark/{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$f" \
-            | grep -q '^projector benchmark' \
-            && awk '/^projector benchmark/{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$f" \
-            || { echo '```'; tail -n 15 "$f"; echo '```'; }
+        table=$(awk '/^projector benchmark/{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$f")
+        if [[ $table == "projector benchmark"* ]]; then echo "$table"; else echo '```'; tail -n 15 "$f"; echo '```'; fi
     done
     echo
     echo "took $(( $(date +%s) - START )) s of a ${BUDGET} s budget; failed: ${failed[*]:-none}; skipped: ${skipped[*]:-none}"

@@ -14,8 +14,9 @@ official config-f layout):
   the pure-PyTorch reference ops everywhere; ``auto``: the CUDA kernels for large tensors as
   recon runs by default; the two are the same on CPU).
 
-A step's time is the difference between a run of ``--steps`` + 1 steps and one of 1 step (so
-each run's fixed set-up and final-image costs, paid once per projection, cancel). Every
+A step's time is the difference between a run of ``--steps`` + 1 steps and one of 1 step
+(:func:`time_steps`: each run's fixed set-up and final-image costs, paid once per projection,
+cancel). Every
 (contender, round) runs in its own process (one that fails or outlives ``--timeout`` is
 reported as failed, and the others go on), rounds alternate the contenders, and the table
 gives medians over rounds: seconds per step, target-steps per second, peak memory, the time of
@@ -138,6 +139,38 @@ def official_steps(G, features, targets: torch.Tensor, steps: int) -> None:
                     buf *= buf.square().mean().rsqrt()
 
 
+def projection_run(proj, targets):
+    """``go(n)``: ``proj`` projects ``targets`` for n steps (its other settings kept)."""
+    cfg = proj.cfg
+
+    def go(n):
+        proj.cfg = cfg.model_copy(update=dict(num_steps=n))
+        proj.project(targets, progress=False)
+    return go
+
+
+def time_steps(go, steps: int, device) -> tuple:
+    """``(warm-up seconds, seconds per step)`` of ``go(n)``, a run of n steps, by :func:`_clock`
+    (process CPU time on CPU, wall time on CUDA). The warm-up is 2
+    steps (compilation shows there). A run's fixed costs (its set-up, the final image, the copies
+    to the host) cancel in the difference of a 1-step and a (steps + 1)-step run: what is left is
+    the cost of a step, which is what a 1000-step projection pays. On CUDA the peak memory is
+    reset before the long run."""
+    device = torch.device(device)
+
+    def timed(n):
+        t0 = _clock(device)
+        go(n)
+        _sync(device)
+        return _clock(device) - t0
+
+    warmup = timed(2)
+    short = timed(1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    return warmup, (timed(steps + 1) - short) / steps
+
+
 def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, steps, vgg, device) -> dict:
     from .projector import Projector, ProjectorConfig
 
@@ -151,31 +184,12 @@ def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, ste
         def go(n):
             official_steps(G, features, targets, n)
     else:
-        cfg = ProjectorConfig(num_steps=steps, w_avg_samples=1000, snapshot_every=0)
-        proj = Projector(G, features, cfg, compile=compile_ == "on")
-
-        def go(n):
-            proj.cfg = cfg.model_copy(update=dict(num_steps=n))
-            proj.project(targets, progress=False)
-    t0 = _clock(device)
-    go(2)                      # warm-up (and compilation): reported apart
-    _sync(device)
-    warmup = _clock(device) - t0
-    # A run's fixed costs (its set-up, the final image, the copies to the host) cancel in the
-    # difference of a 1-step and a (steps + 1)-step run: what is left is the cost of a step,
-    # which is what a 1000-step projection pays.
-    t0 = _clock(device)
-    go(1)
-    _sync(device)
-    short = _clock(device) - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = _clock(device)
-    go(steps + 1)
-    _sync(device)
-    elapsed = _clock(device) - t0 - short
+        proj = Projector(G, features, ProjectorConfig(w_avg_samples=1000, snapshot_every=0),
+                         compile=compile_ == "on")
+        go = projection_run(proj, targets)
+    warmup, per_step = time_steps(go, steps, device)
     return dict(device=str(device), res=res, batch=batch, contender=contender, compile=compile_, ops=ops,
-                s_per_step=elapsed / steps, target_steps_per_s=batch * steps / elapsed, warmup_s=warmup,
+                s_per_step=per_step, target_steps_per_s=batch / per_step, warmup_s=warmup,
                 peak_mib=_peak_mib(device), vgg=vgg_name, threads=torch.get_num_threads())
 
 
@@ -229,13 +243,13 @@ def main(argv=None) -> int:
             runs[c].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  round {r + 1}/{args.repeats} {c}: {runs[c][-1]['s_per_step']:.4f} s/step", file=sys.stderr)
             if args.json:       # kept current, so a bench stopped from outside leaves what it measured
-                Path(args.json).write_text(json.dumps([rs[-1] for rs in runs.values() if rs], indent=1))
-        _write_table(args, runs, failures)
+                Path(args.json).write_text(json.dumps(list(_medians(runs).values()), indent=1))
+        _print_table(args, runs, failures)
     return 1 if failures else 0
 
 
-def _write_table(args, runs: dict, failures: dict) -> None:
-    """Print the table of the rounds so far (medians) and write its rows to ``--json``."""
+def _medians(runs: dict) -> dict:
+    """``{config: row}`` with the medians of its rounds so far (configurations with none left out)."""
     rows = {}
     for c, rs in runs.items():
         if rs:
@@ -244,6 +258,12 @@ def _write_table(args, runs: dict, failures: dict) -> None:
                 row[k] = statistics.median(r[k] for r in rs)
             row["rounds"] = len(rs)
             rows[c] = row
+    return rows
+
+
+def _print_table(args, runs: dict, failures: dict) -> None:
+    """Print the table of the rounds so far (medians)."""
+    rows = _medians(runs)
     if not rows:
         print("\nprojector benchmark: every configuration failed", file=sys.stderr)
         return
@@ -268,8 +288,6 @@ def _write_table(args, runs: dict, failures: dict) -> None:
         print(f"| {row['device']} | {row['res']} | {cb}/{cm} | {row['batch']} | {row['contender']} | "
               f"{row['compile']} | {ops} | {row['s_per_step']:.4f} | {row['target_steps_per_s']:.2f} | "
               f"{row['peak_mib']:.0f} | {row['warmup_s']:.1f} | {speed} |", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(list(rows.values()), indent=1))
 
 
 if __name__ == "__main__":

@@ -123,17 +123,15 @@ def _cmd_doctor(args) -> int:
 
     from .config import ProjectorConfig
     from .projector import Projector
+    from .bench import _sync, projection_run
     R = G.img_resolution
-    target = torch.zeros(1, 3, R, R, device=device)
-    proj = Projector(G, features, ProjectorConfig(num_steps=args.steps, w_avg_samples=1000, snapshot_every=0))
-    Projector(G, features, ProjectorConfig(num_steps=2, w_avg_samples=1000, snapshot_every=0)).project(
-        target, progress=False)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    proj = Projector(G, features, ProjectorConfig(w_avg_samples=1000, snapshot_every=0))
+    go = projection_run(proj, torch.zeros(1, 3, R, R, device=device))
+    go(2)                                                     # warm-up
+    _sync(torch.device(device))
     t0 = time.perf_counter()
-    proj.project(target, progress=False)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    go(args.steps)
+    _sync(torch.device(device))
     per_step = (time.perf_counter() - t0) / args.steps
     print(f"one projection step (batch 1, official settings, uncompiled) with {what}: {per_step * 1000:.1f} ms")
     return 0

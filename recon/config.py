@@ -287,7 +287,7 @@ class Runtime(_Model):
     batch_size: Union[int, str] = "auto"   # targets per forward pass; auto = fit to memory on CUDA, 1 on CPU
     workers: Union[int, str] = 1         # processes (one per GPU); auto = the visible GPUs (1 on CPU)
     max_restarts: Annotated[int, Field(ge=0, le=100)] = 3   # of a failed worker group, by the launcher
-    compile: Literal["auto", "on", "off"] = "auto"   # torch.compile the step (auto: off, as measured)
+    compile: Literal["auto", "on", "off"] = "auto"   # torch.compile the step (auto: CPU, 256+ px, 500+ steps)
 
     @field_validator("device")
     @classmethod

@@ -59,8 +59,12 @@ def test_a_step_that_does_not_compile_runs_eagerly(monkeypatch):
 
 
 def test_compile_settings():
-    assert not resolve_compile("auto", "cuda") and not resolve_compile("auto", "cpu")
-    assert resolve_compile("on", "cpu") and not resolve_compile("off", "cuda:1")
+    # auto: CPU runs that repay a cold compilation (256+ px, 500+ steps); never CUDA (measured)
+    assert resolve_compile("auto", "cpu", 1000, 1024) and resolve_compile("auto", "cpu", 500, 256)
+    assert not resolve_compile("auto", "cpu", 499, 1024) and not resolve_compile("auto", "cpu", 1000, 128)
+    assert not resolve_compile("auto", "cuda", 1000, 1024) and not resolve_compile("auto", "cuda:1", 10 ** 6, 1024)
+    assert resolve_compile("on", "cpu", 1, 32) and resolve_compile("on", "cuda", 1, 32)
+    assert not resolve_compile("off", "cpu", 10 ** 6, 1024) and not resolve_compile("off", "cuda:1", 1, 32)
     from recon.config import parse_params
     from recon.errors import ParamsError
     with pytest.raises(ParamsError, match="project.runtime.compile: must be 'auto', 'on' or 'off', got 'yes'"):

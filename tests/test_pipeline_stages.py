@@ -271,3 +271,28 @@ def test_init_from_another_mode_and_from_a_file(setup, tmp_path):
     with pytest.raises(ParamsError, match=r"bad.npz: ws must be finite and \[\d+, 64\]"):
         project_stage("blur", official.model_copy(update=dict(init=str(bad))), tmp / "deg" / "blur",
                       tmp / "refined_bad", weights, device="cpu")
+
+
+def test_compile_auto_follows_the_generator_and_the_run_length(setup, monkeypatch, capsys):
+    """``compile: auto`` decides from the loaded generator's resolution and the run's steps (the
+    thresholds lowered here to the tiny generator and a short run); a compiled run says so."""
+    import recon.compiled as compiled
+    tmp, weights, aligned = setup
+    degrade_stage("blur", {"type": "blur", "kernel": 5, "sigma": 1.0}, aligned_faces(aligned), tmp / "deg")
+    compiles = []
+
+    def fake_compile(fn, **kw):
+        compiles.append(kw)
+        return fn
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = ProjectorConfig(**CFG)
+    project_stage("blur", cfg, tmp / "deg", tmp / "a", weights, batch_size=3, device="cpu", compile="auto")
+    assert compiles == [] and "compiling" not in capsys.readouterr().err      # 32 px, 6 steps: eager
+    monkeypatch.setattr(compiled, "CPU_MIN_RESOLUTION", 32)
+    monkeypatch.setattr(compiled, "CPU_MIN_STEPS", 6)
+    project_stage("blur", cfg, tmp / "deg", tmp / "b", weights, batch_size=3, device="cpu", compile="auto")
+    assert compiles == [dict(dynamic=False, mode=None)]
+    assert "project blur: compiling the projection step (project.runtime.compile: auto)" in capsys.readouterr().err
+    monkeypatch.setattr(compiled, "CPU_MIN_STEPS", 7)
+    project_stage("blur", cfg, tmp / "deg", tmp / "c", weights, batch_size=3, device="cpu", compile="auto")
+    assert len(compiles) == 1

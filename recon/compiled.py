@@ -3,12 +3,12 @@ fails to compile or to run warns once and falls back to the eager one.
 
 ``project.runtime.compile``: ``on``, ``off`` or ``auto``. ``auto``, from measurements (README,
 Speed), compiles on CPU for generators of ``CPU_MIN_RESOLUTION`` px and up and runs of
-``CPU_MIN_STEPS`` steps or more, and nowhere else. On CPU (1 thread) the compiled step is
-15-20 % faster, but a cold compilation takes minutes of wall time (107 s at 128 px against 3 s
-eager, 138 s against 7 s at 256 px; about a second once torch's on-disk cache holds the graph):
-at 256 px a step saves 0.19-0.28 s, repaid within 470-690 steps; at 128 px 0.04-0.06 s, which
-needs 1700-2900 steps. On CUDA nowhere: on an H200 (torch 2.11) compiling the 256 px config-f
-step took over two minutes, longer than a whole batch-1 projection there, and with CUDA graphs
+``CPU_MIN_STEPS`` steps or more, and nowhere else. On CPU (1 thread) the compiled step is 10-15 %
+faster, but a cold compilation takes minutes of wall time (107 s at 128 px against 3 s eager,
+138 s against 7 s at 256 px; about a second once torch's on-disk cache holds the graph): at
+256 px a step saves 0.19-0.28 s, repaid within 470-690 steps; at 128 px 0.04-0.06 s, which needs
+1700-2900 steps. On CUDA nowhere: on an H200 (torch 2.11) compiling the 256 px config-f step took
+over two minutes, longer than a whole batch-1 projection there, and with CUDA graphs
 (``mode="reduce-overhead"``) the compiled backward crashed the process. ``on`` compiles with
 torch.compile's default mode on every device.
 """

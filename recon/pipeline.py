@@ -377,11 +377,11 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     if mine:
         G, features = load_models((generator, vgg), device)
         from .compiled import resolve_compile
-        compiled = resolve_compile(compile, device, cfg.num_steps, G.img_resolution)
+        compiled = cfg.method != "robust" and resolve_compile(compile, device, cfg.num_steps, G.img_resolution)
         projector = (RobustProjector(G, VGGLPIPS(features.vgg), cfg.robust) if cfg.method == "robust"
                      else Projector(G, features, cfg, compile=compiled))
         steps = sum(cfg.robust.steps) if cfg.method == "robust" else cfg.num_steps
-        if compiled and cfg.method != "robust" and rank.is_main:
+        if compiled and rank.is_main:
             log(f"project {mode}: compiling the projection step (project.runtime.compile: {compile}); "
                 "the first step waits for it, minutes the first time")
         warning = slow_settings_warning(device, R, todo, steps)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import reprlib
-import tempfile
 from pathlib import Path
 from typing import Annotated, List, Literal, Optional, Union
 
@@ -403,26 +402,39 @@ def load_generator(path: PathLike, device: Union[str, torch.device] = "cpu",
     return G.eval().requires_grad_(False).to(device)
 
 
+def safetensors_bytes(state: dict, metadata: dict) -> bytes:
+    """``state`` and ``metadata`` as safetensors bytes that depend on nothing but their contents.
+
+    The safetensors library keeps the metadata in a hash map whose order changes from process
+    to process, so one checkpoint converted twice gave different bytes (and DVC saw new weights).
+    Here its header is written again with the metadata keys sorted; the tensors' entries keep the
+    library's order and offsets, and the data after the header is the library's, unchanged."""
+    import struct
+
+    from safetensors.torch import save
+
+    raw = save(state, metadata=metadata)
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps({"__metadata__": header.pop("__metadata__"), **header}, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)          # the format aligns the data to 8 bytes
+    return struct.pack("<Q", len(text)) + text + raw[8 + length:]
+
+
 def save_generator(G: Generator, path: PathLike, overwrite: bool = False) -> Path:
-    """Write ``G`` as one safetensors file with its config in the metadata (atomic)."""
-    from safetensors.torch import save_file
+    """Write ``G`` as one safetensors file with its config in the metadata (atomic); the same
+    network always gives the same bytes (:func:`safetensors_bytes`)."""
+    from .imageio import write_atomic
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (pass overwrite=True / --force to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in G.state_dict().items()}
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "recon_config": json.dumps(G.config, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    data = safetensors_bytes(state, meta)
+    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def convert(src: PathLike, dst: PathLike, overwrite: bool = False) -> Path:

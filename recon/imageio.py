@@ -110,19 +110,38 @@ def list_photos(inputs) -> list:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)      # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path, write_fn) -> Path:
-    """Call ``write_fn(tmp_path)`` then rename into place, so no half-written file looks valid."""
+    """Call ``write_fn(tmp_path)``, flush it to disk, then rename it into place, so no half-written
+    file ever looks valid. The file gets the permissions of a plain ``open`` (0666 less the
+    umask), not the private 0600 of the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_json(path, data) -> Path:
+    """``data`` as JSON (sorted keys), atomically."""
+    import json
+
+    text = json.dumps(data, indent=1, sort_keys=True)
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_png(path, rgb: np.ndarray) -> Path:

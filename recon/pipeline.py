@@ -26,7 +26,7 @@ from .degrade import (Degradation, DegradationError, brush_mask, centre_mask, ma
                       mask_from_file, parse_ops)
 from .distributed import Group, Rank
 from .errors import MissingInputError, ParamsError
-from .imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8, write_atomic
+from .imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8, write_atomic, write_json
 from .progress import StageProgress, slow_settings_warning
 from .projector import Projector, TorchRandom, snapshot_step
 from .robust import RobustProjector, VGGLPIPS, restore_degraded
@@ -35,11 +35,6 @@ from .weights import sha256_of
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def write_json(path, data) -> None:
-    text = json.dumps(data, indent=1, sort_keys=True)
-    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def resolve_device(device: str = "auto", key: str = "params.yaml: project.runtime.device") -> str:

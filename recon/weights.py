@@ -1,8 +1,13 @@
-"""Fetch pretrained files: official URLs, local paths or ``file://`` URLs, resumable, verified.
+"""Obtain pretrained files: official URLs, local paths or ``file://`` URLs; resumable, verified.
+
+A local file is used where it is (never copied); a download goes to one cache per user
+(:func:`cache_dir`: ``$RECON_CACHE_DIR``, else ``$XDG_CACHE_HOME/recon``, else ``~/.cache/recon``),
+shared by every checkout and experiment on the machine, so a second checkout or a queued
+experiment never downloads it again.
 
 NVIDIA publishes no checksums, so none is hard-coded: each file takes an optional sha256. When it
-is given, a mismatch is refused and the bad file removed; when it is empty, the digest computed
-here is returned so the caller can record it.
+is given, a mismatch is refused (a bad download is removed; a local file is left alone); when it
+is empty, the digest computed here is returned so the caller can record it.
 """
 from __future__ import annotations
 
@@ -54,13 +59,40 @@ def _local_path(source: str) -> Optional[Path]:
     return None
 
 
-def _verify(path: Path, sha256: str, source: str) -> str:
+def cache_dir() -> Path:
+    """recon's per-user cache: ``$RECON_CACHE_DIR``, else ``$XDG_CACHE_HOME/recon``, else ``~/.cache/recon``."""
+    if os.environ.get("RECON_CACHE_DIR"):
+        return Path(os.environ["RECON_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "recon"
+
+
+def download_path(url: str) -> Path:
+    """Where a download of ``url`` is kept: ``<cache_dir>/downloads/<file name>``."""
+    return cache_dir() / "downloads" / Path(urllib.parse.urlparse(url).path).name
+
+
+def _verify(path: Path, sha256: str, source: str, remove: bool = True) -> str:
     digest = sha256_of(path)
     if sha256 and digest.lower() != sha256.strip().lower():
-        path.unlink(missing_ok=True)
-        raise DownloadError(f"{source}: sha256 mismatch (expected {sha256}, got {digest}); "
-                            f"the bad file was removed")
+        if remove:
+            path.unlink(missing_ok=True)
+        raise DownloadError(f"{source}: sha256 mismatch (expected {sha256}, got {digest})"
+                            + ("; the bad file was removed" if remove else ""))
     return digest
+
+
+def obtain(source: str, sha256: str = "", hint: str = "", progress: bool = True, **fetch_kwargs):
+    """``(path, sha256)`` of a verified copy of ``source`` on this machine: a local path or
+    ``file://`` URL is used where it is; an ``http(s)://`` URL (or an official name) is
+    downloaded once into :func:`download_path` (:func:`fetch`). ``hint`` names the params key."""
+    url = resolve_source(source)
+    local = _local_path(url)
+    if local is not None:
+        if not local.is_file():
+            raise DownloadError(f"{url}: no such file" + (f" ({hint})" if hint else ""))
+        return local, _verify(local, sha256, url, remove=False)
+    dest = download_path(url)
+    return dest, fetch(url, dest, sha256, progress=progress, hint=hint, **fetch_kwargs)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -79,35 +111,22 @@ class _Interrupted(Exception):
     """A transfer that started and then stopped (connection lost, or fewer bytes than announced)."""
 
 
-def fetch(source: str, dest, sha256: str = "", progress: bool = True, timeout: float = 30.0,
+def fetch(url: str, dest, sha256: str = "", progress: bool = True, timeout: float = 30.0,
           hint: str = "", retries: int = 3, backoff: float = 1.0) -> str:
-    """Make ``dest`` a verified copy of ``source``; returns its sha256.
+    """Make ``dest`` a verified download of the ``http(s)://`` ``url``; returns its sha256.
 
-    ``source`` may be a key of :data:`OFFICIAL_URLS`, an ``http(s)://`` or ``file://`` URL, or a
-    local path. An existing ``dest`` is verified and kept, so a file copied there by hand is used.
-    An HTTP download goes to ``dest.part``: a transfer that stops early (a dropped connection, or
-    fewer bytes than its Content-Length) is retried ``retries`` times with exponential
-    ``backoff``, each time resuming with a Range request (from the start when the server ignores
-    Range); if it still fails, the ``.part`` file stays for the next run to resume. Only a complete
-    file is verified and moved into place. ``hint`` names the params.yaml key, for the offline
-    message.
+    An existing ``dest`` is verified and kept, so a file copied there by hand is used. The
+    download goes to ``dest.part``: a transfer that stops early (a dropped connection, or fewer
+    bytes than its Content-Length) is retried ``retries`` times with exponential ``backoff``,
+    each time resuming with a Range request (from the start when the server ignores Range); if
+    it still fails, the ``.part`` file stays for the next run to resume. Only a complete file is
+    verified and moved into place. ``hint`` names the params.yaml key, for the offline message.
     """
-    url = resolve_source(source)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    if dest.is_file():  # already fetched (a cache outside DVC's outputs): verify, don't refetch
+    if dest.is_file():  # already fetched: verify, don't refetch
         return _verify(dest, sha256, str(dest))
-
-    local = _local_path(url)
-    if local is not None:
-        if not local.is_file():
-            raise DownloadError(f"{url}: no such file")
-        shutil.copyfile(local, part)     # a copy: the cache must not change when the source does
-        digest = _verify(part, sha256, url)
-        os.replace(part, dest)
-        return digest
-
     for attempt in range(retries + 1):
         try:
             _download(url, part, dest, timeout, progress, hint)

@@ -59,16 +59,35 @@ def test_pkl_to_safetensors_roundtrip_is_identical(golden_dir, golden_cases, tmp
         recon.convert(golden_dir / "official_format.pkl", out)
 
 
-def test_cli_convert_and_info(golden_dir, tmp_path):
-    out = tmp_path / "g.safetensors"
-    res = subprocess.run([sys.executable, "-m", "recon.cli", "convert", str(golden_dir / "official_format.pkl"),
-                          str(out)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    res = subprocess.run([sys.executable, "-m", "recon.cli", "info", str(out)], capture_output=True, text=True)
+def test_cli_convert_and_info_and_the_same_bytes_in_every_process(golden_dir, tmp_path):
+    """The same pickle converts to the same bytes whatever the process (the safetensors
+    library's metadata order changes between processes; the header is written again sorted)."""
+    import os
+    outs = [tmp_path / f"g{seed}.safetensors" for seed in (1, 2)]
+    for seed, out in zip((1, 2), outs):
+        res = subprocess.run([sys.executable, "-m", "recon.cli", "convert", str(golden_dir / "official_format.pkl"),
+                              str(out)], capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED=str(seed)))
+        assert res.returncode == 0, res.stderr
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    assert recon.convert(golden_dir / "official_format.pkl", tmp_path / "g3.safetensors").read_bytes() == \
+        outs[0].read_bytes()
+    res = subprocess.run([sys.executable, "-m", "recon.cli", "info", str(outs[0])], capture_output=True, text=True)
     assert json.loads(res.stdout)["num_ws"] == 8
     res = subprocess.run([sys.executable, "-m", "recon.cli", "convert", str(golden_dir / "official_format.pkl"),
-                          str(out)], capture_output=True, text=True)
+                          str(outs[0])], capture_output=True, text=True)
     assert res.returncode == 1 and "already exists" in res.stderr
+
+
+def test_written_files_follow_the_umask(golden_dir, tmp_path):
+    import os
+    from recon.imageio import save_png
+    old = os.umask(0o027)
+    try:
+        out = recon.convert(golden_dir / "official_format.pkl", tmp_path / "g.safetensors")
+        png = save_png(tmp_path / "x.png", __import__("numpy").zeros((2, 2, 3), "uint8"))
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o640 and png.stat().st_mode & 0o777 == 0o640
 
 
 @pytest.mark.parametrize("synthesis", [

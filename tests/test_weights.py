@@ -5,40 +5,51 @@ import threading
 
 import pytest
 
-from recon.weights import DownloadError, fetch, resolve_source
+from recon.weights import DownloadError, cache_dir, download_path, fetch, obtain, resolve_source
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_local_path_and_file_url(tmp_path):
+def test_a_local_source_is_used_where_it_is(tmp_path):
     src = tmp_path / "w.bin"
     src.write_bytes(b"weights" * 1000)
-    assert fetch(str(src), tmp_path / "a" / "w.bin", progress=False) == sha(src.read_bytes())
-    assert fetch(src.as_uri(), tmp_path / "b" / "w.bin", progress=False) == sha(src.read_bytes())
-    assert (tmp_path / "b" / "w.bin").read_bytes() == src.read_bytes()
-
-
-def test_sha256_pin_refuses_and_removes_bad_file(tmp_path):
-    src = tmp_path / "w.bin"
-    src.write_bytes(b"abc")
-    dest = tmp_path / "out" / "w.bin"
+    assert obtain(str(src)) == (src, sha(src.read_bytes()))
+    assert obtain(src.as_uri()) == (src, sha(src.read_bytes()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.bin"]          # nothing copied
+    # a wrong pin is refused, and the user's own file is left alone
     with pytest.raises(DownloadError, match="sha256 mismatch"):
-        fetch(src.as_uri(), dest, sha256="0" * 64, progress=False)
-    assert not dest.exists() and not dest.with_name("w.bin.part").exists()
-    assert fetch(src.as_uri(), dest, sha256=sha(b"abc"), progress=False) == sha(b"abc")
+        obtain(src.as_uri(), sha256="0" * 64)
+    assert src.read_bytes() == b"weights" * 1000
+    with pytest.raises(DownloadError, match=r"no such file \(weights.vgg16.source\)"):
+        obtain((tmp_path / "nope.pkl").as_uri(), hint="weights.vgg16.source")
+
+
+def test_downloads_go_to_the_per_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECON_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    assert download_path("https://x.org/a/ffhq.pkl?dl=1") == tmp_path / "c" / "downloads" / "ffhq.pkl"
+    monkeypatch.delenv("RECON_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "recon"
+
+
+def test_sha256_pin_refuses_and_removes_a_bad_download(tmp_path):
+    server, url = serve(type("H", (FlakyHandler,), dict(requests=[], drops=0)))
+    dest = tmp_path / "out" / "ffhq.pkl"
+    try:
+        with pytest.raises(DownloadError, match="sha256 mismatch"):
+            fetch(url, dest, sha256="0" * 64, progress=False)
+        assert not dest.exists() and not dest.with_name("ffhq.pkl.part").exists()
+        assert fetch(url, dest, sha256=sha(FlakyHandler.payload), progress=False) == sha(FlakyHandler.payload)
+    finally:
+        server.shutdown()
     # a file already in place is verified, not refetched; a wrong pin on it is refused too
-    src.write_bytes(b"changed")
-    assert fetch(src.as_uri(), dest, progress=False) == sha(b"abc")
+    assert fetch(url, dest, progress=False) == sha(FlakyHandler.payload)
     with pytest.raises(DownloadError, match="sha256 mismatch"):
-        fetch(src.as_uri(), dest, sha256=sha(b"changed"), progress=False)
+        fetch(url, dest, sha256=sha(b"changed"), progress=False)
     assert not dest.exists()
-
-
-def test_missing_local_file(tmp_path):
-    with pytest.raises(DownloadError, match="no such file"):
-        fetch((tmp_path / "nope.pkl").as_uri(), tmp_path / "x", progress=False)
 
 
 def test_offline_message_names_url_and_what_to_do(tmp_path):
@@ -180,7 +191,8 @@ def _stage(tmp_path, params: dict, resolution: int = 1024):
         YAML().dump(base, f)
     return subprocess.run([sys.executable, str(ROOT / "stages" / "download_weights.py"), "--out", "weights"],
                           cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, env=dict(os.environ, RECON_NO_CUDA_OPS="1"))
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, RECON_NO_CUDA_OPS="1", RECON_CACHE_DIR=str(tmp_path / "cache")))
 
 
 def test_offline_run_names_every_missing_file(tmp_path):
@@ -188,8 +200,8 @@ def test_offline_run_names_every_missing_file(tmp_path):
                             "vgg16": {"source": "http://127.0.0.1:9/vgg16.pt", "sha256": ""}})
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "download_weights: error: 2 of 2 weights files are missing" in res.stderr
-    for url, where, key in (("http://127.0.0.1:9/ffhq.pkl", "weights/cache/ffhq.pkl", "weights.generator.source"),
-                            ("http://127.0.0.1:9/vgg16.pt", "weights/cache/vgg16.pt", "weights.vgg16.source")):
+    for url, where, key in (("http://127.0.0.1:9/ffhq.pkl", "cache/downloads/ffhq.pkl", "weights.generator.source"),
+                            ("http://127.0.0.1:9/vgg16.pt", "cache/downloads/vgg16.pt", "weights.vgg16.source")):
         line = next(l for l in res.stderr.splitlines() if url in l)
         assert where in line and key in line and "file://" in line
 
@@ -197,13 +209,13 @@ def test_offline_run_names_every_missing_file(tmp_path):
 def test_cached_file_that_does_not_parse_names_path_and_remedy(tmp_path):
     from tiny_vgg import write_tiny_vgg
     write_tiny_vgg(tmp_path / "vgg16.pt")
-    cache = tmp_path / "weights" / "cache"
+    cache = tmp_path / "cache" / "downloads"
     cache.mkdir(parents=True)
     (cache / "ffhq.pkl").write_bytes(b"\x80\x04garbage from a proxy error page")
     res = _stage(tmp_path, {"generator": {"source": "http://127.0.0.1:9/ffhq.pkl", "sha256": ""},
                             "vgg16": {"source": (tmp_path / "vgg16.pt").as_uri(), "sha256": ""}})
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert "weights/cache/ffhq.pkl" in res.stderr and "delete it and rerun" in res.stderr
+    assert "cache/downloads/ffhq.pkl" in res.stderr and "delete it and rerun" in res.stderr
     assert not (tmp_path / "weights" / "generator.safetensors").exists()
 
 
@@ -214,3 +226,20 @@ def test_resolution_mismatch_is_refused_at_download_time(tmp_path, golden_dir):
                             "vgg16": {"source": (tmp_path / "vgg16.pt").as_uri(), "sha256": ""}}, resolution=64)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "params.yaml: align.resolution: 64, but the generator (weights/generator.safetensors) makes 32x32" in res.stderr
+
+
+def test_the_stage_links_the_weights_and_records_digests(tmp_path, golden_dir):
+    """A local source is not copied: vgg16.pt is a hard link to it; weights.json records the
+    sources and digests (no path of this machine's cache)."""
+    import json
+    from tiny_vgg import write_tiny_vgg
+    write_tiny_vgg(tmp_path / "vgg16.pt")
+    spec = {"generator": {"source": (golden_dir / "official_format.pkl").as_uri(), "sha256": ""},
+            "vgg16": {"source": str(tmp_path / "vgg16.pt"), "sha256": ""}}
+    res = _stage(tmp_path, spec, resolution=32)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "weights" / "vgg16.pt").samefile(tmp_path / "vgg16.pt")
+    assert not (tmp_path / "cache").exists()
+    record = json.loads((tmp_path / "weights" / "weights.json").read_text())
+    assert record["generator"]["converted_sha256"] == sha((tmp_path / "weights" / "generator.safetensors").read_bytes())
+    assert set(record["generator"]) == {"source", "sha256", "verified", "converted_sha256"}

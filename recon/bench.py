@@ -76,7 +76,7 @@ class RandomVGG16(torch.nn.Module):
 
 
 def _generator(res: int, channel_base: int, channel_max: int, device):
-    from .networks import Generator
+    from .model.networks import Generator
     torch.manual_seed(0)
     G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=res, img_channels=3,
                   synthesis_kwargs=dict(channel_base=channel_base, channel_max=channel_max,
@@ -85,7 +85,7 @@ def _generator(res: int, channel_base: int, channel_max: int, device):
 
 
 def _features(vgg_path, device):
-    from .perceptual import VGGFeatures, load_vgg16
+    from .model.perceptual import VGGFeatures, load_vgg16
     if vgg_path:
         return VGGFeatures(load_vgg16(vgg_path, device)), Path(vgg_path).name
     return VGGFeatures(RandomVGG16().eval().requires_grad_(False).to(device)), "random VGG16"
@@ -115,7 +115,7 @@ def official_steps(G, features, targets: torch.Tensor, steps: int) -> None:
     """NVIDIA's projector loop for each target in turn (batch 1): fused modulated convolutions,
     the reference ops, the noise buffers optimized with Adam beside w, a w-noise draw per step,
     and its per-step log line's host reads."""
-    from .projector import noise_regularization, w_stats
+    from .restore.official import noise_regularization, w_stats
 
     w_avg, w_std = w_stats(G, 1000)
     for i in range(targets.shape[0]):
@@ -172,7 +172,7 @@ def time_steps(go, steps: int, device) -> tuple:
 
 
 def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, steps, vgg, device) -> dict:
-    from .projector import Projector, ProjectorConfig
+    from .restore.official import Projector, ProjectorConfig
 
     device = torch.device(device)
     if contender == "official" or ops == "ref":
@@ -204,7 +204,8 @@ def main(argv=None) -> int:
                          "or the pure-PyTorch reference")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3, help="rounds; the table gives medians")
-    ap.add_argument("--vgg", default="weights/vgg16.pt" if Path("weights/vgg16.pt").is_file() else "")
+    ap.add_argument("--vgg", default="", help="NVIDIA's vgg16.pt (default: the pipeline's, when download_weights "
+                                              "has run; else a random-weight VGG16 of the same architecture)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one configuration may take")
@@ -218,6 +219,9 @@ def main(argv=None) -> int:
                                  args.device)))
         return 0
 
+    if not args.vgg and Path("weights/weights.json").is_file():
+        from .model.weights import resolve_weights
+        args.vgg = str(resolve_weights("weights").vgg16)
     configs = []
     for shape in args.shapes:
         configs.append((shape, 1, "official", "off", "ref"))

@@ -11,7 +11,7 @@ from .runner import run
 
 
 def _cmd_convert(args) -> int:
-    from .checkpoint import convert
+    from .model.checkpoint import convert
 
     out = convert(args.src, args.dst, overwrite=args.force)
     print(f"wrote {out}")
@@ -19,7 +19,7 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .checkpoint import load_generator
+    from .model.checkpoint import load_generator
 
     G = load_generator(args.path)
     info = dict(G.config, num_ws=G.num_ws, num_params=sum(p.numel() for p in G.parameters()))
@@ -28,7 +28,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_align(args) -> int:
-    from .align import AlignOptions, align_paths
+    from .data.align import AlignOptions, align_paths
 
     opts = AlignOptions(size=args.size, detector=args.detector, upsample=args.upsample, min_score=args.min_score,
                         largest_only=args.largest, max_faces=args.max_faces)
@@ -41,10 +41,10 @@ def _cmd_align(args) -> int:
 def _cmd_project(args) -> int:
     """The pipeline's own degrade and project functions, on a folder of aligned faces."""
     from .config import OP_TYPES, Params, Runtime, load_params
-    from .degrade import parse_ops
+    from .restore.degrade import parse_ops
     from .errors import ParamsError
-    from .imageio import list_photos
-    from .pipeline import degrade_stage, project_stage, resolve_runtime
+    from .data.imageio import list_photos
+    from .pipeline.stages import degrade_stage, project_stage, resolve_runtime
 
     params = load_params(args.params) if args.params else Params()
     if args.degrade in params.degrade:
@@ -84,8 +84,8 @@ def _cmd_doctor(args) -> int:
 
     import torch
 
-    from .ops import _plugin
-    from .pipeline import resolve_device
+    from .model.ops import _plugin
+    from .pipeline.stages import resolve_device
 
     device = resolve_device(args.device, key="--device")
     print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}"
@@ -98,11 +98,14 @@ def _cmd_doctor(args) -> int:
         print(f"no CUDA device; CPU with {torch.get_num_threads()} threads")
     print(f"device: {device}")
 
+    from .model.weights import RECORD, resolve_weights
+
     weights = Path(args.weights)
-    if (weights / "generator.safetensors").is_file() and (weights / "vgg16.pt").is_file():
-        from .pipeline import load_models
-        G, features = load_models(weights, device)
-        what = f"{weights / 'generator.safetensors'} ({G.img_resolution} px), {weights / 'vgg16.pt'}"
+    if (weights / RECORD).is_file():
+        from .pipeline.stages import load_models
+        files = resolve_weights(weights)
+        G, features = load_models(files, device)
+        what = f"the weights of {weights / RECORD} ({G.img_resolution} px generator)"
     else:
         from .bench import _features, _generator
         G = _generator(args.resolution, 32768 if device.startswith("cuda") else 8192, 512, torch.device(device))
@@ -122,7 +125,7 @@ def _cmd_doctor(args) -> int:
                   + (f": {v['detail']}" if v.get("detail") else ""))
 
     from .config import ProjectorConfig
-    from .projector import Projector
+    from .restore.official import Projector
     from .bench import _sync, projection_run
     R = G.img_resolution
     proj = Projector(G, features, ProjectorConfig(w_avg_samples=1000, snapshot_every=0))

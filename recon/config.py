@@ -30,7 +30,7 @@ DVC_BLIND_KEYS = ("size", "nfiles")
 # Old key -> its new name; the old one is refused with a message naming the new one.
 RENAMED_KEYS = {"align.size": "align.resolution"}
 # Project sections that are not per-mode overrides.
-PROJECT_SECTIONS = ("default", "runtime")
+PROJECT_SECTIONS = ("default", "runtime", "starts")
 MODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -40,6 +40,12 @@ class _Model(BaseModel):
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
+# Every seed feeds numpy's RandomState or torch's generators, which take 32 bits.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# Bounds on run lengths, so that no setting can exhaust the memory (a run's w-noise is drawn up
+# front) or make a run that could never end.
+MAX_STEPS = 100_000
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
 Fraction = Annotated[float, Field(gt=0, le=1)]          # a ramp length: (0, 1]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -183,7 +189,7 @@ def check_op_fits(ops: List[Op], resolution: int) -> None:
 # Sections
 
 class Seeds(_Model):
-    degrade: NonNegInt = 0              # mask fill noise and observation noise
+    degrade: Seed = 0                   # mask fill noise and observation noise
 
 
 class WeightsFile(_Model):
@@ -223,7 +229,8 @@ class Align(_Model):
 class RobustConfig(_Model):
     """The robust method's settings (Poirier-Ginter & Lalonde, CVPR 2023; defaults are the
     reference code's): steps and learning rate per phase W, W+, W++, and the multiscale loss."""
-    steps: Annotated[List[NonNegInt], Field(min_length=3, max_length=3)] = [150, 150, 150]
+    steps: Annotated[List[Annotated[int, Field(ge=0, le=MAX_STEPS)]], Field(min_length=3, max_length=3)] = \
+        [150, 150, 150]
     learning_rates: Annotated[List[NonNegFloat], Field(min_length=3, max_length=3)] = [0.08, 0.02, 0.005]
     min_loss_res: PositiveInt = 16          # no LPIPS level at or below this many pixels
     level_weights: Annotated[List[NonNegFloat], Field(min_length=1, max_length=12)] = [1.0] * 6
@@ -235,9 +242,9 @@ LATENT_SPACES = ("w", "w+", "w->w+")
 
 class ProjectorConfig(_Model):
     """The projector's hyperparameters; defaults are NVIDIA's (``projector.py``)."""
-    num_steps: PositiveInt = 1000
-    w_avg_samples: Annotated[int, Field(ge=2)] = 10000
-    w_avg_seed: NonNegInt = 123
+    num_steps: Steps = 1000
+    w_avg_samples: Annotated[int, Field(ge=2, le=100_000)] = 10000
+    w_avg_seed: Seed = 123
     initial_learning_rate: NonNegFloat = 0.1
     initial_noise_factor: NonNegFloat = 0.05
     lr_rampdown_length: Fraction = 0.25
@@ -249,7 +256,7 @@ class ProjectorConfig(_Model):
     w_plus_switch: Annotated[float, Field(ge=0, le=1)] = 0.5     # for 'w->w+': fraction of steps in W
     optimize_noise: bool = True
     noise_init: Literal["random", "const"] = "random"   # 'const': the generator's own noise maps
-    seed: NonNegInt = 303
+    seed: Seed = 303
     snapshot_every: NonNegInt = 100                      # 0 disables snapshots
     # official: NVIDIA's projector (the settings above); robust: W -> W+ -> W++ of Poirier-Ginter
     # & Lalonde (CVPR 2023) with its own settings below, fixed noise and a multiscale LPIPS loss
@@ -281,6 +288,9 @@ class ProjectorConfig(_Model):
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
+MAX_WORKERS = 1024      # the schema's bound; the machine's own (cores, devices) is checked at run time
+
+
 class Runtime(_Model):
     """Where and how the projection runs; never part of a result's fingerprint."""
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
@@ -299,8 +309,8 @@ class Runtime(_Model):
     @field_validator("batch_size", "workers")
     @classmethod
     def _auto_or_positive(cls, v):
-        if v != "auto" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-            raise ValueError(f"must be auto or an integer >= 1, got {v!r}")
+        if v != "auto" and not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WORKERS):
+            raise ValueError(f"must be auto or an integer from 1 to {MAX_WORKERS}, got {v!r}")
         return v
 
 
@@ -310,6 +320,9 @@ class Project(_Model):
     # NVIDIA's settings plus the reference study's latent regularization (as params.yaml ships)
     default: ProjectorConfig = ProjectorConfig(latent_dist_reg_weight=0.001)
     runtime: Runtime = Runtime()
+    # mode -> the path DVC sees project@<mode> start from (see start_dependency); dvc.yaml's
+    # project stages iterate over it, so every mode has one
+    starts: Dict[str, str] = {}
 
     @model_validator(mode="after")
     def _overrides(self):
@@ -329,11 +342,20 @@ class Project(_Model):
     def for_mode(self, mode: str) -> ProjectorConfig:
         return (self.model_extra or {}).get(mode) or self.default
 
+    def start_dependency(self, mode: str) -> str:
+        """The path through which DVC sees what project@<mode> starts from, so that a change
+        there reruns it: another mode's results (``data/projected/<mode>``), the ``init`` file, or,
+        starting from ``w_avg``, the mode's own targets (a dependency it has anyway)."""
+        cfg = self.for_mode(mode)
+        if cfg.init_mode:
+            return f"data/projected/{cfg.init_mode}"
+        return cfg.init if cfg.init != "w_avg" else f"data/degraded/{mode}"
+
 
 class Synthetic(_Model):
-    seeds: Annotated[List[NonNegInt], Field(min_length=1)] = [0, 1, 2]
+    seeds: Annotated[List[Seed], Field(min_length=1, max_length=1000)] = [0, 1, 2]
     truncation_psi: Annotated[float, Field(allow_inf_nan=False)] = 0.7
-    num_steps: Annotated[List[PositiveInt], Field(min_length=1)] = [250, 500, 1000]
+    num_steps: Annotated[List[Steps], Field(min_length=1, max_length=100)] = [250, 500, 1000]
     latent_dist_reg_weight: Annotated[List[NonNegFloat], Field(min_length=1)] = [0.0, 0.001, 0.01]
 
 
@@ -344,7 +366,7 @@ BENCHMARK_LEVELS = ("XS", "S", "M", "L", "XL")
 class BenchmarkConfig(_Model):
     """Methods compared on faces sampled from the generator, per task and level, at equal budgets.
     ``methods``: name -> overrides of ``project.default`` (as a mode's are)."""
-    seeds: Annotated[List[NonNegInt], Field(min_length=1, max_length=1000)] = [0, 1]
+    seeds: Annotated[List[Seed], Field(min_length=1, max_length=1000)] = [0, 1]
     truncation_psi: Annotated[float, Field(ge=0, le=1)] = 0.7
     tasks: Annotated[List[Literal[BENCHMARK_TASKS]], Field(min_length=1)] = list(BENCHMARK_TASKS)
     levels: Annotated[List[Literal[BENCHMARK_LEVELS]], Field(min_length=1)] = ["M"]
@@ -437,7 +459,26 @@ class Params(_Model):
             if mode not in self.degrade:
                 hint = _did_you_mean(mode, list(self.degrade) + list(PROJECT_SECTIONS))
                 raise _OpError(f"project.{mode}", f"unknown key: not a mode under degrade{hint}")
+        self._check_starts()
         return self
+
+    def _check_starts(self) -> None:
+        """``project.starts`` names, for every mode, what DVC must see its project stage start
+        from (dvc.yaml cannot derive a per-mode dependency from ``init``); it must agree with
+        ``init``, and the message says what to write."""
+        starts = self.project.starts
+        for mode in starts:
+            if mode not in self.degrade:
+                raise _OpError(f"project.starts.{mode}", f"not a mode under degrade{_did_you_mean(mode, self.degrade)}")
+        for mode in self.degrade:
+            want = self.project.start_dependency(mode)
+            init = self.project.for_mode(mode).init
+            if mode not in starts:
+                raise _OpError(f"project.starts.{mode}", f"missing: every mode needs one, here {want} "
+                               f"(DVC reruns project@{mode} when it changes; init is {init})")
+            if starts[mode] != want:
+                raise _OpError(f"project.starts.{mode}", f"must be {want}, because project.{mode}.init is "
+                               f"{init} (DVC reruns project@{mode} when it changes), got {starts[mode]!r}")
 
     def ops(self, mode: str) -> List[Op]:
         """The flat op list of a degradation mode."""

@@ -35,7 +35,7 @@ _FACE_NET = {}
 def _face_models():
     if not _FACE_NET:
         import dlib
-        from .align import model_path
+        from .data.align import model_path
         _FACE_NET["sp"] = dlib.shape_predictor(str(model_path("shape_predictor_5_face_landmarks.dat")))
         _FACE_NET["net"] = dlib.face_recognition_model_v1(str(model_path("dlib_face_recognition_resnet_model_v1.dat")))
     return _FACE_NET["sp"], _FACE_NET["net"]
@@ -72,8 +72,8 @@ class LPIPSMetric:
     """LPIPS-VGG between two ``uint8 [H, W, 3]`` images, with NVIDIA's ``vgg16.pt``."""
 
     def __init__(self, vgg_path, device: str = "cpu", vgg=None):
-        from .perceptual import load_vgg16
-        from .robust import VGGLPIPS
+        from .model.perceptual import load_vgg16
+        from .restore.robust import VGGLPIPS
 
         self.lpips, self.device = VGGLPIPS(vgg if vgg is not None else load_vgg16(vgg_path, device)), device
 

@@ -63,7 +63,7 @@ step() {   # step NAME SECONDS COMMAND...: at most SECONDS, and never past the b
 } > "$REPORT"
 
 step doctor 240 "$PY" -m recon.cli doctor --resolution 1024 --device cuda
-step ops-timing 60 "$PY" -m recon.ops.timing --batch 1 8 --reps 20
+step ops-timing 60 "$PY" -m recon.model.ops.timing --batch 1 8 --reps 20
 step bench-1024 150 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 4 8 16 --compile off --ops auto ref \
     --steps 10 --repeats 1 --device cuda --timeout 60 --json "$OUT/bench-1024.json"
 step cuda-tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_selfcheck.py \

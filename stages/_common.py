@@ -10,7 +10,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from recon.config import Params, load_params  # noqa: E402
-from recon.distributed import current  # noqa: E402
+from recon.pipeline.distributed import current  # noqa: E402
 from recon.runner import run  # noqa: E402
 
 

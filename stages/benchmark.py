@@ -3,19 +3,19 @@ from pathlib import Path
 
 from _common import stage_main
 
-from recon.benchmark import run_benchmark
+from recon.pipeline.benchmark import run_benchmark
 from recon.metrics import LPIPSMetric
-from recon.pipeline import load_models, resolve_runtime, weight_files
-from recon.weights import sha256_of
+from recon.pipeline.stages import load_models, resolve_runtime
+from recon.model.weights import resolve_weights
 
 
-def benchmark(params, args) -> int:
-    device, batch = resolve_runtime(params.project.runtime, weights=args.weights)
-    generator, vgg = weight_files(args.weights)
-    G, features = load_models(args.weights, device)
+def benchmark(params, args) -> None:
+    files = resolve_weights(args.weights)
+    device, batch = resolve_runtime(params.project.runtime, weights=files)
+    G, features = load_models(files, device)
     lpips = LPIPSMetric(None, device, vgg=features.vgg)
     doc = run_benchmark(params.benchmark, dict(params.benchmark.methods), G, features, lpips, Path(args.out),
-                        weights_digest=sha256_of(generator) + sha256_of(vgg), batch_size=batch)
+                        weights_digest=files.digest, batch_size=batch)
     for name, h in doc["headline"].items():
         print(f"benchmark: {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in h.items()))
 

@@ -1,7 +1,7 @@
 """DVC stage `degrade@<mode>`: write each aligned face's degraded target (8-bit PNG) for one mode."""
 from _common import stage_main
 
-from recon.pipeline import aligned_faces, degrade_stage
+from recon.pipeline.stages import aligned_faces, degrade_stage
 
 
 def degrade(params, args) -> int:

@@ -4,7 +4,7 @@ import sys
 from _common import stage_main
 
 from recon import distributed
-from recon.pipeline import project_stage, resolve_runtime, write_loss_table
+from recon.pipeline.stages import project_stage, resolve_runtime, write_loss_table
 
 
 def project(params, args) -> int:

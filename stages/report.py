@@ -3,17 +3,18 @@ from pathlib import Path
 
 from _common import stage_main
 
-from recon.report import build_report
+from recon.report.render import build_report
+from recon.model.weights import resolve_weights
 
 
-def report(params, args) -> int:
+def report(params, args) -> None:
     summary = build_report(list(params.degrade), args.data, args.photos, args.out, Path(args.params).read_text(),
-                           params.report, vgg=args.vgg)
+                           params.report, vgg=resolve_weights(args.weights).vgg16)
     print("report: " + str(Path(args.out) / "index.html") + "; " + ", ".join(
         f"{m}: PSNR {v['psnr']:.2f} dB" for m, v in summary.items() if isinstance(v, dict) and "psnr" in v))
 
 
 if __name__ == "__main__":
     stage_main("report", report, __doc__, dict(data="the data folder (degraded/, projected/, synthetic/)",
-                                               photos="the original photos", vgg="NVIDIA's vgg16.pt, for LPIPS",
+                                               photos="the original photos", weights="the download_weights folder (VGG16, for LPIPS)",
                                                out="output folder"))

@@ -4,7 +4,7 @@ import sys
 from _common import stage_main
 
 from recon import distributed
-from recon.pipeline import resolve_runtime, synthetic_stage, write_loss_table
+from recon.pipeline.stages import resolve_runtime, synthetic_stage, write_loss_table
 
 
 def synthetic(params, args) -> int:

@@ -11,6 +11,38 @@ GOLDEN_G = SHARED / "golden" / "stylegan2-tiny-a"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _recon_cache(tmp_path_factory):
+    """recon's per-user cache (downloads, the weights store) in a folder of this test session,
+    for this process and every stage it starts, so no test reads or fills the real one."""
+    import os
+    old = os.environ.get("RECON_CACHE_DIR")
+    os.environ["RECON_CACHE_DIR"] = str(tmp_path_factory.mktemp("recon-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RECON_CACHE_DIR", None)
+    else:
+        os.environ["RECON_CACHE_DIR"] = old
+
+
+def make_weights(folder: Path, generator, vgg16=None, resolution: int = 32) -> Path:
+    """A download_weights folder (``weights.json``, the networks in the session's store) for the
+    generator checkpoint ``generator`` and a VGG16 file (default: the tests' tiny one)."""
+    from recon.config import parse_params
+    from recon.pipeline.stages import weights_stage
+    from tiny_vgg import write_tiny_vgg
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if vgg16 is None:
+        vgg16 = folder / "tiny-vgg16.pt"
+        write_tiny_vgg(vgg16)
+    params = parse_params({"weights": {"generator": {"source": str(generator)}, "vgg16": {"source": str(vgg16)}},
+                           "align": {"resolution": resolution}})
+    weights_stage(params, folder)
+    return folder
+
+
 def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared fixture {path} is not available")

@@ -59,7 +59,7 @@ def make_repo(work: Path, photos, params: dict):
         shutil.copy2(faces / name, raw / name)
 
     from official_format import write_official_pkl
-    from recon.networks import Generator
+    from recon.model.networks import Generator
     from tiny_vgg import write_tiny_vgg
     torch.manual_seed(0)
     G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,

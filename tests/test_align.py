@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED, need
-from recon.align import AlignError, AlignOptions, align_face, align_paths, detect_faces, ffhq_quad, paste_back
+from recon.data.align import AlignError, AlignOptions, align_face, align_paths, detect_faces, ffhq_quad, paste_back
 from recon.metrics import psnr
-from recon.imageio import PhotoError, load_photo
+from recon.data.imageio import PhotoError, load_photo
 
 GOLDEN = SHARED / "golden" / "align"
 FACES = SHARED / "data" / "faces"
@@ -202,16 +202,25 @@ def test_bad_files_name_the_file(hopper, tmp_path):
         load_photo(_save(Image.fromarray(hopper), tmp_path / "big.png"), max_pixels=1000)
 
 
-def test_stage_stops_on_a_corrupt_photo_and_leaves_no_manifest(hopper, tmp_path):
+def test_unreadable_photos_are_skipped_and_listed_and_no_face_at_all_is_an_error(hopper, tmp_path, capfd):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     _save(Image.fromarray(hopper), src / "a_good.png")
     (src / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    with pytest.raises(PhotoError, match="b_broken.png"):
-        align_paths([src], out, AlignOptions(size=256), progress=False)
-    assert (out / "a_good_0.png").is_file()
-    assert not (out / "manifest.json").exists()
-    assert not list(out.glob(".*tmp*"))
+    buf = io.BytesIO()
+    Image.fromarray(hopper).save(buf, format="JPEG")
+    (src / "c_trunc.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    (src / "d_text.jpg").write_text("not a photo")
+    manifest = align_paths([src], out, AlignOptions(size=256), progress=False)
+    assert (out / "a_good_0.png").is_file() and list(manifest["images"]) == ["a_good.png"]
+    assert [u["photo"] for u in manifest["unreadable"]] == ["b_broken.png", "c_trunc.jpg", "d_text.jpg"]
+    assert "cannot decode" in manifest["unreadable"][1]["reason"] and "not an image" in manifest["unreadable"][2]["reason"]
+    assert json.loads((out / "manifest.json").read_text())["unreadable"] == manifest["unreadable"]
+    err = capfd.readouterr().err
+    assert "align: warning: c_trunc.jpg skipped:" in err and not list(out.glob(".*tmp*"))
+    (src / "a_good.png").unlink()
+    with pytest.raises(AlignError, match=r"no usable face in 3 photos \(b_broken.png: .*; d_text.jpg: "):
+        align_paths([src], tmp_path / "none", AlignOptions(size=256), progress=False)
 
 
 def test_no_face_reported_and_others_go_on(hopper, tmp_path, capfd):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import recon
-from recon.benchmark import Cell, Restorer, cells, method_budget, run_benchmark, task_degradation
+from recon.pipeline.benchmark import Cell, Restorer, cells, method_budget, run_benchmark, task_degradation
 from recon.config import BlurOp, JpegOp, MaskOp, PoissonOp, ProjectorConfig, RobustConfig, parse_params
 from recon.metrics import LPIPSMetric
-from recon.perceptual import VGGFeatures, load_vgg16
+from recon.model.perceptual import VGGFeatures, load_vgg16
 from tiny_vgg import write_tiny_vgg
 
 
@@ -70,7 +70,7 @@ def test_cells_are_scored_and_kept(models, tmp_path, monkeypatch):
             assert set(cell[name]) >= {"psnr", "ssim", "lpips", "seconds"} and cell[name]["identity"] is None
     assert doc["headline"]["official"]["lpips_wins"] + doc["headline"]["robust"]["lpips_wins"] == 2
     # the input row scores the degraded target itself
-    from recon.imageio import load_photo
+    from recon.data.imageio import load_photo
     from recon.metrics import psnr
     t, _ = load_photo(tmp_path / "b" / "noise-M" / "target" / "seed0001.png")
     g, _ = load_photo(tmp_path / "b" / "truth" / "seed0001.png")

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import recon
-from recon.networks import Generator
-from recon.safe_pickle import CheckpointError
+from recon.model.networks import Generator
+from recon.model.safe_pickle import CheckpointError
 
 from official_format import dumps_official, write_official_pkl
 
@@ -80,7 +80,7 @@ def test_cli_convert_and_info_and_the_same_bytes_in_every_process(golden_dir, tm
 
 def test_written_files_follow_the_umask(golden_dir, tmp_path):
     import os
-    from recon.imageio import save_png
+    from recon.data.imageio import save_png
     old = os.umask(0o027)
     try:
         out = recon.convert(golden_dir / "official_format.pkl", tmp_path / "g.safetensors")

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 import recon
 from official_format import dumps_official, write_official_pkl
 from recon.errors import CheckpointError
-from recon.networks import Generator
-from recon.safe_pickle import EasyDict
+from recon.model.networks import Generator
+from recon.model.safe_pickle import EasyDict
 
 
 def tiny(**kw):
@@ -189,8 +189,8 @@ def test_hostile_build_cannot_change_recon_classes(tmp_path):
 
 
 def test_module_depth_is_bounded():
-    from recon.checkpoint import MAX_MODULE_DEPTH, _collect_state
-    from recon.safe_pickle import PersistentObject
+    from recon.model.checkpoint import MAX_MODULE_DEPTH, _collect_state
+    from recon.model.safe_pickle import PersistentObject
     obj = PersistentObject("Leaf", "", {})
     for _ in range(MAX_MODULE_DEPTH + 2):
         obj = PersistentObject("Node", "", {"_modules": {"child": obj}})
@@ -199,7 +199,7 @@ def test_module_depth_is_bounded():
 
 
 def test_parameter_count_matches_the_built_network():
-    from recon.checkpoint import count_parameters, normalize_config
+    from recon.model.checkpoint import count_parameters, normalize_config
     for kw in (dict(), dict(architecture="resnet"), dict(architecture="orig")):
         G = Generator(z_dim=16, c_dim=3, w_dim=16, img_resolution=32, img_channels=3,
                       mapping_kwargs=dict(num_layers=3),

@@ -8,27 +8,26 @@ import pytest
 import torch
 
 import recon
-from recon.compiled import CompiledOrEager, resolve_compile
-from recon.perceptual import VGGFeatures, load_vgg16
-from recon.pipeline import batch_for_memory
-from recon.projector import Projector, ProjectorConfig
-from tiny_vgg import write_tiny_vgg
+from recon.restore.compiled import CompiledOrEager, resolve_compile
+from recon.model.perceptual import VGGFeatures, load_vgg16
+from recon.pipeline.stages import batch_for_memory
+from recon.restore.official import Projector, ProjectorConfig
+from conftest import make_weights
+from recon.model.weights import resolve_weights
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, golden_dir):
-    d = tmp_path_factory.mktemp("compiled")
-    recon.convert(golden_dir / "official_format.pkl", d / "generator.safetensors")
-    write_tiny_vgg(d / "vgg16.pt")
-    return d
+    return make_weights(tmp_path_factory.mktemp("compiled"), golden_dir / "official_format.pkl")
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))])
 def test_compiled_step_equals_eager(tiny, device, no_tf32):
     """On CUDA the ops inside the compiled step are the reference ones (the compiler fuses them)."""
-    G = recon.load_generator(tiny / "generator.safetensors").to(device)
-    features = VGGFeatures(load_vgg16(tiny / "vgg16.pt", device))
+    files = resolve_weights(tiny)
+    G = recon.load_generator(files.generator).to(device)
+    features = VGGFeatures(load_vgg16(files.vgg16, device))
     cfg = ProjectorConfig(num_steps=4, w_avg_samples=200)
     targets = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     eager = Projector(G, features, cfg).project(targets, progress=False)
@@ -88,4 +87,4 @@ def test_doctor_reports_versions_ops_and_step_time(tiny):
     assert f"torch {torch.__version__}" in out and "device: cpu" in out
     assert "CUDA ops: not used on CPU" in out
     line = next(x for x in out.splitlines() if x.startswith("one projection step"))
-    assert "generator.safetensors (32 px)" in line and float(line.split(": ")[-1].split()[0]) > 0
+    assert "weights.json (32 px generator)" in line and float(line.split(": ")[-1].split()[0]) > 0

@@ -8,9 +8,9 @@ from PIL import Image
 
 from conftest import SHARED, need
 from recon import jpeg
-from recon.degrade import (Degradation, SurrogateClamp, normal_cdf, poisson_approx, poisson_target)
-from recon.imageio import from_uint8
-from recon.projector import RecordedRandom, TorchRandom, step_draws
+from recon.restore.degrade import (Degradation, SurrogateClamp, normal_cdf, poisson_approx, poisson_target)
+from recon.data.imageio import from_uint8
+from recon.restore.official import RecordedRandom, TorchRandom, step_draws
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from recon.degrade import (Degradation, DegradationError, centre_mask, downsample, fill_missing, gaussian_blur, gaussian_kernel1d, grayscale, mask_from_color, mask_from_file, parse_ops)
-from recon.imageio import from_uint8, to_uint8
+from recon.restore.degrade import (Degradation, DegradationError, centre_mask, downsample, fill_missing, gaussian_blur, gaussian_kernel1d, grayscale, mask_from_color, mask_from_file, parse_ops)
+from recon.data.imageio import from_uint8, to_uint8
 from recon.metrics import psnr_torch
-from recon.perceptual import VGGFeatures, to_vgg_range
+from recon.model.perceptual import VGGFeatures, to_vgg_range
 
 
 def test_uint8_roundtrip_and_ranges():
@@ -123,7 +123,7 @@ def test_vgg_boundary_ranges_and_resize():
 
 def test_differentiable_ops_pass_gradcheck():
     """As kornia tests its image ops: analytic gradients against finite differences, in float64."""
-    from recon.degrade import gaussian_blur, grayscale
+    from recon.restore.degrade import gaussian_blur, grayscale
     x = torch.rand(1, 3, 12, 12, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: gaussian_blur(t, 5, 1.3), (x,))
     assert torch.autograd.gradcheck(grayscale, (x,))
@@ -134,7 +134,7 @@ def test_differentiable_ops_pass_gradcheck():
 
 
 def test_brush_masks_are_seeded_strokes():
-    from recon.degrade import brush_mask
+    from recon.restore.degrade import brush_mask
     a, b = brush_mask(64, 5, seed=1), brush_mask(64, 5, seed=1)
     assert torch.equal(a, b) and not torch.equal(a, brush_mask(64, 5, seed=2))
     assert a.shape == (1, 1, 64, 64) and 0 <= float(a.min()) and float(a.max()) <= 1

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recon.ops import bias_act, modulated_conv2d, setup_filter, upfirdn2d
-from recon.ops.bias_act import ACTIVATIONS, bias_act_ref, grad_from_output
-from recon.ops.upfirdn2d import backward_params, downsample2d, upfirdn2d_ref, upsample2d
-from recon.networks import normalize_2nd_moment
+from recon.model.ops import bias_act, modulated_conv2d, setup_filter, upfirdn2d
+from recon.model.ops.bias_act import ACTIVATIONS, bias_act_ref, grad_from_output
+from recon.model.ops.upfirdn2d import backward_params, downsample2d, upfirdn2d_ref, upsample2d
+from recon.model.networks import normalize_2nd_moment
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -160,7 +160,7 @@ def test_generator_cuda_matches_golden(golden_G, golden_cases, no_tf32):
 # ---------------------------------------------------------------------------------------------
 # Compile-only check of the kernels (nvcc is installed even without a GPU)
 
-from recon.ops._plugin import CUDA_DIR
+from recon.model.ops._plugin import CUDA_DIR
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
@@ -197,7 +197,7 @@ class ReferenceKernels:
 
 
 def test_cuda_autograd_glue_upfirdn2d():
-    from recon.ops.upfirdn2d import _UpFirDn2dCuda
+    from recon.model.ops.upfirdn2d import _UpFirDn2dCuda
     k = ReferenceKernels()
     f = setup_filter([1, 3, 3, 1]).double()
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
@@ -210,7 +210,7 @@ def test_cuda_autograd_glue_upfirdn2d():
 
 
 def test_cuda_autograd_glue_bias_act():
-    from recon.ops.bias_act import _BiasActCuda
+    from recon.model.ops.bias_act import _BiasActCuda
     k = ReferenceKernels()
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
@@ -240,7 +240,7 @@ def test_auto_sends_only_large_cuda_tensors_to_the_kernels(monkeypatch):
     """Below KERNEL_MIN_NUMEL an op's kernel lost to the reference on an H200 (host overhead) or
     was not measured to win; 'cuda' forces a kernel, 'ref' and CPU tensors never get one, and under
     torch.compile 'auto' leaves the ops to the compiler."""
-    from recon.ops import _plugin
+    from recon.model.ops import _plugin
 
     class OnCuda:
         is_cuda = True

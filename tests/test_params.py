@@ -106,13 +106,13 @@ if not torch.cuda.is_available():
 
 PATHS = {  # as dvc.yaml's cmd gives them
     "download_weights": ["--out", "weights"],
-    "align": ["--photos", "data/raw", "--out", "data/aligned", "--generator", "weights/generator.safetensors"],
+    "align": ["--photos", "data/raw", "--out", "data/aligned", "--weights", "weights"],
     "degrade": ["--aligned", "data/aligned", "--out", "data/degraded/{mode}"],
     "project": ["--degraded", "data/degraded/{mode}", "--weights", "weights", "--out", "data/projected/{mode}",
                 "--losses", "reports/losses/{mode}.csv"],
     "synthetic": ["--weights", "weights", "--out", "data/synthetic", "--losses", "reports/losses/synthetic.csv"],
     "benchmark": ["--weights", "weights", "--out", "data/benchmark"],
-    "report": ["--data", "data", "--photos", "data/raw", "--vgg", "weights/vgg16.pt", "--out", "reports"],
+    "report": ["--data", "data", "--photos", "data/raw", "--weights", "weights", "--out", "reports"],
 }
 
 
@@ -157,15 +157,17 @@ def test_yaml_syntax_and_missing_file(tmp_path):
 def test_resolution_mismatch_is_refused_at_align_time(tmp_path):
     """Once download_weights has written the generator, align refuses an align.resolution that
     differs from it, before any photo is aligned."""
-    from recon.checkpoint import save_generator
-    from recon.networks import Generator
+    from conftest import make_weights
+    from recon.model.checkpoint import save_generator
+    from recon.model.networks import Generator
     G = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
                   mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=64, channel_max=8))
-    save_generator(G, tmp_path / "weights" / "generator.safetensors")
+    save_generator(G, tmp_path / "g16.safetensors")
+    make_weights(tmp_path / "weights", tmp_path / "g16.safetensors", resolution=16)
     write_params(tmp_path / "params.yaml", edited({"align.resolution": 32}))
     res = run_stage(tmp_path, "align")
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert ("params.yaml: align.resolution: 32, but the generator (weights/generator.safetensors) makes 16x16 "
+    assert ("params.yaml: align.resolution: 32, but the generator (weights.generator.source) makes 16x16 "
             "images; set align.resolution: 16") in res.stderr
     assert not (tmp_path / "data").exists()
 

@@ -8,24 +8,22 @@ import torch
 from PIL import Image
 
 import recon
-from recon.imageio import to_uint8
-from recon.imageio import PhotoError, save_png
+from recon.data.imageio import to_uint8
+from recon.data.imageio import PhotoError, save_png
 from recon.metrics import identity_distance, psnr, ssim
 from recon.config import ProjectorConfig
-from recon.pipeline import aligned_faces, degrade_stage, project_stage
-from recon.projector import Projector
-from tiny_vgg import write_tiny_vgg
+from recon.pipeline.stages import aligned_faces, degrade_stage, project_stage
+from recon.restore.official import Projector
+from conftest import make_weights
+from recon.model.weights import resolve_weights
 
 CFG = dict(num_steps=6, w_avg_samples=200, snapshot_every=3)
 
 
 @pytest.fixture()
 def setup(tmp_path, golden_dir):
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    recon.convert(golden_dir / "official_format.pkl", weights / "generator.safetensors")
-    write_tiny_vgg(weights / "vgg16.pt")
-    G = recon.load_generator(weights / "generator.safetensors")
+    weights = make_weights(tmp_path / "weights", golden_dir / "official_format.pkl")
+    G = recon.load_generator(golden_dir / "official_format.pkl")
     g = torch.Generator().manual_seed(1)
     faces = to_uint8(G(torch.randn(3, 64, generator=g), None, truncation_psi=0.5, noise_mode="const"))
     aligned = tmp_path / "aligned"
@@ -125,7 +123,7 @@ def test_identity_distance_separates_people(golden_dir):
 
 
 def test_composites_keep_what_the_input_knows():
-    from recon.composite import paste_known, transfer_luminance
+    from recon.restore.composite import paste_known, transfer_luminance
     rng = np.random.RandomState(0)
     original = (rng.rand(64, 64, 3) * 255).astype(np.uint8)
     generated = (rng.rand(64, 64, 3) * 255).astype(np.uint8)
@@ -157,10 +155,11 @@ def test_cli_and_pipeline_give_the_same_result(setup):
         YAML().dump(params, f)
     from recon.config import load_params
     p = load_params(tmp / "params.yaml")
+    files = resolve_weights(weights)
     degrade_stage("blur", p.ops("blur"), aligned_faces(aligned), tmp / "deg")
     project_stage("blur", p.project.for_mode("blur"), tmp / "deg", tmp / "pipe", weights, 1, "cpu")
     res = subprocess.run([sys.executable, "-m", "recon.cli", "project", *sorted(str(f) for f in aligned.glob("*.png")),
-                          "--generator", str(weights / "generator.safetensors"), "--vgg", str(weights / "vgg16.pt"),
+                          "--generator", str(files.generator), "--vgg", str(files.vgg16),
                           "--out", str(tmp / "cli"), "--params", str(tmp / "params.yaml"), "--degrade", "blur",
                           "--device", "cpu"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -182,7 +181,7 @@ def test_robust_method_through_the_project_stage(setup):
     out = tmp / "proj" / "p0_0"
     for name in ("image.png", "image_W.png", "image_W+.png", "degraded.png", "target.png", "done.json"):
         assert (out / name).is_file(), name
-    G = recon.load_generator(weights / "generator.safetensors")
+    G = recon.load_generator(resolve_weights(weights).generator)
     assert np.load(out / "latents.npz")["wpp"].shape == (G.num_ws, G.synthesis.max_channels, G.w_dim)
     rows = list(csv.DictReader(open(out / "loss.csv")))
     assert [r["phase"] for r in rows] == ["W"] * 3 + ["W+"] * 3 + ["W++"] * 3
@@ -199,7 +198,7 @@ def test_robust_method_through_the_project_stage(setup):
 def test_lpips_metric(setup):
     from recon.metrics import LPIPSMetric
     _, weights, aligned = setup
-    lpips = LPIPSMetric(weights / "vgg16.pt")
+    lpips = LPIPSMetric(resolve_weights(weights).vgg16)
     face = np.asarray(Image.open(aligned / "p0_0.png"))
     rng = np.random.RandomState(0)
     noisy = [np.clip(face + rng.randn(*face.shape) * s, 0, 255).astype(np.uint8) for s in (5, 40)]
@@ -225,7 +224,7 @@ def test_init_from_another_mode_and_from_a_file(setup, tmp_path):
     named; a changed source invalidates the result."""
     from recon.config import RobustConfig
     from recon.errors import MissingInputError
-    from recon.pipeline import read_init
+    from recon.pipeline.stages import read_init
     tmp, weights, aligned = setup
     faces = aligned_faces(aligned)
     degrade_stage("none", {"type": "none"}, faces, tmp / "deg" / "none")
@@ -239,7 +238,7 @@ def test_init_from_another_mode_and_from_a_file(setup, tmp_path):
     assert not (proj / "blur").exists() or not any((proj / "blur").glob("*/done.json"))
     project_stage("none", official, tmp / "deg" / "none", proj / "none", weights, device="cpu")
     project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights, device="cpu")
-    G = recon.load_generator(weights / "generator.safetensors")
+    G = recon.load_generator(resolve_weights(weights).generator)
     for face in ("p0_0", "p2_0"):
         start = read_init(proj / "none" / face / "latents.npz", "robust", G)
         assert start.ndim == 1                       # the official W-space result: a W start

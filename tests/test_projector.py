@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import recon
-from recon.degrade import Degradation, DegradationError, centre_mask
-from recon.imageio import from_uint8, to_uint8
+from recon.restore.degrade import Degradation, DegradationError, centre_mask
+from recon.data.imageio import from_uint8, to_uint8
 from recon.metrics import psnr_torch
-from recon.perceptual import VGGFeatures, load_vgg16
-from recon.projector import (ProjectionError, Projector, ProjectorConfig, RecordedRandom, TorchRandom,
+from recon.model.perceptual import VGGFeatures, load_vgg16
+from recon.restore.official import (ProjectionError, Projector, ProjectorConfig, RecordedRandom, TorchRandom,
                              learning_rate, w_stats)
 from tiny_vgg import write_tiny_vgg
 
@@ -241,7 +241,7 @@ def test_cli_project(golden_dir, tmp_path):
     import subprocess
     import sys
     from PIL import Image
-    from recon.imageio import save_png
+    from recon.data.imageio import save_png
     G = recon.load_generator(golden_dir / "G_ema.safetensors")
     imgs = to_uint8(G(torch.randn(2, 64, generator=torch.Generator().manual_seed(0)), None, truncation_psi=0.5,
                       noise_mode="const"))

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from conftest import SHARED, need
 from recon.config import RobustConfig
-from recon.robust import RobustProjector, multiscale_loss, ngd_step
+from recon.restore.robust import RobustProjector, multiscale_loss, ngd_step
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -79,7 +79,7 @@ def _pool(x, draws=None):
 
 
 def test_hole_noise_is_fresh_per_scale_and_step_and_the_same_in_both_images(golden_G, golden):
-    from recon.projector import RecordedRandom, TorchRandom, step_draws
+    from recon.restore.official import RecordedRandom, TorchRandom, step_draws
     cfg = RobustConfig(steps=[1, 1, 1], min_loss_res=2)
     x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
     mask = torch.ones(2, 1, 16, 16)
@@ -155,8 +155,8 @@ def test_init_starts_the_phase_the_latent_belongs_to(golden_G, golden):
 
 
 def test_fixed_target_features_are_computed_once_with_the_same_result(golden_G, tmp_path):
-    from recon.perceptual import load_vgg16
-    from recon.robust import VGGLPIPS
+    from recon.model.perceptual import load_vgg16
+    from recon.restore.robust import VGGLPIPS
     from tiny_vgg import write_tiny_vgg
     write_tiny_vgg(tmp_path / "vgg.pt")
     lpips = VGGLPIPS(load_vgg16(tmp_path / "vgg.pt"))

@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-from recon.ops import _plugin, selfcheck
-from recon.ops.bias_act import bias_act_ref, grad_from_output
-from recon.ops.upfirdn2d import upfirdn2d, upfirdn2d_ref
+from recon.model.ops import _plugin, selfcheck
+from recon.model.ops.bias_act import bias_act_ref, grad_from_output
+from recon.model.ops.upfirdn2d import upfirdn2d, upfirdn2d_ref
 
 
 class FakeKernels:

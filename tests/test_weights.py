@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from recon.weights import DownloadError, cache_dir, download_path, fetch, obtain, resolve_source
+from recon.model.weights import DownloadError, cache_dir, download_path, fetch, obtain, resolve_source
 
 
 def sha(data: bytes) -> str:
@@ -225,21 +225,39 @@ def test_resolution_mismatch_is_refused_at_download_time(tmp_path, golden_dir):
     res = _stage(tmp_path, {"generator": {"source": (golden_dir / "official_format.pkl").as_uri(), "sha256": ""},
                             "vgg16": {"source": (tmp_path / "vgg16.pt").as_uri(), "sha256": ""}}, resolution=64)
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert "params.yaml: align.resolution: 64, but the generator (weights/generator.safetensors) makes 32x32" in res.stderr
+    assert (f"params.yaml: align.resolution: 64, but the generator ({(golden_dir / 'official_format.pkl').as_uri()}) "
+            "makes 32x32") in res.stderr
+    assert not (tmp_path / "weights" / "weights.json").exists()
 
 
-def test_the_stage_links_the_weights_and_records_digests(tmp_path, golden_dir):
-    """A local source is not copied: vgg16.pt is a hard link to it; weights.json records the
-    sources and digests (no path of this machine's cache)."""
+def test_the_stage_stores_the_weights_by_digest_and_records_them(tmp_path, golden_dir):
+    """A local source is not copied: the store holds a hard link to it; weights.json records the
+    sources and digests, and the stages find the files by digest; a damaged store file is named."""
     import json
+    from recon.errors import MissingInputError
+    from recon.model.weights import resolve_weights
     from tiny_vgg import write_tiny_vgg
     write_tiny_vgg(tmp_path / "vgg16.pt")
     spec = {"generator": {"source": (golden_dir / "official_format.pkl").as_uri(), "sha256": ""},
             "vgg16": {"source": str(tmp_path / "vgg16.pt"), "sha256": ""}}
     res = _stage(tmp_path, spec, resolution=32)
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "weights" / "vgg16.pt").samefile(tmp_path / "vgg16.pt")
-    assert not (tmp_path / "cache").exists()
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["weights.json"]
     record = json.loads((tmp_path / "weights" / "weights.json").read_text())
-    assert record["generator"]["converted_sha256"] == sha((tmp_path / "weights" / "generator.safetensors").read_bytes())
     assert set(record["generator"]) == {"source", "sha256", "verified", "converted_sha256"}
+    import os
+    os.environ["RECON_CACHE_DIR"], old = str(tmp_path / "cache"), os.environ.get("RECON_CACHE_DIR")
+    try:
+        files = resolve_weights(tmp_path / "weights")
+        assert files.vgg16.samefile(tmp_path / "vgg16.pt")
+        assert sha(files.generator.read_bytes()) == record["generator"]["converted_sha256"]
+        files.generator.write_bytes(b"damaged")
+        with pytest.raises(MissingInputError, match=r"\.safetensors: damaged \(its sha256 differs\); .*dvc repro -f "
+                                                    r"download_weights"):
+            resolve_weights(tmp_path / "weights")
+    finally:
+        os.environ["RECON_CACHE_DIR"] = old
+    # running the stage again mends the store and writes the same record
+    assert _stage(tmp_path, spec, resolution=32).returncode == 0
+    assert json.loads((tmp_path / "weights" / "weights.json").read_text()) == record
+    assert sha(files.generator.read_bytes()) == record["generator"]["converted_sha256"]

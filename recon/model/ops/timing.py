@@ -2,7 +2,7 @@
 (1024 px) gives it, forward and forward+backward, float32 and float16: the numbers that say
 whether the compiled ops pay on a device.
 
-    python -m recon.ops.timing [--batch 1 8] [--reps 30]
+    python -m recon.model.ops.timing [--batch 1 8] [--reps 30]
 
 Times are medians of ``--reps`` CUDA-event-timed calls after warm-up, on random inputs (never
 zeros). Each case first checks that the kernel agrees with the reference.

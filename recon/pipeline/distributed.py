@@ -24,7 +24,7 @@ from typing import List, Sequence, TypeVar
 
 import torch
 
-from .errors import ProjectionError
+from recon.errors import ProjectionError
 
 T = TypeVar("T")
 # A rank may wait at the closing barrier while the others finish long projections.

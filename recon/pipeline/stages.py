@@ -21,16 +21,16 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from .config import MaskOp, ProjectorConfig, Runtime, Synthetic
-from .degrade import (Degradation, DegradationError, brush_mask, centre_mask, mask_from_color,
+from recon.config import MaskOp, ProjectorConfig, Runtime, Synthetic
+from recon.restore.degrade import (Degradation, DegradationError, brush_mask, centre_mask, mask_from_color,
                       mask_from_file, parse_ops)
 from .distributed import Group, Rank
-from .errors import MissingInputError, ParamsError
-from .imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8, write_atomic, write_json
+from recon.errors import MissingInputError, ParamsError
+from recon.data.imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8, write_atomic, write_json
 from .progress import StageProgress, slow_settings_warning
-from .projector import Projector, TorchRandom, snapshot_step
-from .robust import RobustProjector, VGGLPIPS, restore_degraded
-from .weights import sha256_of
+from recon.restore.official import Projector, TorchRandom, snapshot_step
+from recon.restore.robust import RobustProjector, VGGLPIPS, restore_degraded
+from recon.model.weights import WeightFiles, resolve_weights, sha256_of
 
 
 def log(msg: str) -> None:
@@ -82,7 +82,7 @@ def batch_for_memory(per_target: int, fixed: int, free: int, cap: int = MAX_AUTO
 def measured_batch_size(weights, device: str) -> int:
     """One projection step's peak memory at batch 1 and 2 on ``device`` (the run's generator and
     VGG, the official settings) gives the memory per target; see :func:`batch_for_memory`."""
-    from .config import ProjectorConfig
+    from recon.config import ProjectorConfig
 
     G, features = load_models(weights, device)
     R = G.img_resolution
@@ -104,18 +104,57 @@ def measured_batch_size(weights, device: str) -> int:
     return batch
 
 
-def check_resolution(params, generator_path) -> None:
+def check_resolution(params, generator_path, name: Optional[str] = None) -> None:
     """Refuse an ``align.resolution`` that differs from the generator's, as soon as the generator
-    is known (download_weights, then align), not after align and degrade have run."""
-    from .checkpoint import read_config
+    is known (download_weights, then align), not after align and degrade have run. ``name``: how
+    to call the generator in the message (default: its path)."""
+    from recon.model.checkpoint import read_config
 
-    generator_path = Path(generator_path)
-    if not generator_path.is_file():
-        return
     R = read_config(generator_path)["img_resolution"]
     if params.align.resolution != R:
         raise ParamsError(f"params.yaml: align.resolution: {params.align.resolution}, but the generator "
-                          f"({generator_path}) makes {R}x{R} images; set align.resolution: {R}")
+                          f"({name or generator_path}) makes {R}x{R} images; set align.resolution: {R}")
+
+
+def weights_stage(params, out_dir) -> dict:
+    """download_weights: obtain both networks (:func:`recon.weights.obtain`), convert the generator
+    (the same checkpoint always gives the same bytes), check it against ``align.resolution``, put
+    both in the per-user store by sha256 and write ``<out_dir>/weights.json`` (sources and
+    digests: what the other stages depend on). Returns the record."""
+    import tempfile
+
+    from recon.model.checkpoint import convert
+    from recon.errors import CheckpointError, DownloadError
+    from recon.model.perceptual import load_vgg16
+    from recon.model.weights import cache_dir, obtain, resolve_source, store
+
+    files = {"generator": params.weights.generator, "vgg16": params.weights.vgg16}
+    record, paths, failures = {}, {}, []
+    for key, spec in files.items():     # every missing file is named in one run
+        try:
+            paths[key], digest = obtain(spec.source, spec.sha256, hint=f"weights.{key}.source")
+        except DownloadError as exc:
+            failures.append(str(exc))
+            continue
+        record[key] = dict(source=resolve_source(spec.source), sha256=digest, verified=bool(spec.sha256))
+    if failures:
+        raise DownloadError(f"{len(failures)} of {len(files)} weights files are missing:\n  " + "\n  ".join(failures))
+
+    (cache_dir() / "weights").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir() / "weights") as tmp:
+        converted = Path(tmp) / "generator.safetensors"
+        try:
+            convert(paths["generator"], converted)
+            load_vgg16(paths["vgg16"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} (a cached download that does not parse: delete it and rerun to fetch "
+                                  "it again)") from None
+        check_resolution(params, converted, record["generator"]["source"])
+        record["generator"]["converted_sha256"] = sha256_of(converted)
+        store(converted, record["generator"]["converted_sha256"], ".safetensors")
+    store(paths["vgg16"], record["vgg16"]["sha256"], ".pt")
+    write_json(Path(out_dir) / "weights.json", record)
+    return record
 
 
 def aligned_faces(aligned_dir) -> List[dict]:
@@ -140,13 +179,13 @@ def _mask_for(face: dict, op: MaskOp, rgb: np.ndarray, seed: int) -> torch.Tenso
     size = rgb.shape[0]
     if op.source == "file":
         if not face["mask"]:
-            raise MissingInputError(f"{face['photo']}: degrade.<mode>.source is file, but the photo has no "
+            raise MissingInputError(f"{face['photo']}: degrade's mask source is file, but the photo has no "
                                     f"<stem>_mask.png beside it (white = missing)")
         return mask_from_file(face["mask"], size)
     if op.source == "color":
         return mask_from_color(rgb, op.color, op.tolerance)
     if op.source == "brush":   # seeded per face, so every face has its own strokes, the same each run
-        seed = seed + int(hashlib.sha256(face["name"].encode()).hexdigest()[:8], 16)
+        seed = (seed + int(hashlib.sha256(face["name"].encode()).hexdigest()[:8], 16)) % 2**32
         return (brush_mask(size, op.strokes, seed) > 0.5).float()
     return centre_mask(size, op.fraction)
 
@@ -157,23 +196,29 @@ def degrade_stage(mode: str, ops, faces: List[dict], out_dir, seed: int = 0, obs
     ``ops``: the mode's typed ops (``Params.ops(mode)``), or anything :func:`parse_ops` takes.
     ``faces``: :func:`aligned_faces` (or the same records for any square images).
     ``observed``: the photos are already degraded: each is its own target, as it is (the ops
-    then only model, for the generated image, how the photo was degraded; masks are still made)."""
+    then only model, for the generated image, how the photo was degraded; masks are still made).
+    A face that cannot be a target of this mode (unreadable, no mask file, no pixel of the mask
+    colour) is skipped with a warning and listed under ``skipped`` in targets.json; a mode left
+    with no target at all is an error."""
     from tqdm import tqdm
 
     ops = parse_ops(ops)
     mask_op = next((op for op in ops if isinstance(op, MaskOp)), None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
+    records, skipped = [], []
     for face in tqdm(faces, desc=f"degrade {mode}", unit="face"):
-        rgb, _ = load_photo(face["file"])
-        if rgb.shape[0] != rgb.shape[1]:
-            raise PhotoError(f"{face['file']}: aligned faces must be square, got {rgb.shape[1]}x{rgb.shape[0]}")
-        mask = _mask_for(face, mask_op, rgb, seed) if mask_op is not None else None
         try:
+            rgb, _ = load_photo(face["file"])
+            if rgb.shape[0] != rgb.shape[1]:
+                raise PhotoError(f"{face['file']}: aligned faces must be square, got {rgb.shape[1]}x{rgb.shape[0]}")
+            mask = _mask_for(face, mask_op, rgb, seed) if mask_op is not None else None
             d = Degradation(ops, rgb.shape[0], masks=mask, seed=seed)
-        except DegradationError as exc:
-            raise DegradationError(f"degrade.{mode} on {face['file']}: {exc}") from exc
+        except (PhotoError, DegradationError, MissingInputError) as exc:
+            reason = str(exc)
+            log(f"degrade {mode}: warning: {face['name']} skipped: {reason}")
+            skipped.append(dict(name=face["name"], photo=face["photo"], reason=reason))
+            continue
         degraded = rgb if observed else to_uint8(d.target(from_uint8(rgb)))[0]
         save_png(out_dir / f"{face['name']}.png", degraded)
         rec = dict(name=face["name"], source=face["file"], photo=face["photo"], quad=face["quad"],
@@ -182,7 +227,11 @@ def degrade_stage(mode: str, ops, faces: List[dict], out_dir, seed: int = 0, obs
             rec["mask"] = f"{face['name']}_mask.png"
             save_png(out_dir / rec["mask"], np.where(mask[0, 0].numpy() > 0.5, 0, 255).astype(np.uint8))
         records.append(rec)
-    targets = dict(mode=mode, ops=[op.model_dump() for op in ops], seed=seed, observed=observed, faces=records)
+    if not records:
+        why = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped) or "no aligned faces"
+        raise DegradationError(f"degrade.{mode}: no face can be a target of this mode ({why})")
+    targets = dict(mode=mode, ops=[op.model_dump() for op in ops], seed=seed, observed=observed, faces=records,
+                   skipped=skipped)
     write_json(out_dir / "targets.json", targets)
     return targets
 
@@ -204,19 +253,14 @@ def degradation_for(targets: dict, faces: List[dict], degraded_dir, size: int) -
 # ----------------------------------------------------------------------------------------------
 # project@mode
 
-def weight_files(weights) -> tuple:
-    """``(generator, vgg16)`` paths: from the download_weights folder, or a pair as given."""
-    if isinstance(weights, (tuple, list)):
-        return Path(weights[0]), Path(weights[1])
-    return Path(weights) / "generator.safetensors", Path(weights) / "vgg16.pt"
-
-
 def load_models(weights, device):
-    from .checkpoint import load_generator
-    from .perceptual import VGGFeatures, load_vgg16
+    """The generator and the VGG16 feature function of ``weights`` (a download_weights folder, a
+    ``(generator, vgg16)`` pair, or resolved :class:`recon.weights.WeightFiles`)."""
+    from recon.model.checkpoint import load_generator
+    from recon.model.perceptual import VGGFeatures, load_vgg16
 
-    generator, vgg = weight_files(weights)
-    return load_generator(generator, device=device), VGGFeatures(load_vgg16(vgg, device))
+    files = weights if isinstance(weights, WeightFiles) else resolve_weights(weights)
+    return load_generator(files.generator, device=device), VGGFeatures(load_vgg16(files.vgg16, device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,34 +286,60 @@ def require_init(path: Path, mode: str = "<mode>") -> None:
         raise MissingInputError(f"{path}: starting latents not found{hint} (params.yaml: project.{mode}.init)")
 
 
-def read_init(path: Path, method: str, G, mode: str = "<mode>") -> torch.Tensor:
+MAX_LATENT_ABS = 1e3      # a StyleGAN2 w stays within about +-20; larger is not a latent of this model
+
+
+def _npz_member_header(z, member: str):
+    """``(shape, fortran_order, dtype)`` from an ``.npy`` member's header, read before its data
+    (a header may declare any size; nothing is allocated from it unchecked)."""
+    with z.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)
+        if version in ((2, 0), (3, 0)):
+            return np.lib.format.read_array_header_2_0(f)
+        raise ValueError(f"unsupported .npy version {version}")
+
+
+def read_init(path: Path, method: str, shapes: dict, mode: str = "<mode>", latent_space: str = "w+") -> torch.Tensor:
     """One target's starting latent from a ``latents.npz``: W ``[w_dim]``, W+ ``[num_ws, w_dim]``
     or (robust method) W++ ``[num_ws, K, w_dim]``, the most detailed the file holds that the
-    method can start from. A W+ whose rows are all equal is a W."""
+    method can start from; ``shapes``: :func:`recon.networks.latent_shapes` of the generator. A W+
+    whose rows are all equal is a W. Refused, naming the file and ``project.<mode>.init``: a file
+    that is not a readable npz, arrays that are not float arrays of exactly the generator's shape
+    (checked from each header before any data is read), values that are not finite or beyond
+    +-:data:`MAX_LATENT_ABS`, and a W+ with differing rows for a run that starts in W."""
     import zipfile
 
     key = f"params.yaml: project.{mode}.init"
     require_init(path, mode)
+    order = ("wpp", "wp", "ws", "w") if method == "robust" else ("wp", "ws", "w")
+    want = dict(shapes, ws=shapes["wp"])
     try:
         with zipfile.ZipFile(path) as z:
             if sum(i.file_size for i in z.infolist()) > MAX_INIT_BYTES:
                 raise ParamsError(f"{path}: more than {MAX_INIT_BYTES >> 20} MB of arrays; not a latents file ({key})")
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("wpp", "wp", "ws", "w") if k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ParamsError(f"{path}: not a readable latents.npz ({exc}) ({key})") from None
-    order = ("wpp", "wp", "ws", "w") if method == "robust" else ("wp", "ws", "w")
-    name = next((k for k in order if k in arrays), None)
-    if name is None:
-        raise ParamsError(f"{path}: holds none of {', '.join(order)} ({key})")
-    x = torch.from_numpy(np.asarray(arrays[name], dtype=np.float32))
-    shapes = {"w": [G.w_dim], "ws": [G.num_ws, G.w_dim], "wp": [G.num_ws, G.w_dim],
-              "wpp": [G.num_ws, G.synthesis.max_channels, G.w_dim]}
-    if list(x.shape) != shapes[name] or not torch.isfinite(x).all():
-        raise ParamsError(f"{path}: {name} must be finite and {shapes[name]} for this generator, "
-                          f"got {list(x.shape)} ({key})")
+            members = {m[:-4]: m for m in z.namelist() if m.endswith(".npy")}
+            name = next((k for k in order if k in members), None)
+            if name is None:
+                raise ParamsError(f"{path}: holds none of {', '.join(order)} ({key})")
+            shape, fortran, dtype = _npz_member_header(z, members[name])
+            if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8) or list(shape) != want[name]:
+                raise ParamsError(f"{path}: {name} must be a float array of shape {want[name]} for this generator, "
+                                  f"got {dtype} {list(shape)} ({key})")
+            with z.open(members[name]) as f:
+                x = np.lib.format.read_array(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ParamsError(f"{path}: not a readable latents.npz ({type(exc).__name__}: {exc}) ({key})") from None
+    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if not torch.isfinite(x).all() or float(x.abs().max()) > MAX_LATENT_ABS:
+        raise ParamsError(f"{path}: {name} must be finite and within +-{MAX_LATENT_ABS:g}, got values up to "
+                          f"{float(x.abs().max()):.3g} ({key})")
     if x.ndim == 2 and torch.equal(x, x[:1].expand_as(x)):
         x = x[0]
+    if x.ndim == 2 and method != "robust" and latent_space != "w+":
+        raise ParamsError(f"{path}: holds a W+ latent (one w per layer, rows differ), but project.{mode}.latent_space "
+                          f"is {latent_space}, which starts from one w ({key}; use latent_space: w+)")
     return x
 
 
@@ -313,7 +383,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     each rank takes every world-th pending batch, and all ranks meet at a barrier at the end.
     Returns the names projected by this process.
     """
-    from .checkpoint import read_config
+    from recon.model.checkpoint import read_config
 
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ParamsError(f"params.yaml: project.runtime.batch_size: must be an integer >= 1, got {batch_size!r}")
@@ -322,13 +392,12 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     targets = load_targets(degraded_dir)
     degraded_dir, out_dir = Path(degraded_dir), Path(out_dir)
     # Everything is checked before the models are loaded.
-    generator, vgg = weight_files(weights)
-    R = read_config(generator)["img_resolution"]
+    files = resolve_weights(weights)
+    R = read_config(files.generator)["img_resolution"]
     faces = targets["faces"]
     names = {f["name"] for f in faces}
 
-    # The weights are hashed once per run, not once per face (the FFHQ generator is 120 MB).
-    weights_digest = sha256_of(generator) + sha256_of(vgg)
+    weights_digest = files.digest
     fingerprints, finished = {}, set()
     for face in faces:
         fp = fingerprints[face["name"]] = _face_fingerprint(cfg, targets, face, degraded_dir, weights_digest,
@@ -370,8 +439,8 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
 
     done_names = []
     if mine:
-        G, features = load_models((generator, vgg), device)
-        from .compiled import resolve_compile
+        G, features = load_models(files, device)
+        from recon.restore.compiled import resolve_compile
         compiled = cfg.method != "robust" and resolve_compile(compile, device, cfg.num_steps, G.img_resolution)
         projector = (RobustProjector(G, VGGLPIPS(features.vgg), cfg.robust) if cfg.method == "robust"
                      else Projector(G, features, cfg, compile=compiled))

@@ -425,7 +425,7 @@ def safetensors_bytes(state: dict, metadata: dict) -> bytes:
 def save_generator(G: Generator, path: PathLike, overwrite: bool = False) -> Path:
     """Write ``G`` as one safetensors file with its config in the metadata (atomic); the same
     network always gives the same bytes (:func:`safetensors_bytes`)."""
-    from .imageio import write_atomic
+    from recon.data.imageio import write_atomic
 
     path = Path(path)
     if path.exists() and not overwrite:

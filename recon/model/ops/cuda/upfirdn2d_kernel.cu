@@ -1,4 +1,4 @@
-// upfirdn2d on the GPU, matching recon.ops.upfirdn2d.upfirdn2d_ref.
+// upfirdn2d on the GPU, matching recon.model.ops.upfirdn2d.upfirdn2d_ref.
 //
 // Two kernels, after the design of NVIDIA's stylegan3 torch_utils/ops/upfirdn2d.cu (written anew):
 //  * a tiled kernel for the cases the generator runs (4x4 filters at up 2, down 2, or neither):

@@ -9,7 +9,7 @@ Value ranges: ``z`` is standard normal; ``ws`` is ``[N, num_ws, w_dim]``; images
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -293,6 +293,17 @@ class SynthesisBlock(nn.Module):
             y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(torch.float32)
             img = img + y if img is not None else y
         return x, img
+
+
+def latent_shapes(config: dict) -> Dict[str, List[int]]:
+    """The latents of a generator config without building it: ``w [w_dim]``, ``wp [num_ws,
+    w_dim]`` (W+) and ``wpp [num_ws, K, w_dim]`` (W++, K = the most filters of any layer; a
+    layer at resolution r has min(channel_base // r, channel_max) filters, the largest at 4 px)."""
+    sk, w_dim = config.get("synthesis_kwargs", {}), config["w_dim"]
+    log2 = int(np.log2(config["img_resolution"]))
+    num_ws = 2 * log2 - 2           # one conv at 4 px, two per block above, and the last toRGB
+    filters = max(config["img_channels"], min(sk.get("channel_base", 32768) // 4, sk.get("channel_max", 512)))
+    return dict(w=[w_dim], wp=[num_ws, w_dim], wpp=[num_ws, filters, w_dim])
 
 
 class SynthesisNetwork(nn.Module):

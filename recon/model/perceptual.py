@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import CheckpointError, MissingInputError
+from recon.errors import CheckpointError, MissingInputError
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 

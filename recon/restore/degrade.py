@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import (BlurOp, DownsampleOp, GrayscaleOp, JpegOp, MaskOp, NoiseOp, Op, PoissonOp, check_op_fits,
+from recon.config import (BlurOp, DownsampleOp, GrayscaleOp, JpegOp, MaskOp, NoiseOp, Op, PoissonOp, check_op_fits,
                      flatten_ops, parse_op)
-from .errors import DegradationError
+from recon.errors import DegradationError
 
 LUMA = (0.299, 0.587, 0.114)
 Draws = Callable[[str, tuple], torch.Tensor]    # (tag, per-image shape) -> [N or 1, *shape]
@@ -134,7 +134,7 @@ def normal_cdf(x: torch.Tensor) -> torch.Tensor:
 
 def jpeg_target(img: torch.Tensor, quality: int) -> torch.Tensor:
     """Each image through Pillow's JPEG encoder (8-bit, 4:2:0). ``[N, 3, H, W]`` in [-1, 1]."""
-    from .imageio import from_uint8, to_uint8
+    from recon.data.imageio import from_uint8, to_uint8
     from .jpeg import encode
 
     out = [from_uint8(encode(im, quality)) for im in to_uint8(img.detach().cpu())]

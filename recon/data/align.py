@@ -19,7 +19,7 @@ from PIL import Image
 
 from .imageio import PhotoError, list_photos, load_photo, save_png, write_atomic
 
-from .errors import AlignError
+from recon.errors import AlignError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,8 +356,10 @@ def align_paths(inputs, out_dir, opts: AlignOptions = AlignOptions(), manifest_n
                 progress: bool = True, overwrite: bool = False) -> dict:
     """Align every photo under ``inputs`` into ``out_dir`` and write ``out_dir/manifest.json``.
 
-    A photo without a usable face is reported and recorded; an unreadable photo stops the run with
-    a :class:`PhotoError` naming it (faces already written stay, the manifest is not written).
+    A photo without a usable face, or one that cannot be read (truncated, not an image, too big,
+    a mask beside it that does not fit), is reported with a warning and listed in the manifest
+    (``no_face``, ``unreadable``); the other photos go on. A run that yields no face at all is
+    an :class:`AlignError`.
     """
     from tqdm import tqdm
 
@@ -367,13 +369,24 @@ def align_paths(inputs, out_dir, opts: AlignOptions = AlignOptions(), manifest_n
         raise FileExistsError(f"{out_dir / manifest_name}: an earlier alignment is there; choose another "
                               "folder or pass overwrite=True (--force)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = dict(options=asdict(opts), images={}, no_face=[])
+    manifest = dict(options=asdict(opts), images={}, no_face=[], unreadable=[])
+
+    def log(*a, **k):
+        tqdm.write(" ".join(map(str, a)), file=k.get("file"))
     for path in tqdm(photos, desc="align", unit="photo", disable=not progress):
-        entry = align_photo(path, out_dir, opts, log=lambda *a, **k: tqdm.write(" ".join(map(str, a)),
-                                                                                   file=k.get("file")))
+        try:
+            entry = align_photo(path, out_dir, opts, log=log)
+        except PhotoError as exc:
+            log(f"align: warning: {path.name} skipped: {exc}", file=sys.stderr)
+            manifest["unreadable"].append(dict(photo=path.name, reason=str(exc)))
+            continue
         manifest["images"][path.name] = entry
         if not entry["faces"]:
             manifest["no_face"].append(path.name)
+    if not any(e["faces"] for e in manifest["images"].values()):
+        problems = [f"{p}: no face found" for p in manifest["no_face"]]
+        problems += [f"{u['photo']}: {u['reason']}" for u in manifest["unreadable"]]
+        raise AlignError(f"no usable face in {len(photos)} photos" + (f" ({'; '.join(problems)})" if problems else ""))
     text = json.dumps(manifest, indent=1)
     write_atomic(out_dir / manifest_name, lambda tmp: Path(tmp).write_text(text))
     return manifest

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import LATENT_SPACES, ProjectorConfig  # noqa: F401  (re-exported)
+from recon.config import LATENT_SPACES, ProjectorConfig  # noqa: F401  (re-exported)
 from .degrade import Degradation, fill_missing
-from .errors import ProjectionError
-from .imageio import save_png, to_uint8, write_atomic
+from recon.errors import ProjectionError
+from recon.data.imageio import save_png, to_uint8, write_atomic
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 HISTORY_FLUSH_STEPS = 32   # loss terms stay on the device this many steps between host copies

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import DownloadError
+from recon.errors import DownloadError
 
 OFFICIAL_URLS = {
     "ffhq": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
@@ -95,10 +97,66 @@ def obtain(source: str, sha256: str = "", hint: str = "", progress: bool = True,
     return dest, fetch(url, dest, sha256, progress=progress, hint=hint, **fetch_kwargs)
 
 
+def store_path(digest: str, suffix: str) -> Path:
+    """Where the weights file of sha256 ``digest`` lives: ``<cache_dir>/weights/<digest><suffix>``."""
+    return cache_dir() / "weights" / f"{digest}{suffix}"
+
+
+def store(path: Path, digest: str, suffix: str) -> Path:
+    """Put the file ``path`` (of sha256 ``digest``) into the content-addressed store, as a hard
+    link where the filesystem allows (the file is then on disk once), else a copy."""
+    dest = store_path(digest, suffix)
+    if not (dest.is_file() and sha256_of(dest) == digest):       # absent, or damaged since
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(path, dest)
+    return dest
+
+
+RECORD = "weights.json"
+
+
+@dataclass(frozen=True)
+class WeightFiles:
+    """The two networks a run needs, and a digest of both for fingerprints."""
+    generator: Path
+    vgg16: Path
+    digest: str
+
+
+def resolve_weights(weights) -> WeightFiles:
+    """The weights a stage runs with: ``weights`` is the download_weights folder (its
+    ``weights.json`` names them by sha256 in the store, and each is verified against it) or a
+    ``(generator, vgg16)`` pair of paths, as the command line gives them."""
+    from recon.errors import MissingInputError
+
+    if isinstance(weights, (tuple, list)):
+        generator, vgg16 = Path(weights[0]), Path(weights[1])
+        for p in (generator, vgg16):
+            if not p.is_file():
+                raise MissingInputError(f"{p}: no such file")
+        return WeightFiles(generator, vgg16, sha256_of(generator) + sha256_of(vgg16))
+    record_path = Path(weights) / RECORD
+    try:
+        record = json.loads(record_path.read_text())
+        digests = record["generator"]["converted_sha256"], record["vgg16"]["sha256"]
+    except FileNotFoundError:
+        raise MissingInputError(f"{record_path}: missing (run the download_weights stage first)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MissingInputError(f"{record_path}: unreadable ({type(exc).__name__}: {exc}); "
+                                "run `dvc repro -f download_weights`") from None
+    paths = store_path(digests[0], ".safetensors"), store_path(digests[1], ".pt")
+    for p, d in zip(paths, digests):
+        problem = "missing" if not p.is_file() else ("damaged (its sha256 differs)" if sha256_of(p) != d else "")
+        if problem:
+            raise MissingInputError(f"{p}: {problem}; it is the file {record_path} records: run "
+                                    "`dvc repro -f download_weights` to obtain it again")
+    return WeightFiles(paths[0], paths[1], digests[0] + digests[1])
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` the same file as ``src`` (a hard link: one copy on disk), or a copy where links
     cannot be made (another filesystem); atomic."""
-    tmp = Path(dst).with_name(Path(dst).name + ".tmp")
+    tmp = Path(dst).with_name(f".{Path(dst).name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)

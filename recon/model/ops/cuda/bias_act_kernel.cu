@@ -1,5 +1,5 @@
 // Elementwise bias + activation + gain + clamp and its first derivative, computed in float
-// (double for double tensors), matching recon.ops.bias_act.bias_act_ref. As in NVIDIA's
+// (double for double tensors), matching recon.model.ops.bias_act.bias_act_ref. As in NVIDIA's
 // bias_act.cu, the index math is 32-bit whenever the tensor allows it (64-bit division costs
 // several times more per element), and the activation is a template constant.
 #include "kernels.h"

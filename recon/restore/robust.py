@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import RobustConfig
-from .imageio import save_png, to_uint8, write_atomic
+from recon.config import RobustConfig
+from recon.data.imageio import save_png, to_uint8, write_atomic
 
 PHASES = ("W", "W+", "W++")
 LPIPSFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]     # [B,3,h,w] x2 in [0,1] -> [B]
@@ -44,7 +44,7 @@ class VGGLPIPS:
         except RuntimeError as exc:
             if x.shape[-1] >= 32:
                 raise
-            from .errors import ProjectionError
+            from recon.errors import ProjectionError
             raise ProjectionError(f"VGG16 cannot take {x.shape[-1]} px images (its pooling needs more pixels): "
                                   f"raise robust.min_loss_res to {x.shape[-1]} or more") from exc
 
@@ -207,7 +207,7 @@ class RobustProjector:
         source of the step's draws. ``init``: a starting latent per target (W, W+ or W++ shaped);
         the phases before the one it belongs to are skipped. ``snapshot_path``: the state is
         written there every ``snapshot_every`` steps and a run resumes from it."""
-        from .projector import TorchRandom, step_draws
+        from .official import TorchRandom, step_draws
 
         target = target.to(self.device, torch.float32)
         B = target.shape[0]

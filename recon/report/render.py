@@ -19,10 +19,10 @@ from typing import Dict, List, Optional
 import numpy as np
 from PIL import Image
 
-from .align import paste_back
-from .composite import paste_known, transfer_luminance
-from .imageio import load_photo, write_atomic
-from .metrics import GLOSSARY, identity_distance, psnr, ssim
+from recon.data.align import paste_back
+from recon.restore.composite import paste_known, transfer_luminance
+from recon.data.imageio import load_photo, write_atomic
+from recon.metrics import GLOSSARY, identity_distance, psnr, ssim
 
 
 def _b64(img: np.ndarray, fmt: str = "PNG", max_side: Optional[int] = None) -> str:
@@ -345,8 +345,8 @@ def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str 
     """Write ``index.html`` (self-contained), ``metrics.json`` (the headline numbers: what
     ``dvc exp show`` shows, about 20 columns) and ``metrics_detail.json`` (every face and cell).
     ``vgg``: NVIDIA's ``vgg16.pt``, for LPIPS (left out without it). Returns the headline metrics."""
-    from .config import Report
-    from .metrics import LPIPSMetric
+    from recon.config import Report
+    from recon.metrics import LPIPSMetric
 
     report = report if report is not None else Report()
     lpips = LPIPSMetric(vgg) if vgg is not None else None

@@ -24,10 +24,10 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from .config import (BenchmarkConfig, BlurOp, DownsampleOp, GrayscaleOp, JpegOp, MaskOp, PoissonOp,
+from recon.config import (BenchmarkConfig, BlurOp, DownsampleOp, GrayscaleOp, JpegOp, MaskOp, PoissonOp,
                      ProjectorConfig)
-from .degrade import Degradation, brush_mask, centre_mask
-from .imageio import from_uint8, save_png, to_uint8, write_atomic
+from recon.restore.degrade import Degradation, brush_mask, centre_mask
+from recon.data.imageio import from_uint8, save_png, to_uint8, write_atomic
 
 LEVELS = ("XS", "S", "M", "L", "XL")
 # The robust method's benchmark levels (its tasks.py), and ours for the tasks it does not have.
@@ -120,16 +120,16 @@ class Restorer:
     """Runs one method on a batch of degraded targets; returns images ``[B, 3, R, R]`` in [-1, 1]."""
 
     def __init__(self, G, features, cfg: ProjectorConfig):
-        from .projector import Projector
-        from .robust import RobustProjector, VGGLPIPS
+        from recon.restore.official import Projector
+        from recon.restore.robust import RobustProjector, VGGLPIPS
 
         self.cfg = cfg
         self.engine = (RobustProjector(G, VGGLPIPS(features.vgg), cfg.robust) if cfg.method == "robust"
                        else Projector(G, features, cfg))
 
     def __call__(self, targets: torch.Tensor, d: Degradation, names: List[str]) -> torch.Tensor:
-        from .projector import TorchRandom
-        from .robust import restore_degraded
+        from recon.restore.official import TorchRandom
+        from recon.restore.robust import restore_degraded
 
         rngs = [TorchRandom(self.cfg.seed) for _ in names]
         if self.cfg.method == "official":
@@ -140,7 +140,7 @@ class Restorer:
 
 
 def score(result: np.ndarray, truth: np.ndarray, lpips, identity: bool) -> Dict[str, float]:
-    from .metrics import identity_distance, psnr, ssim
+    from recon.metrics import identity_distance, psnr, ssim
 
     m = dict(psnr=psnr(result, truth), ssim=ssim(result, truth))
     if lpips is not None:

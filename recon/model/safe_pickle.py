@@ -21,7 +21,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from recon.errors import CheckpointError
 
 
 class UnsafePickleError(pickle.UnpicklingError):

@@ -3,7 +3,7 @@
 The extension is compiled with ``torch.utils.cpp_extension.load`` (ninja) the first time a CUDA
 tensor reaches a custom op, never at import. A failed build warns once and every op falls back to
 its pure-PyTorch reference, so a broken toolchain costs speed, not correctness. Before an op's
-kernel is used on a device it must pass :mod:`recon.ops.selfcheck` against the reference there
+kernel is used on a device it must pass :mod:`recon.model.ops.selfcheck` against the reference there
 (the verdict is cached beside the build); an op that fails is warned about and not used.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def disabled() -> bool:
 
 
 # ``impl='auto'`` sends an op's input to its kernel only from this many elements up. Measured on
-# an H200 (recon.ops.timing, forward+backward): upfirdn2d's kernel beat the reference on every
+# an H200 (recon.model.ops.timing, forward+backward): upfirdn2d's kernel beat the reference on every
 # generator shape tried, 1.07-1.29x on the 0.8M-element ToRGB upsampling and 2.5-4.5x from 34M;
 # bias_act's lost at 2M and 17M elements (0.70-0.84x: both paths were bound by host overhead, and
 # the kernel's is a Python autograd function) and won at 34M (1.56-3.01x). A batch-1 1024 px

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ class RandomVGG16(torch.nn.Module):
                 c = torch.nn.Conv2d(cin, cout, 3, padding=1)
                 with torch.no_grad():
                     c.weight.copy_(torch.randn(c.weight.shape, generator=g) * (2 / (cin * 9)) ** 0.5)
-                    c.bias.zero_()
+                    torch.nn.init.zeros_(c.bias)  # type: ignore[arg-type]   # a Conv2d made with bias
                 block.append(c)
                 cin = cout
             convs.append(torch.nn.ModuleList(block))
@@ -68,14 +69,15 @@ class RandomVGG16(torch.nn.Module):
         for i, stage in enumerate(self.stages):
             if i:
                 x = F.max_pool2d(x, 2)
-            for conv in stage:
+            for conv in stage:  # type: ignore[attr-defined]   # a ModuleList
                 x = F.relu(conv(x))
             n = x / (x.square().sum(1, keepdim=True).sqrt() + 1e-10)
             feats.append((n / float(x.shape[2] * x.shape[3]) ** 0.5).flatten(1))
         return torch.cat(feats, 1)
 
 
-def _generator(res: int, channel_base: int, channel_max: int, device):
+def random_generator(res: int, channel_base: int, channel_max: int, device):
+    """A random-weight generator of the official layout (``num_fp16_res`` 4, ``conv_clamp`` 256)."""
     from .model.networks import Generator
     torch.manual_seed(0)
     G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=res, img_channels=3,
@@ -84,14 +86,15 @@ def _generator(res: int, channel_base: int, channel_max: int, device):
     return G.eval().requires_grad_(False).to(device)
 
 
-def _features(vgg_path, device):
-    from .model.perceptual import VGGFeatures, load_vgg16
+def vgg_module(vgg_path, device):
+    """``(vgg, name)``: NVIDIA's VGG16 from ``vgg_path``, or without one a random-weight stand-in."""
+    from .model.perceptual import load_vgg16
     if vgg_path:
-        return VGGFeatures(load_vgg16(vgg_path, device)), Path(vgg_path).name
-    return VGGFeatures(RandomVGG16().eval().requires_grad_(False).to(device)), "random VGG16"
+        return load_vgg16(vgg_path, device), Path(vgg_path).name
+    return RandomVGG16().eval().requires_grad_(False).to(device), "random VGG16"
 
 
-def _sync(device):
+def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -139,13 +142,15 @@ def official_steps(G, features, targets: torch.Tensor, steps: int) -> None:
                     buf *= buf.square().mean().rsqrt()
 
 
-def projection_run(proj, targets):
-    """``go(n)``: ``proj`` projects ``targets`` for n steps (its other settings kept)."""
-    cfg = proj.cfg
+def projection_run(method, targets):
+    """``go(n)``: ``method`` restores ``targets`` for n steps (its other settings kept)."""
+    from .restore import method_class
+
+    cfg = method.cfg
 
     def go(n):
-        proj.cfg = cfg.model_copy(update=dict(num_steps=n))
-        proj.project(targets, progress=False)
+        method.cfg = method_class(cfg).budgeted(cfg, n)
+        method.restore(targets)
     return go
 
 
@@ -161,7 +166,7 @@ def time_steps(go, steps: int, device) -> tuple:
     def timed(n):
         t0 = _clock(device)
         go(n)
-        _sync(device)
+        sync(device)
         return _clock(device) - t0
 
     warmup = timed(2)
@@ -172,21 +177,25 @@ def time_steps(go, steps: int, device) -> tuple:
 
 
 def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, steps, vgg, device) -> dict:
-    from .restore.official import Projector, ProjectorConfig
+    from .config import ProjectorConfig
+    from .model.perceptual import VGGFeatures
+    from .restore import make_method
 
     device = torch.device(device)
     if contender == "official" or ops == "ref":
         os.environ["RECON_NO_CUDA_OPS"] = "1"      # the reference ops
-    G = _generator(res, channel_base, channel_max, device)
-    features, vgg_name = _features(vgg, device)
+    G = random_generator(res, channel_base, channel_max, device)
+    vgg_net, vgg_name = vgg_module(vgg, device)
     targets = torch.rand(batch, 3, res, res, device=device, generator=None) * 2 - 1
     if contender == "official":
+        features = VGGFeatures(vgg_net)
+
         def go(n):
             official_steps(G, features, targets, n)
     else:
-        proj = Projector(G, features, ProjectorConfig(w_avg_samples=1000, snapshot_every=0),
-                         compile=compile_ == "on")
-        go = projection_run(proj, targets)
+        method = make_method(G, vgg_net, ProjectorConfig(w_avg_samples=1000, snapshot_every=0),
+                             compile=compile_ == "on")
+        go = projection_run(method, targets)
     warmup, per_step = time_steps(go, steps, device)
     return dict(device=str(device), res=res, batch=batch, contender=contender, compile=compile_, ops=ops,
                 s_per_step=per_step, target_steps_per_s=batch / per_step, warmup_s=warmup,
@@ -226,7 +235,7 @@ def main(argv=None) -> int:
     for shape in args.shapes:
         configs.append((shape, 1, "official", "off", "ref"))
         configs += [(shape, b, "recon", c, o) for b in args.batch for c in args.compile for o in args.ops]
-    runs = {c: [] for c in configs}
+    runs: Dict[tuple, List[dict]] = {c: [] for c in configs}
     failures = {}
     for r in range(args.repeats):
         for c in configs:                          # alternate the contenders within each round

@@ -28,10 +28,12 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_align(args) -> int:
-    from .data.align import AlignOptions, align_paths
+    from .config import Align, validated
+    from .data.align import align_paths
 
-    opts = AlignOptions(size=args.size, detector=args.detector, upsample=args.upsample, min_score=args.min_score,
-                        largest_only=args.largest, max_faces=args.max_faces)
+    opts = validated(Align, dict(resolution=args.size, detector=args.detector, upsample=args.upsample,
+                                 min_score=args.min_score, largest_only=args.largest, max_faces=args.max_faces),
+                     "command line")
     manifest = align_paths(args.inputs, args.out, opts, overwrite=args.force)
     n = sum(len(e["faces"]) for e in manifest["images"].values())
     print(f"aligned {n} faces from {len(manifest['images'])} photos into {args.out}")
@@ -40,11 +42,14 @@ def _cmd_align(args) -> int:
 
 def _cmd_project(args) -> int:
     """The pipeline's own degrade and project functions, on a folder of aligned faces."""
-    from .config import OP_TYPES, Params, Runtime, load_params
-    from .restore.degrade import parse_ops
-    from .errors import ParamsError
+    from .config import OP_TYPES, Params, Runtime, load_params, validated
     from .data.imageio import list_photos
-    from .pipeline.stages import degrade_stage, project_stage, resolve_runtime
+    from .errors import ParamsError
+    from .pipeline.degrade import degrade_stage
+    from .pipeline.project import project_stage
+    from .pipeline.records import Face
+    from .pipeline.runtime import resolve_device
+    from .restore.degrade import parse_ops
 
     params = load_params(args.params) if args.params else Params()
     if args.degrade in params.degrade:
@@ -57,21 +62,22 @@ def _cmd_project(args) -> int:
                           f"nor a mode of {args.params or 'the params'} ({', '.join(params.degrade) or 'none'})")
     overrides = dict(num_steps=args.steps, latent_space=args.space, latent_dist_reg_weight=args.latent_reg,
                      seed=args.seed)
-    cfg = cfg.model_validate({**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    cfg = validated(type(cfg), {**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}},
+                    "command line")
     runtime = params.project.runtime
-    runtime = Runtime(device=args.device or runtime.device,
-                      batch_size=args.batch if args.batch is not None else runtime.batch_size,
-                      compile=runtime.compile)
-    device, batch = resolve_runtime(runtime, device_key="--device", weights=(args.generator, args.vgg))
+    runtime = validated(Runtime, dict(runtime.model_dump(), device=args.device or runtime.device,
+                                      batch_size=args.batch if args.batch is not None else runtime.batch_size),
+                        "command line")
+    device = resolve_device(runtime.device, key="--device")
 
     paths = list_photos(args.targets)
-    faces = [dict(name=p.stem, file=str(p), photo=p.name, quad=None, mask=None) for p in paths]
-    if len({f["name"] for f in faces}) != len(faces):
+    faces = [Face(name=p.stem, file=str(p), photo=p.name) for p in paths]
+    if len({f.name for f in faces}) != len(faces):
         raise ParamsError("targets: two images have the same name; results are written per name")
     out = Path(args.out)
     degrade_stage(args.degrade, ops, faces, out / ".targets", seed=params.seeds.degrade)
-    done = project_stage(args.degrade, cfg, out / ".targets", out, (args.generator, args.vgg), batch, device,
-                         replace=args.force, compile=runtime.compile)
+    done = project_stage(args.degrade, cfg, out / ".targets", out, (args.generator, args.vgg), runtime, device,
+                         replace=args.force)
     print(f"projected {len(done)} of {len(faces)} images into {out}"
           + (f" ({len(faces) - len(done)} already done with these settings)" if len(done) < len(faces) else ""))
     return 0
@@ -84,8 +90,13 @@ def _cmd_doctor(args) -> int:
 
     import torch
 
+    from .bench import projection_run, random_generator, sync, vgg_module
+    from .config import ProjectorConfig
+    from .model import load_models
     from .model.ops import _plugin
-    from .pipeline.stages import resolve_device
+    from .model.weights import RECORD, resolve_weights
+    from .pipeline.runtime import resolve_device
+    from .restore import make_method
 
     device = resolve_device(args.device, key="--device")
     print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}"
@@ -98,18 +109,13 @@ def _cmd_doctor(args) -> int:
         print(f"no CUDA device; CPU with {torch.get_num_threads()} threads")
     print(f"device: {device}")
 
-    from .model.weights import RECORD, resolve_weights
-
     weights = Path(args.weights)
     if (weights / RECORD).is_file():
-        from .pipeline.stages import load_models
-        files = resolve_weights(weights)
-        G, features = load_models(files, device)
+        G, vgg = load_models(resolve_weights(weights), device)
         what = f"the weights of {weights / RECORD} ({G.img_resolution} px generator)"
     else:
-        from .bench import _features, _generator
-        G = _generator(args.resolution, 32768 if device.startswith("cuda") else 8192, 512, torch.device(device))
-        features, vgg_name = _features("", torch.device(device))
+        G = random_generator(args.resolution, 32768 if device.startswith("cuda") else 8192, 512, torch.device(device))
+        vgg, vgg_name = vgg_module("", torch.device(device))
         what = f"a random {args.resolution} px generator and {vgg_name} (no weights in {weights})"
 
     if device.startswith("cuda"):
@@ -124,17 +130,14 @@ def _cmd_doctor(args) -> int:
             print(f"  {op} on {dev}: {state} (max relative error {v['error']:.2g} in {v['dtype']})"
                   + (f": {v['detail']}" if v.get("detail") else ""))
 
-    from .config import ProjectorConfig
-    from .restore.official import Projector
-    from .bench import _sync, projection_run
     R = G.img_resolution
-    proj = Projector(G, features, ProjectorConfig(w_avg_samples=1000, snapshot_every=0))
-    go = projection_run(proj, torch.zeros(1, 3, R, R, device=device))
+    method = make_method(G, vgg, ProjectorConfig(w_avg_samples=1000, snapshot_every=0))
+    go = projection_run(method, torch.zeros(1, 3, R, R, device=device))
     go(2)                                                     # warm-up
-    _sync(torch.device(device))
+    sync(torch.device(device))
     t0 = time.perf_counter()
     go(args.steps)
-    _sync(torch.device(device))
+    sync(torch.device(device))
     per_step = (time.perf_counter() - t0) / args.steps
     print(f"one projection step (batch 1, official settings, uncompiled) with {what}: {per_step * 1000:.1f} ms")
     return 0

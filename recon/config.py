@@ -15,15 +15,14 @@ any depth, so changing one would restore stale outputs (``align.size`` became ``
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Type, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ParamsError
+from .restore.registry import METHODS
 
 # Keys DVC's run-cache cannot see (dvc/stage/cache.py drops them from the params hash).
 DVC_BLIND_KEYS = ("size", "nfiles")
@@ -133,7 +132,7 @@ class ChainOp(_Model):
 
 
 Op = Union[NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, JpegOp, PoissonOp, ChainOp]
-OP_TYPES: Dict[str, type] = {m.model_fields["type"].default: m
+OP_TYPES: Dict[str, Type[BaseModel]] = {m.model_fields["type"].default: m
                              for m in (NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, JpegOp, PoissonOp,
                                        ChainOp)}
 
@@ -150,7 +149,7 @@ def parse_op(spec, loc: str = "") -> Op:
     """``'blur'``, ``{'type': 'blur', ...}`` or an op object -> a typed op. Raises ``ValueError``
     whose message starts with the dotted key relative to ``loc``."""
     if isinstance(spec, BaseModel) and type(spec) in OP_TYPES.values():
-        return spec
+        return spec  # type: ignore[return-value]   # one of the op models, as the check says
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, dict):
@@ -161,7 +160,7 @@ def parse_op(spec, loc: str = "") -> Op:
         hint = _did_you_mean(kind, OP_TYPES) if isinstance(kind, str) else ""
         raise _OpError(_join(loc, "type"), f"unknown degradation {kind!r}{hint}; one of {', '.join(OP_TYPES)}")
     try:
-        return model.model_validate(spec)
+        return model.model_validate(spec)  # type: ignore[return-value]
     except ValidationError as exc:
         where, message = _locate(exc.errors()[0], model)
         raise _OpError(_join(loc, where), message) from None
@@ -260,7 +259,7 @@ class ProjectorConfig(_Model):
     snapshot_every: NonNegInt = 100                      # 0 disables snapshots
     # official: NVIDIA's projector (the settings above); robust: W -> W+ -> W++ of Poirier-Ginter
     # & Lalonde (CVPR 2023) with its own settings below, fixed noise and a multiscale LPIPS loss
-    method: Literal["official", "robust"] = "official"
+    method: str = "official"
     robust: RobustConfig = RobustConfig()
     # where the latent starts: w_avg, a latents.npz (one for every face), or another mode's
     # results (data/projected/<mode>/<face>/latents.npz), to refine them or restore from them
@@ -278,14 +277,12 @@ class ProjectorConfig(_Model):
         """The mode whose results are the starting latents, if ``init`` names one."""
         return None if self.init == "w_avg" or self.init.endswith(".npz") else self.init
 
-    def fingerprint(self) -> str:
-        """What a result depends on: the settings of the method that made it (the init latents'
-        contents are fingerprinted per face by the stage)."""
-        if self.method == "robust":
-            keep = dict(method="robust", robust=self.robust.model_dump(), seed=self.seed, init=self.init)
-        else:
-            keep = self.model_dump(exclude={"snapshot_every", "robust"})
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v):
+        if v not in METHODS:
+            raise ValueError(f"must be {' or '.join(repr(m) for m in METHODS)}, got {v!r}{_did_you_mean(v, METHODS)}")
+        return v
 
 
 MAX_WORKERS = 1024      # the schema's bound; the machine's own (cores, devices) is checked at run time
@@ -326,21 +323,22 @@ class Project(_Model):
 
     @model_validator(mode="after")
     def _overrides(self):
-        for mode, override in (self.model_extra or {}).items():
-            if override is None:
-                override = {}
-            if not isinstance(override, dict):
-                raise _OpError(mode, "must be a mapping of projector settings to override")
-            try:
-                merged = ProjectorConfig.model_validate({**self.default.model_dump(), **override})
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                raise _OpError(_join(mode, _dotted(err["loc"])), _describe(err, ProjectorConfig)) from None
-            self.model_extra[mode] = merged
+        for mode in self.model_extra or {}:
+            self.for_mode(mode)
         return self
 
     def for_mode(self, mode: str) -> ProjectorConfig:
-        return (self.model_extra or {}).get(mode) or self.default
+        """``default`` with the mode's overrides (``project.<mode>``)."""
+        override = (self.model_extra or {}).get(mode)
+        if override is None:
+            return self.default
+        if not isinstance(override, dict):
+            raise _OpError(mode, "must be a mapping of projector settings to override")
+        try:
+            return ProjectorConfig.model_validate({**self.default.model_dump(), **override})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise _OpError(_join(mode, _dotted(err["loc"])), _describe(err, ProjectorConfig)) from None
 
     def start_dependency(self, mode: str) -> str:
         """The path through which DVC sees what project@<mode> starts from, so that a change
@@ -368,8 +366,8 @@ class BenchmarkConfig(_Model):
     ``methods``: name -> overrides of ``project.default`` (as a mode's are)."""
     seeds: Annotated[List[Seed], Field(min_length=1, max_length=1000)] = [0, 1]
     truncation_psi: Annotated[float, Field(ge=0, le=1)] = 0.7
-    tasks: Annotated[List[Literal[BENCHMARK_TASKS]], Field(min_length=1)] = list(BENCHMARK_TASKS)
-    levels: Annotated[List[Literal[BENCHMARK_LEVELS]], Field(min_length=1)] = ["M"]
+    tasks: Annotated[List[Literal[BENCHMARK_TASKS]], Field(min_length=1)] = list(BENCHMARK_TASKS)  # type: ignore[valid-type]
+    levels: Annotated[List[Literal[BENCHMARK_LEVELS]], Field(min_length=1)] = ["M"]  # type: ignore[valid-type]
     budget: Annotated[int, Field(ge=1, le=100000)] = 450    # generator forward+backward passes per restoration
     identity: bool = True
     methods: Dict[str, Any] = Field(default_factory=lambda: {"official": {}, "robust": {"method": "robust"}},
@@ -416,11 +414,26 @@ class Params(_Model):
 
     @model_validator(mode="after")
     def _agree(self):
+        """The sections checked against each other (nothing is changed: the models are frozen)."""
         for mode, m in self.degrade.items():
             try:
                 check_op_fits(flatten_ops(m.op), self.align.resolution)
             except ValueError as exc:
                 raise _OpError(f"degrade.{mode}", f"{exc} (align.resolution)") from None
+        for mode in self.project.model_extra or {}:
+            if mode not in self.degrade:
+                hint = _did_you_mean(mode, list(self.degrade) + list(PROJECT_SECTIONS))
+                raise _OpError(f"project.{mode}", f"unknown key: not a mode under degrade{hint}")
+        self._check_inits()
+        self._check_starts()
+        if "jpeg" in self.benchmark.tasks and self.align.resolution % 16:
+            raise _OpError("benchmark.tasks", f"jpeg needs a multiple of 16 px, the generator makes "
+                           f"{self.align.resolution} px (align.resolution)")
+        self.benchmark_methods()
+        return self
+
+    def _check_inits(self) -> None:
+        """A mode may start from another mode's results, never in a cycle."""
         for mode in self.degrade:
             init = self.project.for_mode(mode).init_mode
             where = (f"project.{mode}.init" if self.project.for_mode(mode).init != self.project.default.init
@@ -435,32 +448,25 @@ class Params(_Model):
                                    f"{' -> '.join(seen + [init])}")
                 seen.append(init)
                 init = self.project.for_mode(init).init_mode
-        if "jpeg" in self.benchmark.tasks and self.align.resolution % 16:
-            raise _OpError("benchmark.tasks", f"jpeg needs a multiple of 16 px, the generator makes "
-                           f"{self.align.resolution} px (align.resolution)")
+
+    def benchmark_methods(self) -> Dict[str, ProjectorConfig]:
+        """``benchmark.methods``: each name's overrides merged over ``project.default``, from w_avg."""
+        methods = {}
         for name, override in self.benchmark.methods.items():
+            where = f"benchmark.methods.{name}"
             if not MODE_NAME.match(name) or name == "input":
-                raise _OpError(f"benchmark.methods.{name}", "a method name is letters, digits, '_' and '-' (and not input)")
-            if isinstance(override, ProjectorConfig):
-                continue
+                raise _OpError(where, "a method name is letters, digits, '_' and '-' (and not input)")
             if override is not None and not isinstance(override, dict):
-                raise _OpError(f"benchmark.methods.{name}", "must be a mapping of projector settings to override")
+                raise _OpError(where, "must be a mapping of projector settings to override")
             if "init" in (override or {}):
-                raise _OpError(f"benchmark.methods.{name}.init", "the benchmark starts every method from w_avg")
+                raise _OpError(f"{where}.init", "the benchmark starts every method from w_avg")
             try:
-                merged = ProjectorConfig.model_validate({**self.project.default.model_dump(), **(override or {}),
-                                                         "init": "w_avg"})
+                methods[name] = ProjectorConfig.model_validate({**self.project.default.model_dump(),
+                                                                **(override or {}), "init": "w_avg"})
             except ValidationError as exc:
                 err = exc.errors()[0]
-                raise _OpError(f"benchmark.methods.{name}.{_dotted(err['loc'])}",
-                               _describe(err, ProjectorConfig)) from None
-            self.benchmark.methods[name] = merged
-        for mode in self.project.model_extra or {}:
-            if mode not in self.degrade:
-                hint = _did_you_mean(mode, list(self.degrade) + list(PROJECT_SECTIONS))
-                raise _OpError(f"project.{mode}", f"unknown key: not a mode under degrade{hint}")
-        self._check_starts()
-        return self
+                raise _OpError(f"{where}.{_dotted(err['loc'])}", _describe(err, ProjectorConfig)) from None
+        return methods
 
     def _check_starts(self) -> None:
         """``project.starts`` names, for every mode, what DVC must see its project stage start
@@ -523,7 +529,16 @@ def parse_params(data, source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source}: {format_errors(exc, Params)}") from None
 
 
-def format_errors(exc: ValidationError, root: type) -> str:
+def validated(model: Type[BaseModel], data: dict, source: str) -> Any:
+    """``model`` validated from ``data`` (settings given elsewhere than params.yaml, such as the
+    command line); :class:`ParamsError` naming ``source`` and the key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ParamsError(f"{source}: {format_errors(exc, model)}") from None
+
+
+def format_errors(exc: ValidationError, root: Type[BaseModel]) -> str:
     """One line for a pydantic error: ``dotted.key: what is wrong`` (the first error, and a count)."""
     errors = exc.errors()
     where, message = _locate(errors[0], root)
@@ -531,7 +546,7 @@ def format_errors(exc: ValidationError, root: type) -> str:
     return f"{where}: {message}" + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
 
 
-def _locate(err: dict, root: type):
+def _locate(err: Mapping[str, Any], root: Type[BaseModel]):
     """``(dotted key, message)`` of one pydantic error; an :class:`_OpError` raised by a validator
     carries the rest of the key below the field that ran it."""
     inner = err.get("ctx", {}).get("error")
@@ -540,7 +555,7 @@ def _locate(err: dict, root: type):
     return _dotted(err["loc"]), _describe(err, _model_at(root, err["loc"]))
 
 
-def _model_at(root: type, loc) -> Optional[type]:
+def _model_at(root: Type[BaseModel], loc) -> Optional[Type[BaseModel]]:
     """The model that holds the last key of ``loc`` (for did-you-mean hints)."""
     model = root
     for part in loc[:-1]:
@@ -553,7 +568,7 @@ def _model_at(root: type, loc) -> Optional[type]:
     return model
 
 
-def _describe(err: dict, model: Optional[type]) -> str:
+def _describe(err: Mapping[str, Any], model: Optional[Type[BaseModel]]) -> str:
     kind, value = err["type"], err.get("input")
     if kind == "extra_forbidden":
         known = list(model.model_fields) if model is not None else []
@@ -593,7 +608,7 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def model_keys(model: type = Params, prefix: str = "") -> List[str]:
+def model_keys(model: Type[BaseModel] = Params, prefix: str = "") -> List[str]:
     """Every key name the schema defines, dotted (ops under ``degrade.<type>``), for the guard
     against keys that DVC's run-cache cannot see."""
     keys = []

@@ -6,7 +6,8 @@ All image inputs are ``uint8 [H, W, 3]`` arrays (what the pipeline writes); mask
 from __future__ import annotations
 
 import math
-from typing import Optional
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -29,12 +30,13 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
                                        use_sample_covariance=False, data_range=255))
 
 
-_FACE_NET = {}
+_FACE_NET: Dict[str, Any] = {}
 
 
 def _face_models():
     if not _FACE_NET:
         import dlib
+
         from .data.align import model_path
         _FACE_NET["sp"] = dlib.shape_predictor(str(model_path("shape_predictor_5_face_landmarks.dat")))
         _FACE_NET["net"] = dlib.face_recognition_model_v1(str(model_path("dlib_face_recognition_resnet_model_v1.dat")))
@@ -71,11 +73,13 @@ def identity_distance(a: np.ndarray, b: np.ndarray) -> float:
 class LPIPSMetric:
     """LPIPS-VGG between two ``uint8 [H, W, 3]`` images, with NVIDIA's ``vgg16.pt``."""
 
-    def __init__(self, vgg_path, device: str = "cpu", vgg=None):
-        from .model.perceptual import load_vgg16
-        from .restore.robust import VGGLPIPS
+    def __init__(self, vgg, device: str = "cpu"):
+        """``vgg``: NVIDIA's VGG16 module, or the path of ``vgg16.pt``."""
+        from .model.perceptual import VGGLPIPS, load_vgg16
 
-        self.lpips, self.device = VGGLPIPS(vgg if vgg is not None else load_vgg16(vgg_path, device)), device
+        if isinstance(vgg, (str, Path)):
+            vgg = load_vgg16(vgg, device)
+        self.lpips, self.device = VGGLPIPS(vgg), device
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
         import torch
@@ -84,19 +88,6 @@ class LPIPSMetric:
             return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().to(self.device) / 255
         with torch.no_grad():
             return float(self.lpips(t(a), t(b))[0])
-
-
-def psnr_torch(a, b, mask=None):
-    """PSNR in dB per image for [-1, 1] tensors ``[N, C, H, W]`` (peak-to-peak 2); ``mask`` selects pixels."""
-    import torch
-
-    d = (a.float() - b.float()).square()
-    if mask is not None:
-        m = mask.float().expand_as(d)
-        mse = (d * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
-    else:
-        mse = d.flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-20))
 
 
 # What each number in the report and metrics.json means: (label, unit, better, meaning).

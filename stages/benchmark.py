@@ -1,24 +1,29 @@
 """DVC stage `benchmark`: methods compared at equal budgets on faces sampled from the generator."""
-from pathlib import Path
+import sys
 
 from _common import stage_main
 
-from recon.pipeline.benchmark import run_benchmark
 from recon.metrics import LPIPSMetric
-from recon.pipeline.stages import load_models, resolve_runtime
+from recon.model import load_models
 from recon.model.weights import resolve_weights
+from recon.pipeline.benchmark import run_benchmark
+from recon.pipeline.runtime import resolve_batch, resolve_device
 
 
 def benchmark(params, args) -> None:
     files = resolve_weights(args.weights)
-    device, batch = resolve_runtime(params.project.runtime, weights=files)
-    G, features = load_models(files, device)
-    lpips = LPIPSMetric(None, device, vgg=features.vgg)
-    doc = run_benchmark(params.benchmark, dict(params.benchmark.methods), G, features, lpips, Path(args.out),
-                        weights_digest=files.digest, batch_size=batch)
+    device = resolve_device(params.project.runtime.device)
+    G, vgg = load_models(files, device)
+    batch = resolve_batch(params.project.runtime, device, G, vgg)
+    doc = run_benchmark(params.benchmark, params.benchmark_methods(), G, vgg, LPIPSMetric(vgg, device),
+                        args.out, weights_digest=files.digest, batch_size=batch)
     for name, h in doc["headline"].items():
         print(f"benchmark: {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in h.items()))
 
 
+def main(argv=None) -> int:
+    return stage_main("benchmark", benchmark, __doc__, dict(weights="weights folder", out="output folder"), argv=argv)
+
+
 if __name__ == "__main__":
-    stage_main("benchmark", benchmark, __doc__, dict(weights="weights folder", out="output folder"))
+    sys.exit(main())

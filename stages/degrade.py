@@ -1,15 +1,23 @@
 """DVC stage `degrade@<mode>`: write each aligned face's degraded target (8-bit PNG) for one mode."""
+import sys
+
 from _common import stage_main
 
-from recon.pipeline.stages import aligned_faces, degrade_stage
+from recon.pipeline.degrade import degrade_stage
+from recon.pipeline.records import aligned_faces
 
 
-def degrade(params, args) -> int:
-    ops = params.ops(args.mode)
-    targets = degrade_stage(args.mode, ops, aligned_faces(args.aligned), args.out, seed=params.seeds.degrade,
-                            observed=params.observed(args.mode))
-    print(f"degrade {args.mode}: {len(targets['faces'])} targets")
+def degrade(params, args) -> None:
+    targets = degrade_stage(args.mode, params.ops(args.mode), aligned_faces(args.aligned), args.out,
+                            seed=params.seeds.degrade, observed=params.observed(args.mode))
+    skipped = f" ({len(targets.skipped)} skipped)" if targets.skipped else ""
+    print(f"degrade {args.mode}: {len(targets.faces)} targets{skipped}")
+
+
+def main(argv=None) -> int:
+    return stage_main("degrade", degrade, __doc__, dict(aligned="the align stage's folder", out="output folder"),
+                      mode=True, argv=argv)
 
 
 if __name__ == "__main__":
-    stage_main("degrade", degrade, __doc__, dict(aligned="the align stage's folder", out="output folder"), mode=True)
+    sys.exit(main())

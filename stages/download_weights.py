@@ -10,9 +10,11 @@ use the weights depend on it and find the files by digest, so a queued or ``--te
 experiment checks out that small file and runs nothing here, and the same checkpoint (always
 converted to the same bytes) changes nothing downstream.
 """
+import sys
+
 from _common import stage_main
 
-from recon.pipeline.stages import weights_stage
+from recon.pipeline.download import weights_stage
 
 
 def download_weights(params, args) -> None:
@@ -21,5 +23,9 @@ def download_weights(params, args) -> None:
         print(f"download_weights: {key} sha256 {r['sha256']} {state}")
 
 
+def main(argv=None) -> int:
+    return stage_main("download_weights", download_weights, __doc__, dict(out="weights folder"), argv=argv)
+
+
 if __name__ == "__main__":
-    stage_main("download_weights", download_weights, __doc__, dict(out="weights folder"))
+    sys.exit(main())

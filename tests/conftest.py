@@ -28,9 +28,10 @@ def _recon_cache(tmp_path_factory):
 def make_weights(folder: Path, generator, vgg16=None, resolution: int = 32) -> Path:
     """A download_weights folder (``weights.json``, the networks in the session's store) for the
     generator checkpoint ``generator`` and a VGG16 file (default: the tests' tiny one)."""
-    from recon.config import parse_params
-    from recon.pipeline.stages import weights_stage
     from tiny_vgg import write_tiny_vgg
+
+    from recon.config import parse_params
+    from recon.pipeline.download import weights_stage
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

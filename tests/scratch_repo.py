@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from conftest import ROOT, SHARED, need
 
 
@@ -59,8 +58,9 @@ def make_repo(work: Path, photos, params: dict):
         shutil.copy2(faces / name, raw / name)
 
     from official_format import write_official_pkl
-    from recon.model.networks import Generator
     from tiny_vgg import write_tiny_vgg
+
+    from recon.model.networks import Generator
     torch.manual_seed(0)
     G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
                   mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=256, channel_max=32)).eval()

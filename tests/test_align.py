@@ -6,12 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SHARED, need
 from PIL import Image
 
-from conftest import SHARED, need
-from recon.data.align import AlignError, AlignOptions, align_face, align_paths, detect_faces, ffhq_quad, paste_back
-from recon.metrics import psnr
+from recon.config import Align
+from recon.data.align import AlignError, align_face, align_paths, detect_faces, ffhq_quad, paste_back
 from recon.data.imageio import PhotoError, load_photo
+from recon.metrics import psnr
 
 GOLDEN = SHARED / "golden" / "align"
 FACES = SHARED / "data" / "faces"
@@ -52,7 +53,7 @@ def test_alignment_math_matches_official(golden):
 def test_end_to_end_on_the_shared_photos(golden, tmp_path):
     """Own decoding + detection + landmarks: the same faces (bar the false positive that the score
     threshold drops), the same integer landmarks, the same 45 dB bar; no-face photos recorded."""
-    manifest = align_paths([FACES], tmp_path, AlignOptions(min_score=0.5), progress=False)
+    manifest = align_paths([FACES], tmp_path, Align(min_score=0.5), progress=False)
     assert sorted(manifest["no_face"]) == sorted(golden["no_face"])
     expected = [(n, f) for n, f in golden_faces(golden) if f["score"] >= 0.5]
     assert len(expected) == 10  # the astronaut's mission patch (0.117) is the one dropped
@@ -211,7 +212,7 @@ def test_unreadable_photos_are_skipped_and_listed_and_no_face_at_all_is_an_error
     Image.fromarray(hopper).save(buf, format="JPEG")
     (src / "c_trunc.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
     (src / "d_text.jpg").write_text("not a photo")
-    manifest = align_paths([src], out, AlignOptions(size=256), progress=False)
+    manifest = align_paths([src], out, Align(resolution=256), progress=False)
     assert (out / "a_good_0.png").is_file() and list(manifest["images"]) == ["a_good.png"]
     assert [u["photo"] for u in manifest["unreadable"]] == ["b_broken.png", "c_trunc.jpg", "d_text.jpg"]
     assert "cannot decode" in manifest["unreadable"][1]["reason"] and "not an image" in manifest["unreadable"][2]["reason"]
@@ -220,7 +221,7 @@ def test_unreadable_photos_are_skipped_and_listed_and_no_face_at_all_is_an_error
     assert "align: warning: c_trunc.jpg skipped:" in err and not list(out.glob(".*tmp*"))
     (src / "a_good.png").unlink()
     with pytest.raises(AlignError, match=r"no usable face in 3 photos \(b_broken.png: .*; d_text.jpg: "):
-        align_paths([src], tmp_path / "none", AlignOptions(size=256), progress=False)
+        align_paths([src], tmp_path / "none", Align(resolution=256), progress=False)
 
 
 def test_no_face_reported_and_others_go_on(hopper, tmp_path, capfd):
@@ -229,7 +230,7 @@ def test_no_face_reported_and_others_go_on(hopper, tmp_path, capfd):
     _save(Image.fromarray(hopper), src / "hopper.png")
     coffee = need(FACES / "no_face_coffee.png")
     (src / "coffee.png").write_bytes(coffee.read_bytes())
-    manifest = align_paths([src], tmp_path / "out", AlignOptions(size=256), progress=False)
+    manifest = align_paths([src], tmp_path / "out", Align(resolution=256), progress=False)
     assert manifest["no_face"] == ["coffee.png"]
     assert len(manifest["images"]["hopper.png"]["faces"]) == 1
     assert "coffee.png: no usable face found" in capfd.readouterr().err
@@ -237,17 +238,17 @@ def test_no_face_reported_and_others_go_on(hopper, tmp_path, capfd):
 
 def test_several_faces_left_to_right_and_selection(tmp_path):
     path = need(FACES / "group_meeting.jpg")
-    m = align_paths([path], tmp_path / "all", AlignOptions(size=128), progress=False)
+    m = align_paths([path], tmp_path / "all", Align(resolution=128), progress=False)
     faces = m["images"]["group_meeting.jpg"]["faces"]
     assert [f["file"] for f in faces] == [f"group_meeting_{k}.png" for k in range(3)]
     xs = [(f["box"][0] + f["box"][2]) / 2 for f in faces]
     assert xs == sorted(xs)
     assert faces[1]["padded"] and not faces[0]["padded"]
-    largest = align_paths([path], tmp_path / "one", AlignOptions(size=128, largest_only=True), progress=False)
+    largest = align_paths([path], tmp_path / "one", Align(resolution=128, largest_only=True), progress=False)
     (only,) = largest["images"]["group_meeting.jpg"]["faces"]
     areas = [(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]) for f in faces]
     assert only["box"] == faces[int(np.argmax(areas))]["box"]
-    two = align_paths([path], tmp_path / "two", AlignOptions(size=128, max_faces=2), progress=False)
+    two = align_paths([path], tmp_path / "two", Align(resolution=128, max_faces=2), progress=False)
     assert len(two["images"]["group_meeting.jpg"]["faces"]) == 2
 
 

@@ -4,23 +4,21 @@ import json
 
 import pytest
 import torch
+from tiny_vgg import TinyLPIPS
 
 import recon
-from recon.pipeline.benchmark import Cell, Restorer, cells, method_budget, run_benchmark, task_degradation
 from recon.config import BlurOp, JpegOp, MaskOp, PoissonOp, ProjectorConfig, RobustConfig, parse_params
 from recon.metrics import LPIPSMetric
-from recon.model.perceptual import VGGFeatures, load_vgg16
-from tiny_vgg import write_tiny_vgg
+from recon.pipeline.benchmark import Cell, budgeted, cells, run_benchmark, task_degradation
+from recon.restore import make_method
+from recon.restore.method import Method
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, golden_dir):
-    tmp = tmp_path_factory.mktemp("bench")
-    recon.convert(golden_dir / "official_format.pkl", tmp / "g.safetensors")
-    write_tiny_vgg(tmp / "vgg.pt")
-    G = recon.load_generator(tmp / "g.safetensors")
-    features = VGGFeatures(load_vgg16(tmp / "vgg.pt"))
-    return G, features, LPIPSMetric(None, vgg=features.vgg)
+def models(golden_dir):
+    G = recon.load_generator(golden_dir / "official_format.pkl")
+    vgg = torch.jit.script(TinyLPIPS(0).eval())
+    return G, vgg, LPIPSMetric(vgg)
 
 
 def test_levels_follow_the_reference_benchmark():
@@ -38,9 +36,9 @@ def test_levels_follow_the_reference_benchmark():
 
 
 def test_equal_budgets_count_generator_passes(models):
-    G, features, _ = models
-    official = method_budget(ProjectorConfig(w_avg_samples=200), 10)
-    robust = method_budget(ProjectorConfig(method="robust", robust=RobustConfig(min_loss_res=4)), 10)
+    G, vgg, _ = models
+    official = budgeted(ProjectorConfig(w_avg_samples=200), 10)
+    robust = budgeted(ProjectorConfig(method="robust", robust=RobustConfig(min_loss_res=4)), 10)
     assert official.num_steps == 10 and robust.robust.steps == [3, 3, 4]
     d = task_degradation(Cell("blur", "M"), G.img_resolution, 0)
     target = d.target(G.synthesis(G.mapping(torch.randn(1, G.z_dim), None), noise_mode="const")).detach()
@@ -48,21 +46,21 @@ def test_equal_budgets_count_generator_passes(models):
         passes = []
         hook = G.synthesis.register_forward_hook(lambda *a: passes.append(torch.is_grad_enabled()))
         try:
-            Restorer(G, features, cfg)(target, d, ["t"])
+            make_method(G, vgg, cfg).restore(target, d, names=["t"])
         finally:
             hook.remove()
         assert sum(passes) == 10, (cfg.method, passes)
 
 
 def test_cells_are_scored_and_kept(models, tmp_path, monkeypatch):
-    G, features, lpips = models
+    G, vgg, lpips = models
     p = parse_params({"align": {"resolution": 32}, "project": {"default": {"w_avg_samples": 200}},
                       "benchmark": {"seeds": [0, 1], "tasks": ["inpaint_center", "noise"], "levels": ["M"],
                                     "budget": 4, "identity": False,
                                     "methods": {"official": {}, "robust": {"method": "robust",
                                                                           "robust": {"min_loss_res": 4}}}}})
-    methods = dict(p.benchmark.methods)
-    doc = run_benchmark(p.benchmark, methods, G, features, lpips, tmp_path / "b")
+    methods = p.benchmark_methods()
+    doc = run_benchmark(p.benchmark, methods, G, vgg, lpips, tmp_path / "b")
     assert set(doc["table"]) == {"inpaint_center-M", "noise-M"}
     for cell in doc["table"].values():
         assert set(cell) == {"input", "official", "robust"}
@@ -77,11 +75,25 @@ def test_cells_are_scored_and_kept(models, tmp_path, monkeypatch):
     assert doc["cells"]["noise-M"]["input"]["per_seed"][1]["psnr"] == pytest.approx(psnr(t, g))
 
     # a second run restores nothing and gives the same table; batching does not change results
-    monkeypatch.setattr(Restorer, "__call__", lambda *a: pytest.fail("restored a finished cell"))
-    again = run_benchmark(p.benchmark, methods, G, features, lpips, tmp_path / "b", batch_size=2)
+    monkeypatch.setattr(Method, "restore", lambda *a, **k: pytest.fail("restored a finished cell"))
+    again = run_benchmark(p.benchmark, methods, G, vgg, lpips, tmp_path / "b", batch_size=2)
     assert again["table"] == json.loads(json.dumps(doc["table"]))
     monkeypatch.undo()
-    batched = run_benchmark(p.benchmark, methods, G, features, lpips, tmp_path / "c", batch_size=2)
+    # a damaged cell (an image replaced) is restored again, alone, to the same bytes
+    img = tmp_path / "b" / "noise-M" / "robust" / "seed0000.png"
+    good = img.read_bytes()
+    img.write_bytes((tmp_path / "b" / "noise-M" / "official" / "seed0000.png").read_bytes())
+    redone = []
+    real = Method.restore
+    monkeypatch.setattr(Method, "restore", lambda self, *a, **k: redone.append(self.name) or real(self, *a, **k))
+    run_benchmark(p.benchmark, methods, G, vgg, lpips, tmp_path / "b")
+    assert redone == ["robust"] * 2 and img.read_bytes() == good          # its two seeds, one at a time
+    (tmp_path / "b" / "noise-M" / "official" / "cell.json").write_text("{trunc")
+    redone.clear()
+    run_benchmark(p.benchmark, methods, G, vgg, lpips, tmp_path / "b")
+    assert redone == ["official"] * 2
+    monkeypatch.undo()
+    batched = run_benchmark(p.benchmark, methods, G, vgg, lpips, tmp_path / "c", batch_size=2)
     for cell, by in doc["table"].items():
         for name in ("official", "robust"):
             assert batched["table"][cell][name]["psnr"] == pytest.approx(by[name]["psnr"], abs=0.05)

@@ -7,13 +7,12 @@ import sys
 
 import pytest
 import torch
+from official_format import dumps_official, write_official_pkl
 from safetensors.torch import load_file, save_file
 
 import recon
 from recon.model.networks import Generator
 from recon.model.safe_pickle import CheckpointError
-
-from official_format import dumps_official, write_official_pkl
 
 
 def tiny_generator(seed=0, **synthesis):
@@ -80,6 +79,7 @@ def test_cli_convert_and_info_and_the_same_bytes_in_every_process(golden_dir, tm
 
 def test_written_files_follow_the_umask(golden_dir, tmp_path):
     import os
+
     from recon.data.imageio import save_png
     old = os.umask(0o027)
     try:

@@ -11,10 +11,10 @@ import textwrap
 
 import pytest
 import torch
+from official_format import dumps_official, write_official_pkl
 from safetensors.torch import save_file
 
 import recon
-from official_format import dumps_official, write_official_pkl
 from recon.errors import CheckpointError
 from recon.model.networks import Generator
 from recon.model.safe_pickle import EasyDict

@@ -6,14 +6,15 @@ import warnings
 
 import pytest
 import torch
+from conftest import make_weights
 
 import recon
-from recon.restore.compiled import CompiledOrEager, resolve_compile
+from recon.config import ProjectorConfig
 from recon.model.perceptual import VGGFeatures, load_vgg16
-from recon.pipeline.stages import batch_for_memory
-from recon.restore.official import Projector, ProjectorConfig
-from conftest import make_weights
 from recon.model.weights import resolve_weights
+from recon.pipeline.runtime import batch_for_memory
+from recon.restore.compiled import CompiledOrEager, resolve_compile
+from recon.restore.official import OfficialMethod
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +31,13 @@ def test_compiled_step_equals_eager(tiny, device, no_tf32):
     features = VGGFeatures(load_vgg16(files.vgg16, device))
     cfg = ProjectorConfig(num_steps=4, w_avg_samples=200)
     targets = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    eager = Projector(G, features, cfg).project(targets, progress=False)
+    eager = OfficialMethod(G, features, cfg).restore(targets)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)        # a compile fallback would fail the test
-        compiled = Projector(G, features, cfg, compile=True).project(targets, progress=False)
+        compiled = OfficialMethod(G, features, cfg, compile=True).restore(targets)
     tol = 1e-5 if device == "cpu" else 1e-4    # GPU reductions fused in another order
     for a, b in zip(eager, compiled):
-        torch.testing.assert_close(b.ws, a.ws, atol=tol, rtol=tol)
+        torch.testing.assert_close(b.latents["ws"], a.latents["ws"], atol=tol, rtol=tol)
         torch.testing.assert_close(b.image, a.image, atol=tol, rtol=tol)
         for ha, hb in zip(a.history, b.history):
             assert hb["loss"] == pytest.approx(ha["loss"], rel=tol)

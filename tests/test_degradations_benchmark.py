@@ -4,13 +4,14 @@ a Gaussian approximation with fresh draws per step for generated images)."""
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED, need
+from helpers import RecordedRandom
 from PIL import Image
 
-from conftest import SHARED, need
-from recon import jpeg
-from recon.restore.degrade import (Degradation, SurrogateClamp, normal_cdf, poisson_approx, poisson_target)
 from recon.data.imageio import from_uint8
-from recon.restore.official import RecordedRandom, TorchRandom, step_draws
+from recon.restore import jpeg
+from recon.restore.degrade import Degradation, SurrogateClamp, normal_cdf, poisson_approx, poisson_target
+from recon.restore.randomness import TorchRandom, step_draws
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def test_stochastic_draws_are_fresh_per_step_repeatable_and_per_target():
 
 
 def test_new_ops_in_the_params_schema():
-    from recon.config import JpegOp, PoissonOp, parse_op, check_op_fits
+    from recon.config import JpegOp, PoissonOp, check_op_fits, parse_op
     assert parse_op({"type": "jpeg", "quality": 6}) == JpegOp(quality=6)
     assert parse_op("poisson") == PoissonOp(photons=24.0, dropout=0.16)     # the benchmark's M level
     for bad, key in [({"type": "jpeg", "quality": 0}, "quality"), ({"type": "poisson", "dropout": 1.0}, "dropout"),

@@ -2,12 +2,24 @@
 import numpy as np
 import pytest
 import torch
+from helpers import psnr_torch
 from PIL import Image
 
-from recon.restore.degrade import (Degradation, DegradationError, centre_mask, downsample, fill_missing, gaussian_blur, gaussian_kernel1d, grayscale, mask_from_color, mask_from_file, parse_ops)
 from recon.data.imageio import from_uint8, to_uint8
-from recon.metrics import psnr_torch
 from recon.model.perceptual import VGGFeatures, to_vgg_range
+from recon.restore.degrade import (
+    Degradation,
+    DegradationError,
+    centre_mask,
+    downsample,
+    fill_missing,
+    gaussian_blur,
+    gaussian_kernel1d,
+    grayscale,
+    mask_from_color,
+    mask_from_file,
+    parse_ops,
+)
 
 
 def test_uint8_roundtrip_and_ranges():

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from scratch_repo import make_repo, set_params, sh
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")]
 
 PHOTOS = ("grace_hopper.jpg", "luciano.png", "astronaut.png", "woman_closeup.jpg")
 

@@ -61,7 +61,7 @@ def test_full_generator_with_truncation(golden_G, golden_cases):
 
 
 def test_conv_clamp_variant(golden_dir, golden_cases):
-    from recon.model.checkpoint import read_generator, build_generator
+    from recon.model.checkpoint import build_generator, read_generator
     cfg, state = read_generator(golden_dir / "G_ema.safetensors", golden_dir / "config.json")
     cfg = copy.deepcopy(cfg)
     cfg["synthesis_kwargs"]["conv_clamp"] = 1.0

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import grad_from_output
 
-from recon.model.ops import bias_act, modulated_conv2d, setup_filter, upfirdn2d
-from recon.model.ops.bias_act import ACTIVATIONS, bias_act_ref, grad_from_output
-from recon.model.ops.upfirdn2d import backward_params, downsample2d, upfirdn2d_ref, upsample2d
 from recon.model.networks import normalize_2nd_moment
+from recon.model.ops import bias_act, modulated_conv2d, setup_filter, upfirdn2d
+from recon.model.ops._plugin import CUDA_DIR
+from recon.model.ops.bias_act import ACTIVATIONS, bias_act_ref
+from recon.model.ops.upfirdn2d import backward_params, downsample2d, upfirdn2d_ref, upsample2d
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -159,8 +161,6 @@ def test_generator_cuda_matches_golden(golden_G, golden_cases, no_tf32):
 
 # ---------------------------------------------------------------------------------------------
 # Compile-only check of the kernels (nvcc is installed even without a GPU)
-
-from recon.model.ops._plugin import CUDA_DIR
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from ruamel.yaml import YAML
 
-from conftest import ROOT
 from recon.config import DVC_BLIND_KEYS, ProjectorConfig, load_params, model_keys, parse_params
 from recon.errors import ParamsError, PhotoError, ReconError
 from recon.runner import INTERRUPTED, run
@@ -74,7 +74,25 @@ BAD = [
     ("project", "blur", {"project.grayscal": {}},
      "params.yaml: project.grayscal: unknown key: not a mode under degrade (did you mean grayscale?)"),
     ("project", "blur", {"project.runtime.batch_size": 0},
-     "params.yaml: project.runtime.batch_size: must be auto or an integer >= 1, got 0"),
+     "params.yaml: project.runtime.batch_size: must be auto or an integer from 1 to 1024, got 0"),
+    ("project", "blur", {"project.runtime.workers": 1000000000},
+     "params.yaml: project.runtime.workers: must be auto or an integer from 1 to 1024, got 1000000000"),
+    ("project", "blur", {"project.runtime.workers": 64, "project.runtime.device": "cpu"},
+     "params.yaml: project.runtime.workers: 64 workers, but this process may use"),
+    ("synthetic", None, {"project.runtime.workers": 64, "project.runtime.device": "cpu"},
+     "params.yaml: project.runtime.workers: 64 workers, but this process may use"),
+    ("degrade", "mask", {"seeds.degrade": 4294967296},
+     "params.yaml: seeds.degrade: must be less than or equal to 4294967295, got 4294967296"),
+    ("benchmark", None, {"benchmark.seeds": [4294967296]},
+     "params.yaml: benchmark.seeds.0: must be less than or equal to 4294967295"),
+    ("project", "blur", {"project.default.num_steps": 10 ** 12},
+     "params.yaml: project.default.num_steps: must be less than or equal to 100000"),
+    ("project", "blur", {"project.default.method": "robst"},
+     "params.yaml: project.default.method: must be 'official' or 'robust', got 'robst' (did you mean robust?)"),
+    ("project", "mask", {"project.mask.init": "blur"},
+     "params.yaml: project.starts.mask: must be data/projected/blur, because project.mask.init is blur"),
+    ("project", "blur", {"degrade.sr4": {"type": "downsample", "factor": 4}},
+     "params.yaml: project.starts.sr4: missing: every mode needs one, here data/degraded/sr4"),
     ("project", "blur", {"project.runtime.device": "gpu"}, "params.yaml: project.runtime.device: must be auto, cpu"),
     ("project", "blur", {"project.default.batch_size": 2},
      "params.yaml: project.default.batch_size: unknown key"),
@@ -116,12 +134,27 @@ PATHS = {  # as dvc.yaml's cmd gives them
 }
 
 
+def stage_argv(stage: str, mode=None):
+    return ([mode] if mode else []) + [a.format(mode=mode) for a in PATHS[stage]]
+
+
 def run_stage(cwd: Path, stage: str, mode=None, timeout=120):
-    cmd = [sys.executable, str(ROOT / "stages" / f"{stage}.py")] + ([mode] if mode else []) + \
-        [a.format(mode=mode) for a in PATHS[stage]]
+    """The real stage script in a process of its own (for the few smoke tests)."""
+    cmd = [sys.executable, str(ROOT / "stages" / f"{stage}.py")] + stage_argv(stage, mode)
     env = dict(os.environ, RECON_NO_CUDA_OPS="1")
     env.pop("RECON_DEBUG", None)
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def stage_module(stage: str):
+    """A stage script as a module: its ``main(argv)`` is what DVC runs."""
+    import importlib.util
+    if str(ROOT / "stages") not in sys.path:
+        sys.path.insert(0, str(ROOT / "stages"))
+    spec = importlib.util.spec_from_file_location(f"stage_{stage}", ROOT / "stages" / f"{stage}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_params(path: Path, data) -> None:
@@ -130,17 +163,41 @@ def write_params(path: Path, data) -> None:
         yaml.dump(data, f)
 
 
+@pytest.fixture
+def no_models(monkeypatch):
+    """Loading a network fails the test: refusals must come before any model loads."""
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr("recon.model.checkpoint.build_generator", refuse)
+    monkeypatch.setattr("torch.jit.load", refuse)
+    monkeypatch.delenv("RECON_DEBUG", raising=False)
+
+
 @pytest.mark.parametrize("stage,mode,changes,message", BAD, ids=[" ".join(map(str, c[2].items())) or c[1]
                                                                    for c in BAD])
-def test_bad_params_are_refused_by_the_stage_before_any_work(tmp_path, stage, mode, changes, message):
+def test_bad_params_are_refused_by_the_stage_before_any_work(tmp_path, monkeypatch, capsys, no_models, stage, mode,
+                                                             changes, message):
+    """Each stage's own entry point (in this process), as DVC runs it."""
     write_params(tmp_path / "params.yaml", edited(changes))
-    res = run_stage(tmp_path, stage, mode)
+    monkeypatch.chdir(tmp_path)
+    status = stage_module(stage).main(stage_argv(stage, mode))
+    err = capsys.readouterr().err
     label = f"{stage} {mode}" if mode else stage
-    assert res.returncode == 1, res.stderr
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
-    assert lines[-1].startswith(f"{label}: error: ") and message in lines[-1], res.stderr
-    # nothing was made: no model was loaded, no output folder appeared
+    assert status == 1, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"{label}: error: ") and message in lines[-1], err
+    # nothing was made: no output folder appeared
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_bad_param_through_the_real_script(tmp_path):
+    """The smoke test of the above: the script in its own process, one line, exit status 1."""
+    write_params(tmp_path / "params.yaml", edited({"project.default.num_steps": 12.9}))
+    res = run_stage(tmp_path, "project", "blur")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == ("project blur: error: params.yaml: project.default.num_steps: "
+                                                   "must be an integer, got 12.9")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
@@ -154,10 +211,11 @@ def test_yaml_syntax_and_missing_file(tmp_path):
     assert res.returncode == 1 and "params.yaml: params file not found" in res.stderr
 
 
-def test_resolution_mismatch_is_refused_at_align_time(tmp_path):
+def test_resolution_mismatch_is_refused_at_align_time(tmp_path, monkeypatch, capsys):
     """Once download_weights has written the generator, align refuses an align.resolution that
     differs from it, before any photo is aligned."""
     from conftest import make_weights
+
     from recon.model.checkpoint import save_generator
     from recon.model.networks import Generator
     G = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
@@ -165,10 +223,12 @@ def test_resolution_mismatch_is_refused_at_align_time(tmp_path):
     save_generator(G, tmp_path / "g16.safetensors")
     make_weights(tmp_path / "weights", tmp_path / "g16.safetensors", resolution=16)
     write_params(tmp_path / "params.yaml", edited({"align.resolution": 32}))
-    res = run_stage(tmp_path, "align")
-    assert res.returncode == 1 and "Traceback" not in res.stderr
+    monkeypatch.chdir(tmp_path)
+    assert stage_module("align").main(stage_argv("align")) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
     assert ("params.yaml: align.resolution: 32, but the generator (weights.generator.source) makes 16x16 "
-            "images; set align.resolution: 16") in res.stderr
+            "images; set align.resolution: 16") in err
     assert not (tmp_path / "data").exists()
 
 

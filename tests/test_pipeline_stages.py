@@ -1,23 +1,33 @@
-"""Stage functions: degrade writes 8-bit targets; project skips finished faces and resumes after a
-failure without losing anything; bad targets are refused before work; metrics behave."""
+"""Stage functions: degrade writes 8-bit targets and skips faces it cannot use; project skips only
+the faces its receipts vouch for, redoes damaged ones to the same bytes, resumes after a failure,
+keeps only the current run's progress images, and refuses bad targets and starting latents before
+any model loads; the command line gives the pipeline's bytes; metrics behave."""
+import csv
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_weights
 from PIL import Image
 
 import recon
-from recon.data.imageio import to_uint8
-from recon.data.imageio import PhotoError, save_png
+from recon.config import ProjectorConfig, RobustConfig
+from recon.data.imageio import PhotoError, save_png, to_uint8
+from recon.errors import DegradationError, MissingInputError, ParamsError
 from recon.metrics import identity_distance, psnr, ssim
-from recon.config import ProjectorConfig
-from recon.pipeline.stages import aligned_faces, degrade_stage, project_stage
-from recon.restore.official import Projector
-from conftest import make_weights
 from recon.model.weights import resolve_weights
+from recon.pipeline.degrade import degrade_stage
+from recon.pipeline.project import project_stage
+from recon.pipeline.records import Targets, aligned_faces
+from recon.restore.degrade import parse_ops
+from recon.restore.method import Method
 
 CFG = dict(num_steps=6, w_avg_samples=200, snapshot_every=3)
+
+
+def ops(*specs):
+    return parse_ops(list(specs))
 
 
 @pytest.fixture()
@@ -35,10 +45,17 @@ def setup(tmp_path, golden_dir):
     return tmp_path, weights, aligned
 
 
+def digests(folder):
+    import hashlib
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_degrade_writes_8bit_targets_and_masks(setup):
     tmp, _, aligned = setup
-    t = degrade_stage("mask", {"type": "mask", "source": "center", "fraction": 0.5}, aligned_faces(aligned), tmp / "deg")
-    assert [f["name"] for f in t["faces"]] == ["p0_0", "p1_0", "p2_0"]
+    t = degrade_stage("mask", ops({"type": "mask", "source": "center", "fraction": 0.5}), aligned_faces(aligned),
+                      tmp / "deg")
+    assert [f.name for f in t.faces] == ["p0_0", "p1_0", "p2_0"] and Targets.load(tmp / "deg") == t
     img = np.asarray(Image.open(tmp / "deg" / "p0_0.png"))
     mask = np.asarray(Image.open(tmp / "deg" / "p0_0_mask.png"))
     orig = np.asarray(Image.open(aligned / "p0_0.png"))
@@ -48,13 +65,35 @@ def test_degrade_writes_8bit_targets_and_masks(setup):
     assert not np.array_equal(img[mask == 255], orig[mask == 255])
 
 
+def test_faces_a_mode_cannot_use_are_skipped_and_listed(setup, capfd):
+    """A face without the mask colour, without its mask file, or unreadable is skipped with a
+    warning and listed in targets.json; a mode with no usable face is an error."""
+    tmp, _, aligned = setup
+    faces = aligned_faces(aligned)
+    painted = np.asarray(Image.open(faces[1].file)).copy()
+    painted[4:12, 4:12] = [0, 255, 0]
+    save_png(faces[1].file, painted)
+    color = ops({"type": "mask", "source": "color", "color": [0, 255, 0], "tolerance": 0})
+    t = degrade_stage("green", color, faces, tmp / "green")
+    assert [f.name for f in t.faces] == ["p1_0"]
+    assert [s["name"] for s in t.skipped] == ["p0_0", "p2_0"] and "covers nothing" in t.skipped[0]["reason"]
+    assert "degrade green: warning: p0_0 skipped: " in capfd.readouterr().err
+    assert json.loads((tmp / "green" / "targets.json").read_text())["skipped"] == t.skipped
+    with pytest.raises(DegradationError, match=r"degrade\.file: no face can be a target of this mode \(p0_0: p0\.png: "
+                                               r"the mask source is file, but the photo has no <stem>_mask\.png"):
+        degrade_stage("file", ops({"type": "mask", "source": "file"}), faces, tmp / "file")
+    (aligned / "p2_0.png").write_bytes(b"not a png")
+    t = degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), faces, tmp / "blur")
+    assert [f.name for f in t.faces] == ["p0_0", "p1_0"] and "not an image" in t.skipped[0]["reason"]
+
+
 def test_project_stage_skips_done_faces_and_resumes_after_failure(setup, monkeypatch):
     tmp, weights, aligned = setup
-    degrade_stage("blur", {"type": "blur", "kernel": 5, "sigma": 1.0}, aligned_faces(aligned), tmp / "deg")
+    degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), aligned_faces(aligned), tmp / "deg")
     cfg = ProjectorConfig(**CFG)
     out = tmp / "proj"
 
-    real = Projector.project
+    real = Method.restore
     calls = {"n": 0}
 
     def failing(self, *a, **k):
@@ -62,40 +101,88 @@ def test_project_stage_skips_done_faces_and_resumes_after_failure(setup, monkeyp
         if calls["n"] == 2:
             raise RuntimeError("power cut")
         return real(self, *a, **k)
-    monkeypatch.setattr(Projector, "project", failing)
+    monkeypatch.setattr(Method, "restore", failing)
     with pytest.raises(RuntimeError, match="power cut"):
-        project_stage("blur", cfg, tmp / "deg", out, weights, batch_size=1, device="cpu")
+        project_stage("blur", cfg, tmp / "deg", out, weights)
     first = out / "p0_0"
-    assert (first / "done.json").is_file()
+    receipt = json.loads((first / "done.json").read_text())
+    assert set(receipt["files"]) == {"image.png", "degraded.png", "latents.npz", "loss.csv", "target.png"}
     assert sorted(p.name for p in (first / "progress").iterdir()) == ["step00003.png"]
     stamp = (first / "image.png").stat().st_mtime_ns
-    monkeypatch.setattr(Projector, "project", real)
+    monkeypatch.setattr(Method, "restore", real)
 
-    done = project_stage("blur", cfg, tmp / "deg", out, weights, batch_size=1, device="cpu")
+    done = project_stage("blur", cfg, tmp / "deg", out, weights)
     assert done == ["p1_0", "p2_0"]
     assert (first / "image.png").stat().st_mtime_ns == stamp
-    assert project_stage("blur", cfg, tmp / "deg", out, weights, batch_size=1, device="cpu") == []
+    assert project_stage("blur", cfg, tmp / "deg", out, weights) == []
     # a changed setting invalidates every face
+    from recon.config import Runtime
     assert len(project_stage("blur", ProjectorConfig(**dict(CFG, num_steps=7)), tmp / "deg", out, weights,
-                             batch_size=3, device="cpu")) == 3
+                             Runtime(batch_size=3, compile="off"))) == 3
     # a face that is no longer a target is removed
     t = json.loads((tmp / "deg" / "targets.json").read_text())
     t["faces"] = t["faces"][:2]
     (tmp / "deg" / "targets.json").write_text(json.dumps(t))
-    project_stage("blur", ProjectorConfig(**dict(CFG, num_steps=7)), tmp / "deg", out, weights, device="cpu")
+    project_stage("blur", ProjectorConfig(**dict(CFG, num_steps=7)), tmp / "deg", out, weights)
     assert sorted(p.name for p in out.iterdir()) == ["p0_0", "p1_0"]
+
+
+@pytest.mark.parametrize("damage", ["truncate latents.npz", "swap image.png", "delete loss.csv",
+                                    "truncate done.json", "garble done.json"])
+def test_a_damaged_result_is_redone_to_the_same_bytes(setup, damage, capfd):
+    """Finished faces are trusted only when their receipt vouches for every file: damaging any
+    output of a finished face makes that face (only) be written again, to the bytes of an
+    undamaged run (its batch is recomputed whole: a face's bits depend on its companions)."""
+    from recon.config import Runtime
+    batched = Runtime(batch_size=3, compile="off")
+    tmp, weights, aligned = setup
+    degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), aligned_faces(aligned), tmp / "deg")
+    cfg = ProjectorConfig(**CFG)
+    out = tmp / "proj"
+    project_stage("blur", cfg, tmp / "deg", out, weights, batched)
+    good = digests(out)
+    what, name = damage.split()
+    path = out / "p1_0" / name
+    if what == "truncate":
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif what == "swap":
+        path.write_bytes((out / "p2_0" / name).read_bytes())
+    elif what == "delete":
+        path.unlink()
+    else:
+        path.write_text("{not json")
+    capfd.readouterr()
+    assert project_stage("blur", cfg, tmp / "deg", out, weights, batched) == ["p1_0"]
+    err = capfd.readouterr().err
+    assert f"project blur: p1_0 runs again: {out / 'p1_0'}: " in err
+    assert {"truncate latents.npz": "latents.npz differs from what done.json recorded",
+            "swap image.png": "image.png differs", "delete loss.csv": "loss.csv is missing",
+            "truncate done.json": "done.json is unreadable", "garble done.json": "done.json is unreadable"}[damage] in err
+    assert digests(out) == good
+
+
+def test_a_longer_interrupted_run_leaves_no_stale_progress_images(setup):
+    """Each face's progress/ holds only the current run's snapshots."""
+    tmp, weights, aligned = setup
+    degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), aligned_faces(aligned), tmp / "deg")
+    out = tmp / "proj"
+    stale = out / "p0_0" / "progress"
+    for step in (3, 6, 9):
+        save_png(stale / f"step{step:05d}.png", np.zeros((4, 4, 3), np.uint8))
+    project_stage("blur", ProjectorConfig(**CFG), tmp / "deg", out, weights)
+    assert sorted(p.name for p in stale.iterdir()) == ["step00003.png"]
 
 
 def test_project_stage_refuses_bad_targets_before_work(setup):
     tmp, weights, aligned = setup
-    degrade_stage("none", {"type": "none"}, aligned_faces(aligned), tmp / "deg")
+    degrade_stage("none", ops({"type": "none"}), aligned_faces(aligned), tmp / "deg")
     big = np.zeros((64, 64, 3), np.uint8)
     save_png(tmp / "deg" / "p1_0.png", big)
     with pytest.raises(ValueError, match=r"p1_0\.png: target is 64x64, the generator makes 32x32 "):
-        project_stage("none", ProjectorConfig(**CFG), tmp / "deg", tmp / "proj", weights, device="cpu")
+        project_stage("none", ProjectorConfig(**CFG), tmp / "deg", tmp / "proj", weights)
     (tmp / "deg" / "p1_0.png").write_bytes(b"garbage")
     with pytest.raises(PhotoError, match=r"p1_0\.png"):
-        project_stage("none", ProjectorConfig(**CFG), tmp / "deg", tmp / "proj", weights, device="cpu")
+        project_stage("none", ProjectorConfig(**CFG), tmp / "deg", tmp / "proj", weights)
     assert not any((tmp / "proj").glob("*/done.json"))
 
 
@@ -144,8 +231,11 @@ def test_cli_and_pipeline_give_the_same_result(setup):
     """`recon project` runs the stage's own functions: the same settings give the same bytes."""
     import subprocess
     import sys
-    from ruamel.yaml import YAML
+
     from conftest import ROOT
+    from ruamel.yaml import YAML
+
+    from recon.config import load_params
     tmp, weights, aligned = setup
     params = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
     params["align"]["resolution"] = 32
@@ -153,30 +243,26 @@ def test_cli_and_pipeline_give_the_same_result(setup):
     params["project"]["default"].update(CFG)
     with open(tmp / "params.yaml", "w") as f:
         YAML().dump(params, f)
-    from recon.config import load_params
     p = load_params(tmp / "params.yaml")
     files = resolve_weights(weights)
     degrade_stage("blur", p.ops("blur"), aligned_faces(aligned), tmp / "deg")
-    project_stage("blur", p.project.for_mode("blur"), tmp / "deg", tmp / "pipe", weights, 1, "cpu")
+    project_stage("blur", p.project.for_mode("blur"), tmp / "deg", tmp / "pipe", weights)
     res = subprocess.run([sys.executable, "-m", "recon.cli", "project", *sorted(str(f) for f in aligned.glob("*.png")),
                           "--generator", str(files.generator), "--vgg", str(files.vgg16),
                           "--out", str(tmp / "cli"), "--params", str(tmp / "params.yaml"), "--degrade", "blur",
                           "--device", "cpu"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     for name in ("p0_0", "p1_0", "p2_0"):
-        for f in ("image.png", "degraded.png", "target.png", "loss.csv"):
+        for f in ("image.png", "degraded.png", "target.png", "loss.csv", "latents.npz"):
             assert (tmp / "pipe" / name / f).read_bytes() == (tmp / "cli" / name / f).read_bytes(), (name, f)
-        a, b = np.load(tmp / "pipe" / name / "latents.npz"), np.load(tmp / "cli" / name / "latents.npz")
-        assert all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
 def test_robust_method_through_the_project_stage(setup):
-    import csv
-    from recon.config import RobustConfig
+    from recon.config import Runtime
     tmp, weights, aligned = setup
-    degrade_stage("blur", {"type": "blur", "kernel": 5, "sigma": 1.0}, aligned_faces(aligned), tmp / "deg")
+    degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), aligned_faces(aligned), tmp / "deg")
     cfg = ProjectorConfig(method="robust", robust=RobustConfig(steps=[3, 3, 3], min_loss_res=4))
-    done = project_stage("blur", cfg, tmp / "deg", tmp / "proj", weights, batch_size=2, device="cpu")
+    done = project_stage("blur", cfg, tmp / "deg", tmp / "proj", weights, Runtime(batch_size=2, compile="off"))
     assert done == ["p0_0", "p1_0", "p2_0"]
     out = tmp / "proj" / "p0_0"
     for name in ("image.png", "image_W.png", "image_W+.png", "degraded.png", "target.png", "done.json"):
@@ -187,12 +273,10 @@ def test_robust_method_through_the_project_stage(setup):
     assert [r["phase"] for r in rows] == ["W"] * 3 + ["W+"] * 3 + ["W++"] * 3
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     # the saved image is the final W++ image, rendered again from the saved latent
-    img = (G.synthesis(torch.from_numpy(np.load(out / "latents.npz")["wpp"])[None], noise_mode="const") + 1) / 2
-    assert np.abs(np.asarray(Image.open(out / "image.png")).astype(int)
-                  - to_uint8(img * 2 - 1)[0].astype(int)).max() <= 1
+    img = G.synthesis(torch.from_numpy(np.load(out / "latents.npz")["wpp"])[None], noise_mode="const")
+    assert np.abs(np.asarray(Image.open(out / "image.png")).astype(int) - to_uint8(img)[0].astype(int)).max() <= 1
     # settings of the official projector do not touch a robust result; its own do
-    assert project_stage("blur", cfg.model_copy(update=dict(num_steps=7)), tmp / "deg", tmp / "proj", weights,
-                         device="cpu") == []
+    assert project_stage("blur", cfg.model_copy(update=dict(num_steps=7)), tmp / "deg", tmp / "proj", weights) == []
 
 
 def test_lpips_metric(setup):
@@ -209,38 +293,40 @@ def test_lpips_metric(setup):
 def test_brush_masks_per_face_and_repeatable(setup):
     tmp, _, aligned = setup
     faces = aligned_faces(aligned)
-    degrade_stage("mask", {"type": "mask", "source": "brush", "strokes": 3}, faces, tmp / "a", seed=7)
-    degrade_stage("mask", {"type": "mask", "source": "brush", "strokes": 3}, faces, tmp / "b", seed=7)
-    masks = [np.asarray(Image.open(tmp / "a" / f"{f['name']}_mask.png")) for f in faces]
-    assert all(np.array_equal(m, np.asarray(Image.open(tmp / "b" / f"{f['name']}_mask.png")))
+    brush = ops({"type": "mask", "source": "brush", "strokes": 3})
+    degrade_stage("mask", brush, faces, tmp / "a", seed=7)
+    degrade_stage("mask", brush, faces, tmp / "b", seed=7)
+    masks = [np.asarray(Image.open(tmp / "a" / f"{f.name}_mask.png")) for f in faces]
+    assert all(np.array_equal(m, np.asarray(Image.open(tmp / "b" / f"{f.name}_mask.png")))
                for m, f in zip(masks, faces))
     assert not np.array_equal(masks[0], masks[1])
     assert all(0 < (m == 255).mean() < 0.9 for m in masks)
+    degrade_stage("mask", brush, faces[:1], tmp / "c", seed=2**32 - 1)      # the largest seed works
 
 
-def test_init_from_another_mode_and_from_a_file(setup, tmp_path):
+def test_init_from_another_mode_and_from_a_file(setup):
     """``init: <mode>`` starts each face from that mode's result (refine, or restore from a
     reconstruction); ``init: <file>.npz`` starts every face from one latent; a missing source is
     named; a changed source invalidates the result."""
-    from recon.config import RobustConfig
-    from recon.errors import MissingInputError
-    from recon.pipeline.stages import read_init
+    from recon.model.networks import latent_shapes
+    from recon.pipeline.starts import read_init
     tmp, weights, aligned = setup
     faces = aligned_faces(aligned)
-    degrade_stage("none", {"type": "none"}, faces, tmp / "deg" / "none")
-    degrade_stage("blur", {"type": "blur", "kernel": 5, "sigma": 1.0}, faces, tmp / "deg" / "blur")
+    degrade_stage("none", ops({"type": "none"}), faces, tmp / "deg" / "none")
+    degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), faces, tmp / "deg" / "blur")
     proj = tmp / "projected"
     official = ProjectorConfig(**CFG)
     robust = ProjectorConfig(method="robust", robust=RobustConfig(steps=[2, 2, 2], min_loss_res=4), init="none")
     with pytest.raises(MissingInputError, match=r"none/p0_0/latents.npz: starting latents not found "
                                                 r"\(run `dvc repro project@none` first\)"):
-        project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights, device="cpu")
+        project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights)
     assert not (proj / "blur").exists() or not any((proj / "blur").glob("*/done.json"))
-    project_stage("none", official, tmp / "deg" / "none", proj / "none", weights, device="cpu")
-    project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights, device="cpu")
+    project_stage("none", official, tmp / "deg" / "none", proj / "none", weights)
+    project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights)
     G = recon.load_generator(resolve_weights(weights).generator)
+    shapes = latent_shapes(G.config)
     for face in ("p0_0", "p2_0"):
-        start = read_init(proj / "none" / face / "latents.npz", "robust", G)
+        start = read_init(proj / "none" / face / "latents.npz", ("wpp", "wp", "ws", "w"), shapes)
         assert start.ndim == 1                       # the official W-space result: a W start
         with np.load(proj / "blur" / face / "latents.npz") as z:
             w = torch.from_numpy(z["w"])
@@ -248,36 +334,73 @@ def test_init_from_another_mode_and_from_a_file(setup, tmp_path):
         assert 0 < float((w - start).norm()) <= 0.16 + 1e-5
         assert float((w - G.mapping.w_avg).norm()) > 0.5
     # a new reconstruction makes the restoration stale; an unchanged one does not
-    assert project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights, device="cpu") == []
+    assert project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights) == []
     project_stage("none", official.model_copy(update=dict(num_steps=7)), tmp / "deg" / "none", proj / "none",
-                  weights, device="cpu")
-    assert len(project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights, device="cpu")) == 3
+                  weights)
+    assert len(project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights)) == 3
 
     # one file for every face, and the official projector starting from a robust result's W+
     refine = official.model_copy(update=dict(init=str(proj / "blur" / "p1_0" / "latents.npz"), latent_space="w+"))
-    project_stage("blur", refine, tmp / "deg" / "blur", tmp / "refined", weights, device="cpu")
+    project_stage("blur", refine, tmp / "deg" / "blur", tmp / "refined", weights)
     with np.load(proj / "blur" / "p1_0" / "latents.npz") as z:
         wp = torch.from_numpy(z["wp"])
     for face in ("p0_0", "p1_0"):
         ws = torch.from_numpy(np.load(tmp / "refined" / face / "latents.npz")["ws"])
         assert float((ws - wp).abs().max()) < 1.0 and float((ws - wp).abs().max()) > 0
-    with pytest.raises(ValueError, match="use latent_space: w\\+"):
+    with pytest.raises(ParamsError, match=r"holds a W\+ latent .*latent_space is w, which starts from one w; "
+                                          r"use latent_space: w\+ \(params.yaml: project.blur.init and "
+                                          r"project.blur.latent_space\)"):
         project_stage("blur", official.model_copy(update=dict(init=refine.init)), tmp / "deg" / "blur",
-                      tmp / "refined_w", weights, device="cpu")
+                      tmp / "refined_w", weights)
+    assert not (tmp / "refined_w").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (dict(ws=np.zeros((3, 5), np.float32)), r"ws must be a float array of shape \[8, 64\] for this generator, "
+                                            r"got float32 \[3, 5\]"),
+    (dict(w=np.zeros(64, np.int64)), r"w must be a float array of shape \[64\] .*got int64"),
+    (dict(w=np.zeros(64, np.complex64)), r"w must be a float array .*got complex64"),
+    (dict(w=np.array(["a"] * 64)), r"w must be a float array .*got <U1"),
+    (dict(w=np.zeros(64, [("a", "f4")])), r"w must be a float array"),
+    (dict(w=np.full(64, 1e30, np.float32)), r"w must be finite and within \+-1000, got values up to 1e\+30"),
+    (dict(w=np.full(64, np.nan, np.float32)), r"w must be finite"),
+    ("header", r"not a readable latents.npz"),
+    ("huge", r"w must be a float array of shape \[64\] for this generator, got float32 \[1000000000000\]"),
+    ("text", r"not a readable latents.npz \(BadZipFile"),
+], ids=["shape", "int64", "complex", "string", "structured", "1e30", "nan", "bad header", "huge header", "text"])
+def test_bad_starting_latents_are_refused_before_any_model_loads(setup, content, message, monkeypatch):
+    """A starting latent must be a finite float array of the generator's shape, in a sane range;
+    the file and the key are named, and nothing is loaded or written."""
+    import zipfile
+    tmp, weights, aligned = setup
+    degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), aligned_faces(aligned), tmp / "deg")
     bad = tmp / "bad.npz"
-    np.savez(bad, ws=np.zeros((3, 5), np.float32))
-    from recon.errors import ParamsError
-    with pytest.raises(ParamsError, match=r"bad.npz: ws must be finite and \[\d+, 64\]"):
-        project_stage("blur", official.model_copy(update=dict(init=str(bad))), tmp / "deg" / "blur",
-                      tmp / "refined_bad", weights, device="cpu")
+    if content == "text":
+        bad.write_text("not a zip")
+    elif isinstance(content, str):
+        text = (b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }" if content == "huge"
+                else b"{'descr': '<f4', 'fortran_order'")
+        text = text.ljust(117) + b"\n"
+        with zipfile.ZipFile(bad, "w") as z:
+            z.writestr("w.npy", b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + b"\x00" * 16)
+    else:
+        np.savez(bad, **content)
+
+    def no_models(*a, **k):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr("recon.pipeline.project.load_models", no_models)
+    with pytest.raises(ParamsError, match=message):
+        project_stage("blur", ProjectorConfig(**dict(CFG, init=str(bad))), tmp / "deg", tmp / "out", weights)
+    assert not (tmp / "out").exists() or not any((tmp / "out").glob("*/*"))
 
 
 def test_compile_auto_follows_the_generator_and_the_run_length(setup, monkeypatch, capsys):
     """``compile: auto`` decides from the loaded generator's resolution and the run's steps (the
     thresholds lowered here to the tiny generator and a short run); a compiled run says so."""
-    import recon.compiled as compiled
+    import recon.restore.compiled as compiled
+    from recon.config import Runtime
     tmp, weights, aligned = setup
-    degrade_stage("blur", {"type": "blur", "kernel": 5, "sigma": 1.0}, aligned_faces(aligned), tmp / "deg")
+    degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), aligned_faces(aligned), tmp / "deg")
     compiles = []
 
     def fake_compile(fn, **kw):
@@ -285,13 +408,14 @@ def test_compile_auto_follows_the_generator_and_the_run_length(setup, monkeypatc
         return fn
     monkeypatch.setattr(torch, "compile", fake_compile)
     cfg = ProjectorConfig(**CFG)
-    project_stage("blur", cfg, tmp / "deg", tmp / "a", weights, batch_size=3, device="cpu", compile="auto")
+    auto = Runtime(batch_size=3, compile="auto")
+    project_stage("blur", cfg, tmp / "deg", tmp / "a", weights, auto)
     assert compiles == [] and "compiling" not in capsys.readouterr().err      # 32 px, 6 steps: eager
     monkeypatch.setattr(compiled, "CPU_MIN_RESOLUTION", 32)
     monkeypatch.setattr(compiled, "CPU_MIN_STEPS", 6)
-    project_stage("blur", cfg, tmp / "deg", tmp / "b", weights, batch_size=3, device="cpu", compile="auto")
+    project_stage("blur", cfg, tmp / "deg", tmp / "b", weights, auto)
     assert compiles == [dict(dynamic=False, mode=None)]
     assert "project blur: compiling the projection step (project.runtime.compile: auto)" in capsys.readouterr().err
     monkeypatch.setattr(compiled, "CPU_MIN_STEPS", 7)
-    project_stage("blur", cfg, tmp / "deg", tmp / "c", weights, batch_size=3, device="cpu", compile="auto")
+    project_stage("blur", cfg, tmp / "deg", tmp / "c", weights, auto)
     assert len(compiles) == 1

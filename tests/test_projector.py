@@ -1,19 +1,21 @@
-"""The projector: the official run reproduced, restoration with numbers, batching, resume, bad input."""
+"""NVIDIA's projector (the official method): the official run reproduced, reconstruction and
+restoration with numbers, its regularizer, bad input, the command line. What every method shares
+(batching, resume, determinism, history, saving) is tested in test_methods.py."""
 import csv
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import RecordedRandom, psnr_torch
+from tiny_vgg import write_tiny_vgg
 
 import recon
-from recon.restore.degrade import Degradation, DegradationError, centre_mask
+from recon.config import ProjectorConfig
 from recon.data.imageio import from_uint8, to_uint8
-from recon.metrics import psnr_torch
 from recon.model.perceptual import VGGFeatures, load_vgg16
-from recon.restore.official import (ProjectionError, Projector, ProjectorConfig, RecordedRandom, TorchRandom,
-                             learning_rate, w_stats)
-from tiny_vgg import write_tiny_vgg
+from recon.restore.degrade import Degradation, DegradationError, centre_mask
+from recon.restore.official import OfficialMethod, learning_rate, w_stats
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +49,14 @@ def standin_features(img):
 def test_reproduces_the_official_projector(golden_dir, G):
     from safetensors.torch import load_file
     P = load_file(str(golden_dir / "projector.safetensors"))
-    pr = Projector(G, standin_features, ProjectorConfig(num_steps=30, snapshot_every=0))
+    pr = OfficialMethod(G, standin_features, ProjectorConfig(num_steps=30, snapshot_every=0))
     torch.testing.assert_close(pr.w_avg.cpu(), P["w_avg_proj"], atol=1e-5, rtol=1e-5)
     assert pr.w_std == pytest.approx(float(P["w_std_proj"]), rel=1e-5)
 
     prefix = "noise_init.synthesis."
     rng = RecordedRandom({k[len(prefix):]: v for k, v in P.items() if k.startswith(prefix)}, P["w_noise_unit"])
     target = from_uint8(P["target_uint8"].permute(1, 2, 0).numpy())
-    (res,) = pr.project(target, rngs=[rng], record_w=True, progress=False)
+    (res,) = pr.restore(target, rngs=[rng], record=True)
 
     loss = torch.tensor([h["loss"] for h in res.history])
     torch.testing.assert_close(loss, P["loss"], atol=1e-3, rtol=1e-4)
@@ -62,8 +64,10 @@ def test_reproduces_the_official_projector(golden_dir, G):
     torch.testing.assert_close(lr, P["lr"], atol=1e-12, rtol=0)
     scale = torch.tensor([h["w_noise_scale"] for h in res.history], dtype=torch.float64)
     torch.testing.assert_close(scale, P["w_noise_scale"], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(res.w_trajectory, P["w_out"], atol=1e-4, rtol=1e-4)
-    for layer, n in res.noise.items():
+    torch.testing.assert_close(torch.stack(res.trajectory["W"]), P["w_out"], atol=1e-4, rtol=1e-4)
+    noise = {k[len("noise/"):]: v for k, v in res.latents.items() if k.startswith("noise/")}
+    assert len(noise) == 7
+    for layer, n in noise.items():
         torch.testing.assert_close(n, P[f"noise_final.synthesis.{layer}.noise_const"], atol=1e-4, rtol=1e-4)
 
 
@@ -86,8 +90,8 @@ def test_w_stats_are_cached_and_rms(G):
 # Reconstruction and restoration (tiny generator, tiny TorchScript VGG stand-in)
 
 def test_clean_reconstruction_reaches_30_db(G, features, clean):
-    pr = Projector(G, features, ProjectorConfig(num_steps=800, w_avg_samples=2000, snapshot_every=0))
-    res = pr.project(clean, progress=False)
+    pr = OfficialMethod(G, features, ProjectorConfig(num_steps=800, w_avg_samples=2000, snapshot_every=0))
+    res = pr.restore(clean)
     image = torch.stack([r.image for r in res])
     assert (psnr_torch(image, clean) >= 30.0).all(), psnr_torch(image, clean)
 
@@ -107,7 +111,7 @@ def test_restoration_beats_the_degraded_input(G, features, clean, ops):
     closer to the clean image than the degraded target is (by >= 3 dB)."""
     d = Degradation(ops, 32, masks=centre_mask(32, 0.4) if ops[0]["type"] == "mask" else None)
     target = d.target(clean)
-    res = Projector(G, features, RESTORE).project(target, degradation=d, progress=False)
+    res = OfficialMethod(G, features, RESTORE).restore(target, d)
     image = torch.stack([r.image for r in res])
     consistency = psnr_torch(d(image), target)
     gain = psnr_torch(image, clean) - psnr_torch(target, clean)
@@ -116,85 +120,11 @@ def test_restoration_beats_the_degraded_input(G, features, clean, ops):
     torch.testing.assert_close(torch.stack([r.degraded for r in res]), d(image))
 
 
-# ---------------------------------------------------------------------------------------------
-# Batching, determinism, resume
-
-def test_batch_equals_single_runs(G, features, clean):
-    cfg = ProjectorConfig(num_steps=40, w_avg_samples=2000, snapshot_every=0, latent_space="w->w+")
-    d = Degradation([{"type": "blur", "kernel": 5, "sigma": 1.0}], 32)
-    targets = d.target(torch.cat([clean, clean.flip(3)]))
-    batch = Projector(G, features, cfg).project(targets, d, names=list("abcd"), progress=False)
-    for i in range(len(targets)):
-        (single,) = Projector(G, features, cfg).project(targets[i:i + 1], d, names=["abcd"[i]], progress=False)
-        # Batched convolutions round differently (~1e-6); 40 Adam steps amplify that to ~1e-4 in w
-        # and a few 1e-4 on this random generator's images (values up to +-4).
-        torch.testing.assert_close(batch[i].ws, single.ws, atol=5e-4, rtol=1e-4)
-        torch.testing.assert_close(batch[i].image, single.image, atol=1e-3, rtol=1e-3)
-        # Adam divides by sqrt(v): on noise pixels whose gradient is ~0, rounding differences become
-        # O(lr) steps. All but ~1% of pixels agree to 1e-4; none is far off.
-        diff = torch.cat([(batch[i].noise[k] - single.noise[k]).abs().flatten() for k in single.noise])
-        assert (diff <= 1e-4).float().mean() >= 0.98 and diff.max() < 0.05, diff.max()
-
-
-def test_same_seed_same_result_other_seed_other_result(G, features, clean):
-    cfg = ProjectorConfig(num_steps=10, w_avg_samples=500, snapshot_every=0)
-    a = Projector(G, features, cfg).project(clean[:1], progress=False)[0]
-    b = Projector(G, features, cfg).project(clean[:1], progress=False)[0]
-    c = Projector(G, features, cfg).project(clean[:1], rngs=[TorchRandom(1)], progress=False)[0]
-    assert torch.equal(a.ws, b.ws) and torch.equal(a.image, b.image)
-    assert not torch.equal(a.ws, c.ws)
-
-
-class Interrupt(Exception):
-    pass
-
-
-def test_resume_gives_the_uninterrupted_result(G, features, clean, tmp_path):
-    cfg = ProjectorConfig(num_steps=30, w_avg_samples=500, snapshot_every=10, latent_space="w->w+",
-                          w_plus_switch=0.5)
-    whole = Projector(G, features, cfg).project(clean, names=["x", "y"], progress=False)
-
-    snap = tmp_path / "snapshot.pt"
-    seen = []
-
-    def stop_at_20(step, images):
-        seen.append((step, images.shape))
-        if step == 20:
-            raise Interrupt()
-    with pytest.raises(Interrupt):
-        Projector(G, features, cfg).project(clean, names=["x", "y"], snapshot_path=snap, progress=False,
-                                            on_snapshot=stop_at_20)
-    assert [s for s, _ in seen] == [10, 20] and seen[0][1] == (2, 3, 32, 32)
-    resumed = Projector(G, features, cfg).project(clean, names=["x", "y"], snapshot_path=snap, progress=False)
-    for a, b in zip(whole, resumed):
-        torch.testing.assert_close(a.ws, b.ws, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(a.image, b.image, atol=1e-6, rtol=1e-6)
-        assert len(b.history) == 30 and [h["step"] for h in b.history] == list(range(30))
-        assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history], rel=1e-6)
-
-    other = ProjectorConfig(num_steps=31, w_avg_samples=500, snapshot_every=10)
-    with pytest.raises(ProjectionError, match="other settings"):
-        Projector(G, features, other).project(clean, names=["x", "y"], snapshot_path=snap, progress=False)
-
-
-def test_non_finite_loss_names_target_and_step_and_keeps_snapshot(G, clean, tmp_path):
-    calls = {"n": 0}
-
-    def exploding(img):
-        calls["n"] += 1
-        f = img.flatten(1)
-        return f * float("inf") if calls["n"] > 13 else f
-    cfg = ProjectorConfig(num_steps=30, w_avg_samples=500, snapshot_every=5)
-    snap = tmp_path / "snap.pt"
-    with pytest.raises(ProjectionError, match=r"target face_a: non-finite loss at step 12.*snap\.pt"):
-        Projector(G, exploding, cfg).project(clean[:1], names=["face_a"], snapshot_path=snap, progress=False)
-    assert torch.load(snap, weights_only=True)["step"] == 10
-
-
 def test_saved_outputs_are_what_was_optimized(G, features, clean, tmp_path):
-    pr = Projector(G, features, ProjectorConfig(num_steps=5, w_avg_samples=500, snapshot_every=0))
-    (res,) = pr.project(clean[:1], progress=False)
-    out = res.save(tmp_path / "face")
+    pr = OfficialMethod(G, features, ProjectorConfig(num_steps=5, w_avg_samples=500, snapshot_every=0))
+    (res,) = pr.restore(clean[:1])
+    res.save(tmp_path / "face")
+    out = tmp_path / "face"
     data = np.load(out / "latents.npz")
     ws = torch.from_numpy(data["ws"])[None]
     noise = {k[len("noise/"):]: torch.from_numpy(data[k]) for k in data.files if k.startswith("noise/")}
@@ -203,17 +133,17 @@ def test_saved_outputs_are_what_was_optimized(G, features, clean, tmp_path):
     from PIL import Image
     assert np.array_equal(np.asarray(Image.open(out / "image.png")), to_uint8(again)[0])
     rows = list(csv.DictReader(open(out / "loss.csv")))
-    assert len(rows) == 5 and set(rows[0]) >= {"step", "loss", "dist", "noise_reg", "latent_reg", "lr"}
+    assert len(rows) == 5 and set(rows[0]) >= {"step", "phase", "loss", "dist", "noise_reg", "latent_reg", "lr"}
 
 
 def test_latent_distance_regularization_pulls_toward_w_avg(G, features, clean):
     far = ProjectorConfig(num_steps=60, w_avg_samples=500, snapshot_every=0)
     near = ProjectorConfig(num_steps=60, w_avg_samples=500, snapshot_every=0, latent_dist_reg_weight=1e4)
-    a = Projector(G, features, far).project(clean[:1], progress=False)[0]
-    pr = Projector(G, features, near)
-    b = pr.project(clean[:1], progress=False)[0]
+    a = OfficialMethod(G, features, far).restore(clean[:1])[0]
+    pr = OfficialMethod(G, features, near)
+    b = pr.restore(clean[:1])[0]
     w_avg = pr.w_avg.cpu()[0]
-    assert (b.ws - w_avg).norm() < 0.8 * (a.ws - w_avg).norm()
+    assert (b.latents["ws"] - w_avg).norm() < 0.8 * (a.latents["ws"] - w_avg).norm()
     assert b.history[-1]["latent_reg"] > 0 and a.history[-1]["latent_reg"] == 0
 
 
@@ -222,7 +152,7 @@ def test_latent_distance_regularization_pulls_toward_w_avg(G, features, clean):
 
 def test_bad_input_is_refused_before_work(G, features, clean):
     with pytest.raises(ValueError, match=r"targets must be \[B, 3, 32, 32\]"):
-        Projector(G, features, ProjectorConfig(num_steps=1, w_avg_samples=100)).project(torch.zeros(1, 3, 64, 64))
+        OfficialMethod(G, features, ProjectorConfig(num_steps=1, w_avg_samples=100)).restore(torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="initial_learning_rate"):
         ProjectorConfig(initial_learning_rate=float("inf"))
     with pytest.raises(ValueError, match="latent_space"):
@@ -240,7 +170,9 @@ def test_bad_input_is_refused_before_work(G, features, clean):
 def test_cli_project(golden_dir, tmp_path):
     import subprocess
     import sys
+
     from PIL import Image
+
     from recon.data.imageio import save_png
     G = recon.load_generator(golden_dir / "G_ema.safetensors")
     imgs = to_uint8(G(torch.randn(2, 64, generator=torch.Generator().manual_seed(0)), None, truncation_psi=0.5,

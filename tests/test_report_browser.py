@@ -12,8 +12,7 @@ BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil
 
 def make_report(tmp_path):
     """A minimal pipeline output tree with one face, then the real report builder on it."""
-    from recon.data.imageio import save_png
-    from recon.data.imageio import write_json
+    from recon.data.imageio import save_png, write_json
     from recon.report.render import build_report
     rng = np.random.RandomState(0)
     face = (rng.rand(64, 64, 3) * 255).astype(np.uint8)

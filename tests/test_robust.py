@@ -3,10 +3,12 @@ reference code's recorded run on the tiny-a generator: ../shared/golden/robust-t
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import SHARED, need
-from recon.config import RobustConfig
-from recon.restore.robust import RobustProjector, multiscale_loss, ngd_step
+from helpers import RecordedRandom
+
+from recon.config import ProjectorConfig, RobustConfig
+from recon.restore.randomness import TorchRandom, step_draws
+from recon.restore.robust import RobustMethod, multiscale_loss, ngd_step
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -18,6 +20,29 @@ def standin_lpips(x, y):
     return (f(x) - f(y)).square().mean(dim=[1, 2, 3])
 
 
+class Pool:
+    """The fixture's degradation, 2x2 average pooling of the 32 px image to the 16 px observation,
+    as the restoration contract takes a degradation; with ``masks``, 1 = known, holes gray."""
+    size, observed_size, stochastic = 32, 16, False
+
+    def __init__(self, masks=None):
+        self.masks = masks
+
+    @property
+    def has_mask(self):
+        return self.masks is not None
+
+    def fill(self, device):
+        return torch.zeros(1, 3, 16, 16, device=device)
+
+    def __call__(self, x, draws=None):
+        return F.avg_pool2d(x, 2)
+
+
+def robust(G, lpips, robust_cfg: RobustConfig, **kw) -> RobustMethod:
+    return RobustMethod(G, lpips, ProjectorConfig(method="robust", robust=robust_cfg, snapshot_every=0, **kw))
+
+
 @pytest.fixture(scope="module")
 def golden():
     from safetensors.torch import load_file
@@ -27,8 +52,8 @@ def golden():
 def test_replays_the_reference_run(golden_G, golden):
     cfg = RobustConfig(steps=[3, 3, 3], learning_rates=[0.08, 0.02, 0.005], min_loss_res=2)
     torch.testing.assert_close(golden_G.mapping.w_avg[None], golden["w_init"], **TOL)
-    proj = RobustProjector(golden_G, standin_lpips, cfg)
-    (res,) = proj.project(golden["target"], lambda x, draws=None: F.avg_pool2d(x, 2), record=True)
+    proj = robust(golden_G, standin_lpips, cfg)
+    (res,) = proj.restore(golden["target"] * 2 - 1, Pool(), record=True)
 
     losses = torch.tensor([h["loss"] for h in res.history])
     torch.testing.assert_close(losses, golden["loss"], **TOL)
@@ -40,17 +65,18 @@ def test_replays_the_reference_run(golden_G, golden):
     # W++: the reference keeps 512 rows per ws row; the rows kept here are the first K of each
     K = golden_G.synthesis.max_channels
     ref = golden["wpp_final"].reshape(1, golden_G.num_ws, 512, -1)
-    torch.testing.assert_close(res.latent[None], ref[:, :, :K], **TOL)
+    torch.testing.assert_close(res.latents["wpp"][None], ref[:, :, :K], **TOL)
     live = golden["wpp_live_rows"].reshape(golden_G.num_ws, 512).bool()
     assert not live[:, K:].any() and int(live.sum()) == 179
-    moved = (res.latent - res.trajectory["W+"][-1][:, None]).norm(dim=-1) > 0
+    moved = (res.latents["wpp"] - res.trajectory["W+"][-1][:, None]).norm(dim=-1) > 0
     assert torch.equal(moved, live[:, :K])              # exactly the live rows moved
 
-    torch.testing.assert_close(res.images["W"][None], golden["pred_W"], **TOL)
-    torch.testing.assert_close(res.images["W+"][None], golden["pred_Wp"], **TOL)
-    torch.testing.assert_close(res.images["W++"][None], golden["final_image"], **TOL)
+    torch.testing.assert_close((res.phase_images["W"][None] + 1) / 2, golden["pred_W"], **TOL)
+    torch.testing.assert_close((res.phase_images["W+"][None] + 1) / 2, golden["pred_Wp"], **TOL)
+    torch.testing.assert_close((res.image[None] + 1) / 2, golden["final_image"], **TOL)
+    torch.testing.assert_close((res.degraded[None] + 1) / 2, golden["final_degraded"], **TOL)
     with torch.no_grad():
-        final, _ = multiscale_loss(standin_lpips, F.avg_pool2d(proj.render(res.latent[None]), 2),
+        final, _ = multiscale_loss(standin_lpips, F.avg_pool2d(proj.render(res.latents["wpp"][None]), 2),
                                    golden["target"], cfg)
     torch.testing.assert_close(final[0], golden["loss_final"], **TOL)
 
@@ -74,12 +100,7 @@ def test_per_filter_styles_start_from_the_w_plus_image(golden_G):
         golden_G.synthesis(wpp[:, :, :3], noise_mode="const")
 
 
-def _pool(x, draws=None):
-    return F.avg_pool2d(x, 2)
-
-
 def test_hole_noise_is_fresh_per_scale_and_step_and_the_same_in_both_images(golden_G, golden):
-    from recon.restore.official import RecordedRandom, TorchRandom, step_draws
     cfg = RobustConfig(steps=[1, 1, 1], min_loss_res=2)
     x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
     mask = torch.ones(2, 1, 16, 16)
@@ -95,69 +116,61 @@ def test_hole_noise_is_fresh_per_scale_and_step_and_the_same_in_both_images(gold
         xs, ys, m = F.avg_pool2d(xs, 2), F.avg_pool2d(ys, 2), F.avg_pool2d(m, 2)
     want.append(0.1 * (xs - ys).abs().mean(dim=[1, 2, 3]))
     torch.testing.assert_close(terms, torch.stack(want, 1))
-    # the noise makes identical images in known pixels agree whatever the holes hold
-    same, _ = multiscale_loss(standin_lpips, x * mask, x * mask, cfg, mask, lambda lv, s: draws(f"hole.{lv}", s))
-    assert torch.all(same == 0)
-    assert not torch.equal(rngs[0].normal(7, "hole.0", (3, 4, 4)), rngs[0].normal(8, "hole.0", (3, 4, 4)))
-    assert not torch.equal(rngs[0].normal(7, "hole.0", (3, 4, 4)), rngs[0].normal(7, "hole.1", (3, 4, 4)))
+    # Through the mask degradation, what a generated image holds in the holes cannot reach the
+    # loss: images that agree in the known pixels score 0 against each other whatever their holes
+    # hold, no gradient reaches a hole pixel, and a change in a known pixel does show.
+    from recon.restore.degrade import Degradation
+    d = Degradation([{"type": "mask"}], 16, masks=mask)
+    a = x.clone().requires_grad_(True)
+    b = torch.where(mask.bool(), x, torch.rand(2, 3, 16, 16))            # other holes, same known pixels
 
+    def loss(u, v):
+        return multiscale_loss(standin_lpips, (d(u * 2 - 1, draws=draws) + 1) / 2, (d(v * 2 - 1) + 1) / 2, cfg,
+                               mask, lambda lv, s: draws(f"hole.{lv}", s))[0]
+    same = loss(a, b)
+    assert torch.all(same == 0)
+    grad, = torch.autograd.grad(loss(a, y).sum(), a)
+    assert grad[(1 - mask).bool().expand_as(grad)].abs().max() == 0 and grad.abs().max() > 0
+    c = b.clone()
+    c[:, :, 0, 0] += 0.5                                                  # a known pixel
+    assert torch.all(loss(c, b) > 0)
     # a masked restoration is repeatable, alone or in a batch, and replays from recorded draws
-    target = golden["target"].repeat(2, 1, 1, 1)
+    target = golden["target"].repeat(2, 1, 1, 1) * 2 - 1
     m16 = mask[:1]
-    proj = RobustProjector(golden_G, standin_lpips, cfg)
-    a = proj.project(target, _pool, mask=m16, rngs=[TorchRandom(1), TorchRandom(2)])
-    b = proj.project(target[1:], _pool, mask=m16, rngs=[TorchRandom(2)])
-    torch.testing.assert_close(a[1].latent, b[0].latent, atol=1e-6, rtol=1e-6)
-    assert not torch.equal(a[0].latent, a[1].latent)           # each target has its own draws
+    proj = robust(golden_G, standin_lpips, cfg)
+    a = proj.restore(target, Pool(m16), rngs=[TorchRandom(1), TorchRandom(2)])
+    b = proj.restore(target[1:], Pool(m16), rngs=[TorchRandom(2)])
+    torch.testing.assert_close(a[1].latents["wpp"], b[0].latents["wpp"], atol=1e-6, rtol=1e-6)
+    assert not torch.equal(a[0].latents["wpp"], a[1].latents["wpp"])           # each target has its own draws
     rec = {(s, f"hole.{lv}"): TorchRandom(2).normal(s, f"hole.{lv}", (3, 16 >> lv, 16 >> lv))
            for s in range(3) for lv in range(3)}
-    c = proj.project(target[1:], _pool, mask=m16, rngs=[RecordedRandom({}, torch.zeros(0), rec)])
-    assert torch.equal(c[0].latent, b[0].latent)
-
-
-def test_interrupted_run_resumes_from_its_snapshot_exactly(golden_G, golden, tmp_path):
-    cfg = RobustConfig(steps=[2, 2, 2], min_loss_res=2)
-    proj = RobustProjector(golden_G, standin_lpips, cfg)
-    whole = proj.project(golden["target"], _pool)[0]
-    snap = tmp_path / "snap.pt"
-    for stop_at in (3, 4):          # snapshot at the W -> W+ boundary (step 2), and mid-W+ (step 3)
-        def stop(step):
-            if step == stop_at:
-                raise KeyboardInterrupt
-        with pytest.raises(KeyboardInterrupt):
-            proj.project(golden["target"], _pool, on_step=stop, snapshot_path=snap, snapshot_every=1)
-        assert torch.load(snap, weights_only=True)["step"] == stop_at - 1
-        resumed = proj.project(golden["target"], _pool, snapshot_path=snap, snapshot_every=1)[0]
-        assert torch.equal(resumed.latent, whole.latent)
-        assert resumed.history == whole.history
-        for phase in ("W", "W+"):
-            assert torch.equal(resumed.images[phase], whole.images[phase])
-            assert torch.equal(resumed.latents[phase], whole.latents[phase])
-        snap.unlink()
+    c = proj.restore(target[1:], Pool(m16), rngs=[RecordedRandom({}, torch.zeros(0), rec)])
+    assert torch.equal(c[0].latents["wpp"], b[0].latents["wpp"])
 
 
 def test_init_starts_the_phase_the_latent_belongs_to(golden_G, golden):
     cfg = RobustConfig(steps=[2, 2, 2], min_loss_res=2)
-    proj = RobustProjector(golden_G, standin_lpips, cfg)
-    first = proj.project(golden["target"], _pool)[0]
+    proj = robust(golden_G, standin_lpips, cfg)
+    target = golden["target"] * 2 - 1
+    first = proj.restore(target, Pool())[0]
     # from the W+ result: the W phase is skipped and W+ continues from there
-    wp = first.latents["W+"][None]
-    again = proj.project(golden["target"], _pool, init=wp, record=True)[0]
+    wp = first.latents["wp"][None]
+    again = proj.restore(target, Pool(), init=wp, record=True)[0]
     assert [h["phase"] for h in again.history] == ["W+"] * 2 + ["W++"] * 2
-    assert "W" not in again.images
+    assert "W" not in again.phase_images and "w" not in again.latents
     assert (again.trajectory["W+"][0] - wp).norm(dim=-1).max() <= 0.02 + 1e-6    # one NGD step from it
     # from W: the same as a normal run started at that w
     w = golden_G.mapping.w_avg[None].float()
-    same = proj.project(golden["target"], _pool, init=w)[0]
-    assert torch.equal(same.latent, first.latent)
+    same = proj.restore(target, Pool(), init=w)[0]
+    assert torch.equal(same.latents["wpp"], first.latents["wpp"])
     with pytest.raises(ValueError, match="init latent must be"):
-        proj.project(golden["target"], _pool, init=torch.zeros(1, 3, 64))
+        proj.restore(target, Pool(), init=torch.zeros(1, 3, 64))
 
 
 def test_fixed_target_features_are_computed_once_with_the_same_result(golden_G, tmp_path):
-    from recon.model.perceptual import load_vgg16
-    from recon.restore.robust import VGGLPIPS
     from tiny_vgg import write_tiny_vgg
+
+    from recon.model.perceptual import VGGLPIPS, load_vgg16
     write_tiny_vgg(tmp_path / "vgg.pt")
     lpips = VGGLPIPS(load_vgg16(tmp_path / "vgg.pt"))
     calls = []
@@ -167,12 +180,12 @@ def test_fixed_target_features_are_computed_once_with_the_same_result(golden_G, 
             calls.append(x.requires_grad)
             return super().features(x)
     cfg = RobustConfig(steps=[2, 1, 1], min_loss_res=4)
-    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
     def plain(x, y):                    # the uncached distance, not a VGGLPIPS instance
         return lpips(x, y)
-    ref = RobustProjector(golden_G, plain, cfg).project(target, lambda x, draws=None: x)[0]
-    got = RobustProjector(golden_G, Counting(lpips.vgg), cfg).project(target, lambda x, draws=None: x)[0]
-    assert torch.equal(got.latent, ref.latent) and got.history == ref.history
+    ref = robust(golden_G, plain, cfg).restore(target)[0]
+    got = robust(golden_G, Counting(lpips.vgg), cfg).restore(target)[0]
+    assert torch.equal(got.latents["wpp"], ref.latents["wpp"]) and got.history == ref.history
     levels = 3                                            # 32, 16, 8 px
     assert calls.count(False) == levels and calls.count(True) == 4 * levels   # targets once, images every step

@@ -6,9 +6,10 @@ import warnings
 
 import pytest
 import torch
+from helpers import grad_from_output
 
 from recon.model.ops import _plugin, selfcheck
-from recon.model.ops.bias_act import bias_act_ref, grad_from_output
+from recon.model.ops.bias_act import bias_act_ref
 from recon.model.ops.upfirdn2d import upfirdn2d, upfirdn2d_ref
 
 
@@ -74,7 +75,7 @@ def test_verdict_is_cached_per_build_and_device(tmp_path, monkeypatch):
         warnings.simplefilter("error")
         assert selfcheck.cached_verify(FakeKernels(), "cpu", cache) == first
     # another build (a kernel source changed) is checked again
-    monkeypatch.setattr(selfcheck, "cache_key", lambda device: "other-build")
+    monkeypatch.setattr(selfcheck, "cache_key", lambda device, build="": "other-build")
     with pytest.raises(pytest.fail.Exception, match="verified again"):
         selfcheck.cached_verify(FakeKernels(), "cpu", cache)
 

@@ -181,9 +181,8 @@ def _stage(tmp_path, params: dict, resolution: int = 1024):
     import subprocess
     import sys
 
-    from ruamel.yaml import YAML
-
     from conftest import ROOT
+    from ruamel.yaml import YAML
     base = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
     base["weights"] = params
     base["align"]["resolution"] = resolution
@@ -202,7 +201,7 @@ def test_offline_run_names_every_missing_file(tmp_path):
     assert "download_weights: error: 2 of 2 weights files are missing" in res.stderr
     for url, where, key in (("http://127.0.0.1:9/ffhq.pkl", "cache/downloads/ffhq.pkl", "weights.generator.source"),
                             ("http://127.0.0.1:9/vgg16.pt", "cache/downloads/vgg16.pt", "weights.vgg16.source")):
-        line = next(l for l in res.stderr.splitlines() if url in l)
+        line = next(text for text in res.stderr.splitlines() if url in text)
         assert where in line and key in line and "file://" in line
 
 
@@ -234,9 +233,11 @@ def test_the_stage_stores_the_weights_by_digest_and_records_them(tmp_path, golde
     """A local source is not copied: the store holds a hard link to it; weights.json records the
     sources and digests, and the stages find the files by digest; a damaged store file is named."""
     import json
+
+    from tiny_vgg import write_tiny_vgg
+
     from recon.errors import MissingInputError
     from recon.model.weights import resolve_weights
-    from tiny_vgg import write_tiny_vgg
     write_tiny_vgg(tmp_path / "vgg16.pt")
     spec = {"generator": {"source": (golden_dir / "official_format.pkl").as_uri(), "sha256": ""},
             "vgg16": {"source": str(tmp_path / "vgg16.pt"), "sha256": ""}}

@@ -10,17 +10,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .imageio import PhotoError, list_photos, load_photo, save_png, write_atomic
-
+from recon.config import Align
 from recon.errors import AlignError
 
+from .imageio import PhotoError, list_photos, load_photo, save_png, write_atomic
 
 # ----------------------------------------------------------------------------------------------
 # dlib models (shipped in the PyPI package face_recognition_models)
@@ -37,7 +37,7 @@ def model_path(name: str) -> Path:
     return path
 
 
-_MODELS = {}
+_MODELS: Dict[str, Any] = {}
 
 
 def _dlib_model(kind: str):
@@ -188,25 +188,27 @@ def align_face(rgb: np.ndarray, lm: np.ndarray, output_size: int = 1024, transfo
     pad_needed = [int(p) for p in pad]
     pad_applied = [0, 0, 0, 0]
     if enable_padding and max(pad) > border - 4:
-        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
-        arr = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
+        grown = np.maximum(pad, int(np.rint(qsize * 0.3)))
+        arr = np.pad(np.asarray(img, dtype=np.float32), ((grown[1], grown[3]), (grown[0], grown[2]), (0, 0)),
+                     "reflect")
         h, w, _ = arr.shape
         yy, xx, _ = np.ogrid[:h, :w, :1]
-        mask = np.maximum(1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
-                          1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]))
+        mask = np.maximum(1.0 - np.minimum(np.float32(xx) / grown[0], np.float32(w - 1 - xx) / grown[2]),
+                          1.0 - np.minimum(np.float32(yy) / grown[1], np.float32(h - 1 - yy) / grown[3]))
         blur = qsize * 0.02
         arr += (_gaussian_blur(arr, blur) - arr) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
         arr += (np.median(arr, axis=(0, 1)) - arr) * np.clip(mask, 0.0, 1.0)
         img = Image.fromarray(np.uint8(np.clip(np.rint(arr), 0, 255)), "RGB")
-        quad += pad[:2]
-        pad_applied = [int(p) for p in pad]
+        quad += grown[:2]
+        pad_applied = [int(p) for p in grown]
 
     # Pillow samples at pixel edges, dlib's landmarks are pixel centres: hence the +0.5.
     img = img.transform((transform_size, transform_size), Image.Transform.QUAD, (quad + 0.5).flatten(),
                         Image.Resampling.BILINEAR)
     if output_size < transform_size:
         img = img.resize((output_size, output_size), Image.Resampling.LANCZOS)
-    return AlignedFace(np.asarray(img).copy(), quad_orig, qsize_orig, shrink, border, [int(c) for c in crop], pad_needed, pad_applied)
+    return AlignedFace(np.asarray(img).copy(), quad_orig, qsize_orig, shrink, border, [int(c) for c in crop],
+                       pad_needed, pad_applied)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,9 +220,10 @@ def paste_back(photo: np.ndarray, face: np.ndarray, quad: np.ndarray, feather: f
 
     The face is first low-passed (LANCZOS resize) to twice its size in the photo, so the warp does
     not alias, then sampled bicubically at every photo pixel centre inside the quad (an unchanged
-    aligned face comes back at 37-47 dB on the sample photos, where resizing to 1x loses 3-9 dB); a mask that ramps from 0 at the
-    quad's edge to 1 at ``feather`` (fraction of the side) inside blends it in without seams. An
-    optional ``mask [S, S]`` in [0, 1] restricts the paste further (e.g. to the restored region).
+    aligned face comes back at 37-47 dB on the sample photos, where resizing to 1x loses 3-9 dB); a
+    mask that ramps from 0 at the quad's edge to 1 at ``feather`` (fraction of the side) inside
+    blends it in without seams. An optional ``mask [S, S]`` in [0, 1] restricts the paste further
+    (e.g. to the restored region).
     Returns a new uint8 photo.
     """
     import torch
@@ -271,25 +274,16 @@ def paste_back(photo: np.ndarray, face: np.ndarray, quad: np.ndarray, feather: f
 # ----------------------------------------------------------------------------------------------
 # Whole photos and folders
 
-@dataclass
-class AlignOptions:
-    size: int = 1024
-    transform_size: int = 4096
-    detector: str = "hog"
-    upsample: int = 1
-    min_score: float = 0.5
-    largest_only: bool = False
-    max_faces: int = 0              # 0 = no limit
-    enable_padding: bool = True
-    max_pixels: int = 120_000_000
-    detect_max_side: int = 4096
-
-    def effective_transform_size(self) -> int:
-        # 4x supersampling as the official 1024 <- 4096, never below the output size.
-        return max(self.size, min(self.transform_size, 4 * self.size))
+TRANSFORM_SIZE = 4096       # the official crop is warped at 4096 px, then reduced to 1024
+DETECT_MAX_SIDE = 4096      # photos are shrunk to this for detection (landmarks use the full photo)
 
 
-def _select(dets: List[Detection], opts: AlignOptions) -> List[Detection]:
+def transform_size(resolution: int) -> int:
+    """4x supersampling as the official 1024 <- 4096, never below the output size."""
+    return max(resolution, min(TRANSFORM_SIZE, 4 * resolution))
+
+
+def _select(dets: List[Detection], opts: Align) -> List[Detection]:
     if opts.largest_only and dets:
         dets = [max(dets, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))]
     if opts.max_faces and len(dets) > opts.max_faces:
@@ -301,8 +295,9 @@ def _select(dets: List[Detection], opts: AlignOptions) -> List[Detection]:
 def align_mask(mask: np.ndarray, quad: np.ndarray, size: int) -> np.ndarray:
     """Warp a photo-space mask (uint8, white = missing) into a face's aligned space: ``uint8 [S, S]``.
     Outside the photo counts as known (black)."""
-    img = Image.fromarray(mask).transform((size, size), Image.Transform.QUAD, (np.asarray(quad) + 0.5).flatten(),
-                                          Image.Resampling.BILINEAR, fillcolor=0)
+    img = Image.fromarray(mask).transform((size, size), Image.Transform.QUAD,
+                                          list((np.asarray(quad) + 0.5).flatten()), Image.Resampling.BILINEAR,
+                                          fillcolor=0)
     return np.where(np.asarray(img) >= 128, 255, 0).astype(np.uint8)
 
 
@@ -316,7 +311,7 @@ def _user_mask(path: Path, shape, max_pixels: int) -> Optional[np.ndarray]:
     return rgb.max(axis=2)
 
 
-def align_photo(path, out_dir, opts: AlignOptions = AlignOptions(), log=print) -> dict:
+def align_photo(path, out_dir, opts: Align = Align(), log=print) -> dict:
     """Align every usable face of one photo into ``out_dir/<stem>_<k>.png``; return its manifest entry.
 
     A ``<stem>_mask.png`` beside the photo (white = missing) is warped along into
@@ -325,12 +320,12 @@ def align_photo(path, out_dir, opts: AlignOptions = AlignOptions(), log=print) -
     rgb, info = load_photo(path, max_pixels=opts.max_pixels)
     user_mask = _user_mask(path, rgb.shape, opts.max_pixels)
     entry = dict(file=path.name, **info, faces=[], skipped=[])
-    dets = _select(detect_faces(rgb, opts.detector, opts.upsample, opts.min_score, opts.detect_max_side), opts)
+    dets = _select(detect_faces(rgb, opts.detector, opts.upsample, opts.min_score, DETECT_MAX_SIDE), opts)
     k = 0
     for det in dets:
         lm = landmarks68(rgb, det.box)
         try:
-            face = align_face(rgb, lm, opts.size, opts.effective_transform_size(), opts.enable_padding)
+            face = align_face(rgb, lm, opts.resolution, transform_size(opts.resolution))
         except AlignError as exc:
             log(f"{path}: face at box {det.box} skipped: {exc}", file=sys.stderr)
             entry["skipped"].append(dict(box=det.box, score=det.score, reason=str(exc)))
@@ -340,7 +335,7 @@ def align_photo(path, out_dir, opts: AlignOptions = AlignOptions(), log=print) -
         mask_name = None
         if user_mask is not None:
             mask_name = f"{path.stem}_{k}_mask.png"
-            save_png(Path(out_dir) / mask_name, align_mask(user_mask, face.quad, opts.size))
+            save_png(Path(out_dir) / mask_name, align_mask(user_mask, face.quad, opts.resolution))
         entry["faces"].append(dict(
             index=k, file=name, box=det.box, score=round(det.score, 6), detector=det.detector,
             subdetector=det.subdetector, landmarks=lm.astype(int).tolist(), quad=face.quad.round(6).tolist(),
@@ -352,7 +347,7 @@ def align_photo(path, out_dir, opts: AlignOptions = AlignOptions(), log=print) -
     return entry
 
 
-def align_paths(inputs, out_dir, opts: AlignOptions = AlignOptions(), manifest_name: str = "manifest.json",
+def align_paths(inputs, out_dir, opts: Align = Align(), manifest_name: str = "manifest.json",
                 progress: bool = True, overwrite: bool = False) -> dict:
     """Align every photo under ``inputs`` into ``out_dir`` and write ``out_dir/manifest.json``.
 
@@ -369,7 +364,7 @@ def align_paths(inputs, out_dir, opts: AlignOptions = AlignOptions(), manifest_n
         raise FileExistsError(f"{out_dir / manifest_name}: an earlier alignment is there; choose another "
                               "folder or pass overwrite=True (--force)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = dict(options=asdict(opts), images={}, no_face=[], unreadable=[])
+    manifest: Dict[str, Any] = dict(options=opts.model_dump(), images={}, no_face=[], unreadable=[])
 
     def log(*a, **k):
         tqdm.write(" ".join(map(str, a)), file=k.get("file"))

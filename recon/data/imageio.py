@@ -8,7 +8,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ def _to_uint8_gray(arr: np.ndarray) -> np.ndarray:
 
 def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Tuple[np.ndarray, dict]:
     """Convert any Pillow image to ``uint8 [H, W, 3]`` RGB; returns the array and what was done."""
-    notes = {"mode": img.mode}
+    notes: Dict[str, Any] = {"mode": img.mode}
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         gray = _to_uint8_gray(np.asarray(img))
         notes["scaled_from"] = img.mode
@@ -78,8 +78,7 @@ def load_photo(path, max_pixels: int = DEFAULT_MAX_PIXELS, background=(255, 255,
                     img.seek(0)
                     orientation = img.getexif().get(0x0112)
                     img.load()
-                    img = ImageOps.exif_transpose(img)
-                    rgb, notes = to_rgb(img, background)
+                    rgb, notes = to_rgb(ImageOps.exif_transpose(img), background)
             finally:
                 Image.MAX_IMAGE_PIXELS = old_limit
     except PhotoError:
@@ -142,6 +141,21 @@ def write_json(path, data) -> Path:
 
     text = json.dumps(data, indent=1, sort_keys=True)
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_npz(path, arrays) -> Path:
+    """``{name: array}`` as an uncompressed ``.npz`` (what ``numpy.load`` reads), atomically, with
+    bytes that depend on the arrays only: ``numpy.savez`` stamps each member with the time of
+    writing, so the same result written twice would differ."""
+    import zipfile
+
+    def write(tmp):
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            for name, array in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with z.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+    return write_atomic(path, write)
 
 
 def save_png(path, rgb: np.ndarray) -> Path:

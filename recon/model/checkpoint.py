@@ -11,7 +11,7 @@ import json
 import os
 import reprlib
 from pathlib import Path
-from typing import Annotated, List, Literal, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
@@ -146,7 +146,8 @@ def normalize_config(cfg: dict, source: str = "config") -> dict:
         where = ".".join(str(p) for p in err["loc"])
         what = "unsupported generator option" if err["type"] == "extra_forbidden" else \
             f"{err['msg'][len('Value error, '):] if err['msg'].startswith('Value error, ') else err['msg']}"
-        raise CheckpointError(f"{source}: {where + ': ' if where else ''}{what} (got {_short(err.get('input'))})") from None
+        prefix = f"{where}: " if where else ""
+        raise CheckpointError(f"{source}: {prefix}{what} (got {_short(err.get('input'))})") from None
     out.setdefault("mapping_kwargs", {})
     out.setdefault("synthesis_kwargs", {})
     total = count_parameters(out)
@@ -217,7 +218,7 @@ def config_from_pickled_generator(G: PersistentObject) -> dict:
     if "block_resolutions" not in syn.state:
         raise CheckpointError(f"{syn.class_name} is not a StyleGAN2 synthesis network "
                               "(StyleGAN3 generators are not supported)")
-    cfg = {k: int(G.get(k, init.get(k))) for k in TOP_KEYS}
+    cfg: Dict[str, Any] = {k: int(G.get(k, init.get(k))) for k in TOP_KEYS}
     sk_init = dict(init.get("synthesis_kwargs") or {})
     sk_init.update({k: init[k] for k in SYNTHESIS_KEYS if k in init})
 
@@ -281,7 +282,7 @@ def _generator_from_pickle(path: Path):
         raise CheckpointError(f"{path}: pickle holds no network (found {type(G).__name__})")
     try:
         cfg = config_from_pickled_generator(G)
-        state = {}
+        state: Dict[str, torch.Tensor] = {}
         _collect_state(G, "", state)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc

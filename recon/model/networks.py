@@ -9,7 +9,7 @@ Value ranges: ``z`` is standard normal; ``ws`` is ``[N, num_ws, w_dim]``; images
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ class FullyConnectedLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
+        b: Optional[torch.Tensor] = self.bias
         if b is not None:
             b = b.to(x.dtype)
             if self.bias_gain != 1:
@@ -59,6 +59,7 @@ class FullyConnectedLayer(nn.Module):
 
 class Conv2dLayer(nn.Module):
     """Plain equalized-lr convolution with optional resampling (the resnet skip connections)."""
+    resample_filter: torch.Tensor      # buffers, declared for the type checker
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  activation: str = "linear", up: int = 1, down: int = 1,
@@ -86,6 +87,8 @@ class Conv2dLayer(nn.Module):
 
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 convolution (optionally 2x upsampling), per-pixel noise, bias, lrelu, clamp."""
+    resample_filter: torch.Tensor
+    noise_const: torch.Tensor
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
                  up: int = 1, use_noise: bool = True, activation: str = "lrelu",
@@ -158,6 +161,7 @@ class MappingNetwork(nn.Module):
     layers, tracks ``w_avg`` (a buffer) and applies truncation toward it:
     ``w_avg + psi * (w - w_avg)`` on the first ``truncation_cutoff`` layers (all when None).
     """
+    w_avg: torch.Tensor
 
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: Optional[int], num_layers: int = 8,
                  embed_features: Optional[int] = None, layer_features: Optional[int] = None,
@@ -199,6 +203,7 @@ class MappingNetwork(nn.Module):
             x = torch.cat([x, y], dim=1) if x is not None else y
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
+        assert x is not None, "a mapping network has z or c inputs (the config check refuses neither)"
 
         # w_avg moves only when asked to (training); inference never changes it.
         if update_emas and self.w_avg_beta is not None:
@@ -225,6 +230,7 @@ class SynthesisBlock(nn.Module):
     ``architecture``: 'orig' (ToRGB only in the last block), 'skip' (config-f: every block adds
     its ToRGB to the upsampled image) or 'resnet' (residual 1x1 skip around the two convs).
     """
+    resample_filter: torch.Tensor
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  is_last: bool, architecture: str = "skip", resample_filter: Sequence[float] = (1, 3, 3, 1),
@@ -241,7 +247,8 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 0
         self.num_torgb = 0
         self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
-        layer_kwargs = dict(resample_filter=resample_filter, conv_clamp=conv_clamp, use_noise=use_noise)
+        layer_kwargs: Dict[str, Any] = dict(resample_filter=resample_filter, conv_clamp=conv_clamp,
+                                            use_noise=use_noise)
 
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
@@ -272,6 +279,8 @@ class SynthesisBlock(nn.Module):
             x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv,
                            noise_input=noise_inputs.get("conv1"))
+        elif x is None:
+            raise ValueError(f"block b{self.resolution} needs the previous block's features")
         elif self.architecture == "resnet":
             x = x.to(dtype)
             y = self.skip(x, gain=np.sqrt(0.5))
@@ -370,6 +379,7 @@ class SynthesisNetwork(nn.Module):
             block_noise = {k[len(prefix):]: v for k, v in (noise_inputs or {}).items() if k.startswith(prefix)}
             x, img = block(x, img, block_ws, force_fp32=force_fp32, fused_modconv=fused_modconv,
                            noise_mode=noise_mode, noise_inputs=block_noise)
+        assert img is not None      # the last block always makes an image
         return img
 
     @property

@@ -13,12 +13,12 @@ only known pixels drive the distance (see :class:`recon.degrade.Degradation`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F
 
-from recon.errors import CheckpointError, MissingInputError
+from recon.errors import CheckpointError, MissingInputError, ProjectionError
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,3 +56,39 @@ class VGGFeatures:
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         return self.vgg(to_vgg_range(img), resize_images=False, return_lpips=True)
+
+
+class VGGLPIPS:
+    """LPIPS distance with NVIDIA's ``vgg16.pt`` (it returns LPIPS-VGG features): the squared L2
+    between feature vectors, per image, at the images' own size. Inputs ``[N, 3, H, W]`` in [0, 1]."""
+
+    def __init__(self, vgg):
+        self.vgg = vgg
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.vgg(x * 255, resize_images=False, return_lpips=True)
+        except RuntimeError as exc:
+            if x.shape[-1] >= 32:
+                raise
+            raise ProjectionError(f"VGG16 cannot take {x.shape[-1]} px images (its pooling needs more pixels): "
+                                  f"raise robust.min_loss_res to {x.shape[-1]} or more") from exc
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (self.features(x) - self.features(y)).square().sum(dim=1)
+
+
+class FixedTargetLPIPS:
+    """:class:`VGGLPIPS` against targets that do not change between steps: each size's target
+    features are computed once, not at every step (half the VGG passes, the same values)."""
+
+    def __init__(self, lpips: VGGLPIPS):
+        self.lpips = lpips
+        self.cache: Dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        key = tuple(y.shape)
+        if key not in self.cache:
+            with torch.no_grad():
+                self.cache[key] = self.lpips.features(y)
+        return (self.lpips.features(x) - self.cache[key]).square().sum(dim=1)

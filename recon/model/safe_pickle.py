@@ -145,18 +145,18 @@ class _RestrictedUnpickler(pickle._Unpickler):
         raise UnsafePickleError(f"unexpected persistent id {pid!r}")
 
     def _checked_build(self):
-        state, inst = self.stack[-1], self.stack[-2]
+        state, inst = self.stack[-1], self.stack[-2]  # type: ignore[attr-defined]   # pickle's pure-Python unpickler
         if isinstance(inst, type) or not isinstance(inst, self.buildable):
-            raise UnsafePickleError(f"refused BUILD on {type(inst).__name__ if not isinstance(inst, type) else 'a class'}: "
-                                    "state may only fill a container made by this file")
+            what = "a class" if isinstance(inst, type) else type(inst).__name__
+            raise UnsafePickleError(f"refused BUILD on {what}: state may only fill a container made by this file")
         if isinstance(inst, np.dtype):   # numpy's own __setstate__ checks its state tuple
-            return pickle._Unpickler.load_build(self)
+            return pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
         if state is not None and not (isinstance(state, dict) and all(
                 isinstance(k, str) and not k.startswith("__") for k in state)):
             raise UnsafePickleError("refused BUILD with slot state or dunder attributes")
-        return pickle._Unpickler.load_build(self)
+        return pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
 
-    dispatch[pickle.BUILD[0]] = _checked_build
+    dispatch[pickle.BUILD[0]] = _checked_build  # type: ignore[assignment]
 
 
 class _BlobUnpickler(_RestrictedUnpickler):

@@ -16,18 +16,35 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
 
-from recon.config import (BenchmarkConfig, BlurOp, DownsampleOp, GrayscaleOp, JpegOp, MaskOp, PoissonOp,
-                     ProjectorConfig)
+from recon.config import (
+    BenchmarkConfig,
+    BlurOp,
+    DownsampleOp,
+    GrayscaleOp,
+    JpegOp,
+    MaskOp,
+    Op,
+    PoissonOp,
+    ProjectorConfig,
+)
+from recon.data.imageio import from_uint8, save_png, to_uint8, write_json
+from recon.metrics import identity_distance, psnr, ssim
+from recon.restore import make_method, method_class
 from recon.restore.degrade import Degradation, brush_mask, centre_mask
-from recon.data.imageio import from_uint8, save_png, to_uint8, write_atomic
+from recon.restore.method import Method
+from recon.restore.randomness import TorchRandom
+
+from .records import check_receipt, write_receipt
+from .synthetic import sample_faces
 
 LEVELS = ("XS", "S", "M", "L", "XL")
 # The robust method's benchmark levels (its tasks.py), and ours for the tasks it does not have.
@@ -37,7 +54,8 @@ JPEG_QUALITY = dict(XS=18, S=15, M=12, L=9, XL=6)
 STROKES = dict(XS=1, S=5, M=9, L=13, XL=17)
 HOLE = dict(XS=0.2, S=0.3, M=0.4, L=0.5, XL=0.6)
 BLUR_SIGMA = dict(XS=2.0, S=4.0, M=6.0, L=8.0, XL=10.0)
-FILTERS = ("bilinear", "bicubic", "lanczos")        # the reference draws one at random; here by seed
+# the reference draws one at random; here by seed
+FILTERS: Tuple[Literal["bilinear", "bicubic", "lanczos"], ...] = ("bilinear", "bicubic", "lanczos")
 TASKS = ("upsample", "noise", "jpeg", "inpaint_brush", "inpaint_center", "blur", "grayscale")
 SCORES = ("psnr", "ssim", "lpips", "identity")
 
@@ -67,6 +85,7 @@ def task_degradation(cell: Cell, R: int, seed: int, draw_seed: Optional[int] = N
     faces shares one fill, as a face alone would have it."""
     t, lv = cell.task, cell.level
     masks = None
+    ops: List[Op]
     if t == "upsample":
         ops = [DownsampleOp(factor=min(UPSAMPLE[lv], R), filter=FILTERS[seed % len(FILTERS)])]
     elif t == "noise":
@@ -90,58 +109,12 @@ def task_degradation(cell: Cell, R: int, seed: int, draw_seed: Optional[int] = N
     return Degradation(ops, R, masks=masks, seed=seed if draw_seed is None else draw_seed)
 
 
-def method_budget(cfg: ProjectorConfig, budget: int) -> ProjectorConfig:
-    """The method's settings with ``budget`` generator forward+backward passes per target: the
-    official projector's ``num_steps``; the robust method's phases scaled in proportion (the
-    rounding remainder goes to the last phase)."""
-    if cfg.method == "official":
-        return cfg.model_copy(update=dict(num_steps=budget, snapshot_every=0))
-    steps = cfg.robust.steps
-    total = sum(steps) or 1
-    scaled = [int(budget * s / total) for s in steps]
-    scaled[-1] += budget - sum(scaled)
-    return cfg.model_copy(update=dict(robust=cfg.robust.model_copy(update=dict(steps=scaled)), snapshot_every=0))
-
-
-def sample_truth(G, seeds: List[int], psi: float) -> Dict[int, np.ndarray]:
-    """Ground-truth faces ``uint8 [R, R, 3]`` from ``RandomState(seed)`` z, truncation ``psi``, the
-    generator's constant noise."""
-    device = next(G.parameters()).device
-    out = {}
-    with torch.no_grad():
-        for s in seeds:
-            z = torch.from_numpy(np.random.RandomState(s).randn(1, G.z_dim)).to(device)
-            img = G.synthesis(G.mapping(z, None, truncation_psi=psi), noise_mode="const")
-            out[s] = to_uint8(img.cpu())[0]
-    return out
-
-
-class Restorer:
-    """Runs one method on a batch of degraded targets; returns images ``[B, 3, R, R]`` in [-1, 1]."""
-
-    def __init__(self, G, features, cfg: ProjectorConfig):
-        from recon.restore.official import Projector
-        from recon.restore.robust import RobustProjector, VGGLPIPS
-
-        self.cfg = cfg
-        self.engine = (RobustProjector(G, VGGLPIPS(features.vgg), cfg.robust) if cfg.method == "robust"
-                       else Projector(G, features, cfg))
-
-    def __call__(self, targets: torch.Tensor, d: Degradation, names: List[str]) -> torch.Tensor:
-        from recon.restore.official import TorchRandom
-        from recon.restore.robust import restore_degraded
-
-        rngs = [TorchRandom(self.cfg.seed) for _ in names]
-        if self.cfg.method == "official":
-            res = self.engine.project(targets, degradation=d, names=names, rngs=rngs, progress=False)
-            return torch.stack([r.image for r in res])
-        res = restore_degraded(self.engine, targets, d, rngs=rngs, names=names)
-        return torch.stack([r.images["W++"] * 2 - 1 for r in res])
+def budgeted(cfg: ProjectorConfig, budget: int) -> ProjectorConfig:
+    """A method's settings with ``budget`` generator forward+backward passes per target, no snapshots."""
+    return method_class(cfg).budgeted(cfg, budget).model_copy(update=dict(snapshot_every=0))
 
 
 def score(result: np.ndarray, truth: np.ndarray, lpips, identity: bool) -> Dict[str, float]:
-    from recon.metrics import identity_distance, psnr, ssim
-
     m = dict(psnr=psnr(result, truth), ssim=ssim(result, truth))
     if lpips is not None:
         m["lpips"] = lpips(result, truth)
@@ -154,23 +127,28 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, features, lpips, out_dir,
+CELL_RECEIPT = "cell.json"
+
+
+def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, vgg, lpips, out_dir,
                   weights_digest: str = "", batch_size: int = 1) -> dict:
-    """Run every (task, level) x method cell that is not done yet (a cell's ``cell.json`` carries
-    a fingerprint of what made it); write ``results.json`` and return it."""
+    """Run every (task, level) x method cell that is not done yet; write ``results.json`` and
+    return it. A cell's ``cell.json`` is its receipt (:mod:`recon.pipeline.records`): it carries a
+    fingerprint of what made the cell and the digest of each restored image; a cell is skipped
+    only when the receipt vouches for it, and done again (with a line saying why) otherwise."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     R = G.img_resolution
     seeds = list(cfg.seeds)
-    truth = sample_truth(G, seeds, cfg.truncation_psi)
+    truth = dict(zip(seeds, sample_faces(G, seeds, cfg.truncation_psi)))
     for s, img in truth.items():
         save_png(out_dir / "truth" / f"seed{s:04d}.png", img)
-    budgeted = {name: method_budget(m, cfg.budget) for name, m in methods.items()}
-    todo = [(c, name) for c in cells(cfg) for name in budgeted]
+    methods_budgeted = {name: budgeted(m, cfg.budget) for name, m in methods.items()}
+    todo = [(c, name) for c in cells(cfg) for name in methods_budgeted]
     results: Dict[str, Dict[str, dict]] = {}
     bar = tqdm(total=len(todo) * len(seeds), desc="benchmark", unit="restoration")
-    restorers: Dict[str, Restorer] = {}
+    made: Dict[str, Method] = {}
     cell_targets: Dict[str, Dict[int, np.ndarray]] = {}
     for cell, name in todo:
         cdir = out_dir / cell.name
@@ -182,38 +160,44 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
             results[cell.name] = {"input": dict(per_seed={s: score(targets[s], truth[s], lpips, cfg.identity)
                                                           for s in seeds})}
         targets = cell_targets[cell.name]
-        fp = _fingerprint(budgeted[name].fingerprint(), cfg.budget, cell.name, seeds, cfg.truncation_psi,
+        mcfg = methods_budgeted[name]
+        fp = _fingerprint(method_class(mcfg).fingerprint(mcfg), cfg.budget, cell.name, seeds, cfg.truncation_psi,
                           weights_digest, [hashlib.sha256(targets[s].tobytes()).hexdigest() for s in seeds])
-        cell_json = cdir / name / "cell.json"
-        if cell_json.is_file() and json.loads(cell_json.read_text()).get("fingerprint") == fp:
-            results[cell.name][name] = json.loads(cell_json.read_text())
+        receipt, problem = check_receipt(cdir / name, CELL_RECEIPT, fp)
+        if problem is None and receipt is not None:
+            results[cell.name][name] = {k: v for k, v in receipt.items() if k != "files"}
             bar.update(len(seeds))
             continue
-        restore = restorers.get(name) or restorers.setdefault(name, Restorer(G, features, budgeted[name]))
+        if problem != "missing":
+            tqdm.write(f"benchmark: {cell.name} {name} runs again: {cdir / name}: {problem}", file=sys.stderr)
+        method = made.get(name) or made.setdefault(name, make_method(G, vgg, mcfg))
         per_seed, seconds = {}, 0.0
         for i in range(0, len(seeds), batch_size):
             chunk = seeds[i:i + batch_size]
             ds = [task_degradation(cell, R, s, draw_seed=0) for s in chunk]
             d = ds[0]
-            if d.has_mask:
-                d = Degradation(d.ops, R, masks=torch.cat([x.masks for x in ds]), seed=0)
+            if d.masks is not None:
+                d = Degradation(d.ops, R, masks=torch.cat([x.masks for x in ds if x.masks is not None]), seed=0)
             bar.set_postfix_str(f"{cell.name} {name}")
             t0 = time.perf_counter()
-            images = restore(torch.cat([from_uint8(targets[s]) for s in chunk]), d, [f"seed{s:04d}" for s in chunk])
+            restored = method.restore(torch.cat([from_uint8(targets[s]) for s in chunk]), d,
+                                      names=[f"seed{s:04d}" for s in chunk],
+                                      rngs=[TorchRandom(mcfg.seed) for _ in chunk])
             seconds += time.perf_counter() - t0
-            for s, img in zip(chunk, to_uint8(images.detach().cpu())):
+            for s, res in zip(chunk, restored):
+                img = to_uint8(res.image[None])[0]
                 save_png(cdir / name / f"seed{s:04d}.png", img)
                 per_seed[s] = score(img, truth[s], lpips, cfg.identity)
                 bar.update(1)
         record = dict(fingerprint=fp, method=name, passes=cfg.budget, seconds_per_restoration=seconds / len(seeds),
                       per_seed=per_seed)
-        write_atomic(cell_json, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
-        results[cell.name][name] = json.loads(json.dumps(record))
+        write_receipt(cdir / name, CELL_RECEIPT, _finite(record), [f"seed{s:04d}.png" for s in seeds])
+        results[cell.name][name] = json.loads(json.dumps(_finite(record)))
     bar.close()
-    summary = summarize(results, list(budgeted))
+    summary = summarize(results, list(methods_budgeted))
     doc = dict(seeds=seeds, truncation_psi=cfg.truncation_psi, budget=cfg.budget, resolution=R,
-               methods={n: m.model_dump() for n, m in budgeted.items()}, cells=results, **summary)
-    write_atomic(out_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(_finite(doc), indent=1)))
+               methods={n: m.model_dump() for n, m in methods_budgeted.items()}, cells=results, **summary)
+    write_json(out_dir / "results.json", _finite(doc))
     return doc
 
 
@@ -225,7 +209,7 @@ def _mean(values) -> Optional[float]:
 def summarize(results: Dict[str, Dict[str, dict]], methods: List[str]) -> dict:
     """Per cell and method the mean of each score over seeds; per method the mean over cells
     (the headline) and how many cells it wins on LPIPS."""
-    table = {}
+    table: Dict[str, Dict[str, dict]] = {}
     for cell, by_method in results.items():
         table[cell] = {}
         for name, rec in by_method.items():

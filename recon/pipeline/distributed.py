@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import sys
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from typing import List, Sequence, TypeVar
 import torch
 
 from recon.errors import ProjectionError
+
+from .runtime import threads_per_worker
 
 T = TypeVar("T")
 # A rank may wait at the closing barrier while the others finish long projections.
@@ -60,13 +63,6 @@ def current() -> Rank:
     return Rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
 
 
-def resolve_workers(workers, device: str) -> int:
-    """``auto`` -> one worker per visible GPU when running on CUDA, else 1."""
-    if workers == "auto":
-        return max(torch.cuda.device_count(), 1) if device.startswith("cuda") else 1
-    return int(workers)
-
-
 def relaunch(name: str, workers: int, max_restarts: int, argv: Sequence[str]) -> int:
     """Run ``python argv...`` as ``workers`` local processes under the elastic launcher (what
     ``torchrun --standalone --nproc-per-node=workers --max-restarts=max_restarts`` does);
@@ -85,11 +81,23 @@ def relaunch(name: str, workers: int, max_restarts: int, argv: Sequence[str]) ->
     try:
         elastic_launch(config, entrypoint=sys.executable)(*argv)
     except ChildFailedError as exc:
-        failed = ", ".join(f"rank {r} (exit {f.exitcode})" for r, f in sorted(exc.failures.items()))
-        print(f"{name}: error: {failed} failed after {max_restarts} restarts; their messages are above; "
-              "rerun to resume", file=sys.stderr, flush=True)
+        first, _ = exc.get_first_failure()
+        failed = ", ".join(f"rank {r} {exit_reason(f.exitcode)}" + (" (the first to fail)" if r == first else "")
+                           for r, f in sorted(exc.failures.items()))
+        print(f"{name}: error: {failed}, after {max_restarts} restarts; their messages are above; rerun to resume",
+              file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def exit_reason(code: int) -> str:
+    """How a worker ended, in words: ``killed by SIGKILL`` for a negative code, else ``exited with 1``."""
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with {code}"
 
 
 class Group:
@@ -110,8 +118,8 @@ class Group:
             if self.device.startswith("cuda"):
                 torch.cuda.set_device(self.device)
             else:
-                # workers share the cores: do not oversubscribe them
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+                # workers share this machine's usable CPUs: do not oversubscribe them
+                torch.set_num_threads(threads_per_worker(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
             dist.init_process_group(backend, timeout=BARRIER_TIMEOUT)
             self._joined = True
         return self

@@ -53,7 +53,8 @@ class StageProgress:
                                    "[{elapsed}<{remaining}]")
         self.base, self.count_done, self.own, self.polled_at = done, count_done, 0.0, 0.0
         self.todo_steps = (total - done) * steps_per_face / max(workers, 1)
-        self.timed_steps, self.timed_s, self.estimated = 0, 0.0, False
+        self.timed_steps: float = 0
+        self.timed_s, self.estimated = 0.0, False
 
     def batch(self, size: int, start_step: int = 0) -> Callable[[int], None]:
         """The ``on_step`` callback for a batch of ``size`` faces (resumed at ``start_step``)."""

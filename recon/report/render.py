@@ -1,28 +1,33 @@
-"""The report stage: one self-contained HTML page, DVC metrics and DVC plots.
+"""The report stage's page: one self-contained HTML file, DVC metrics and the per-face detail.
 
 ``reports/index.html`` embeds every image (base64), so it can be mailed or archived alone.
-``reports/metrics.json`` holds the headline numbers per mode and the study's best cell (what
-``dvc exp show`` shows as columns); ``reports/metrics_detail.json`` every face and cell. The loss
-tables for ``dvc plots`` are written by the project and synthetic stages (``reports/losses/``).
+``reports/metrics.json`` holds the headline numbers (what ``dvc exp show`` shows as columns: per
+mode PSNR and LPIPS first, then the study's best cell and the benchmark's methods);
+``reports/metrics_detail.json`` every metric of every face and cell. Everything shown is computed
+in :mod:`.scores`; this module only lays it out.
 """
 from __future__ import annotations
 
 import base64
-import csv
+import datetime
 import html
 import io
 import json
 import math
+import subprocess
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 from PIL import Image
 
 from recon.data.align import paste_back
-from recon.restore.composite import paste_known, transfer_luminance
 from recon.data.imageio import load_photo, write_atomic
-from recon.metrics import GLOSSARY, identity_distance, psnr, ssim
+from recon.metrics import GLOSSARY
+
+from .scores import ModeScores, best_lpips, score_mode, score_synthetic
+
+IMAGE_PX = 128        # shown size of a face in the tables (a 1400 px window shows a row whole)
 
 
 def _b64(img: np.ndarray, fmt: str = "PNG", max_side: Optional[int] = None) -> str:
@@ -36,7 +41,7 @@ def _b64(img: np.ndarray, fmt: str = "PNG", max_side: Optional[int] = None) -> s
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def _img_tag(img: np.ndarray, title: str = "", size: int = 160, fmt: str = "PNG", max_side: int = 256) -> str:
+def _img_tag(img: np.ndarray, title: str = "", size: int = IMAGE_PX, fmt: str = "PNG", max_side: int = 256) -> str:
     return (f'<img src="{_b64(img, fmt, max_side)}" width="{size}" title="{html.escape(title)}" '
             f'alt="{html.escape(title)}">')
 
@@ -52,9 +57,9 @@ def _figure_tag(fig, alt: str) -> str:
 
 def _plot_curves(curves: Dict[str, List[float]], title: str, small: bool = False,
                  phases: Optional[Dict[str, int]] = None) -> str:
-    """One line per face: the perceptual distance (the loss without its weighted regularizers,
-    which would otherwise dominate and stack every curve on one line); ``phases`` (name -> first
-    step) are marked with vertical lines."""
+    """One line per face: the distance column of its ``loss.csv`` (the loss without its weighted
+    regularizers, which would otherwise dominate and stack every curve on one line); ``phases``
+    (name -> first step) are marked with vertical lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -68,31 +73,13 @@ def _plot_curves(curves: Dict[str, List[float]], title: str, small: bool = False
         ax.annotate(name, (start, 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
                     textcoords="offset points", fontsize=7, color="0.35")
     ax.set_xlabel("step", fontsize=7 if small else 10)
-    ax.set_ylabel("VGG16 distance", fontsize=7 if small else 10)
+    ax.set_ylabel("distance (log)", fontsize=7 if small else 10)
     ax.tick_params(labelsize=6 if small else 9)
     ax.set_title(title, fontsize=8 if small else 11)
     if not small and len(curves) <= 16:
         ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return _figure_tag(fig, title)
-
-
-def _read_distance(csv_path: Path) -> List[float]:
-    """The ``dist`` column of a ``loss.csv`` (older files without it: ``loss``)."""
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    key = "dist" if rows and "dist" in rows[0] else "loss"
-    return [float(r[key]) for r in rows]
-
-
-def _read_phases(csv_path: Path) -> Dict[str, int]:
-    """``{phase: first step}`` of a robust run's ``loss.csv`` (empty for the official method)."""
-    with open(csv_path, newline="") as f:
-        phases: Dict[str, int] = {}
-        for r in csv.DictReader(f):
-            if r.get("phase"):
-                phases.setdefault(r["phase"], int(r["step"]))
-    return phases
 
 
 def _fmt(v, key: str = "") -> str:
@@ -102,17 +89,11 @@ def _fmt(v, key: str = "") -> str:
     unit = GLOSSARY.get(key, ("", "", "", ""))[1]
     if isinstance(v, float) and math.isinf(v):
         text = "inf"
+    elif isinstance(v, float):
+        text = f"{v:.2f}" if unit == "dB" else f"{v:.3f}"
     else:
-        text = f"{v:.3f}" if isinstance(v, float) else str(v)
-    if key in ("psnr", "psnr_degraded_input", "consistency_psnr", "psnr_mask", "psnr_composited") and \
-            isinstance(v, float) and math.isfinite(v):
-        text = f"{v:.2f}"
+        text = str(v)
     return f"{text} {unit}".strip()
-
-
-def _mean(values):
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(vals)) if vals else None
 
 
 def _metric_rows(m: dict) -> str:
@@ -120,67 +101,59 @@ def _metric_rows(m: dict) -> str:
                        f"{_fmt(v, k)}</span>" for k, v in m.items() if k in GLOSSARY)
 
 
-def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Path, identity: bool = True,
-                 lpips=None):
-    targets = json.loads((degraded_dir / "targets.json").read_text())
-    observed = bool(targets.get("observed"))   # no ground truth: only consistency and identity
-    rows, per_face, curves, phases = [], {}, {}, {}
-    phase_heads = ""
-    restored_by_photo: Dict[str, list] = {}
-    op_types = [op["type"] for op in targets["ops"]]
-    for face in targets["faces"]:
-        name = face["name"]
-        out = projected_dir / name
-        if not (out / "done.json").is_file():
-            continue
-        original, _ = load_photo(face["source"])
-        degraded, _ = load_photo(degraded_dir / face["degraded"])
-        generated, _ = load_photo(out / "image.png")
-        gen_degraded, _ = load_photo(out / "degraded.png")
-        hole = known = composited = None
-        if face.get("mask"):
-            hmask = np.asarray(Image.open(degraded_dir / face["mask"]).convert("L")) >= 128
-            hole, known = hmask, ~hmask
-        if op_types == ["mask"]:
-            composited = paste_known(generated, degraded, hole)
-        elif op_types == ["grayscale"]:
-            composited = transfer_luminance(generated, degraded)
-        m = {} if observed else dict(psnr=psnr(generated, original), ssim=ssim(generated, original),
-                                     psnr_degraded_input=psnr(degraded, original))
-        m["consistency_psnr"] = psnr(gen_degraded, degraded, known)
-        if hole is not None and not observed:
-            m["psnr_mask"] = psnr(generated, original, hole)
-        if composited is not None and not observed:
-            m["psnr_composited"] = psnr(composited, original)
-        if lpips is not None:
-            if not observed:
-                m["lpips"] = lpips(generated, original)
-            m["lpips_consistency"] = lpips(gen_degraded, degraded)
-        if identity:
-            m["identity"] = identity_distance(original, generated)
-        per_face[name] = m
-        curves[name] = _read_distance(out / "loss.csv")
-        phases = _read_phases(out / "loss.csv") or phases
-        images = ([(degraded, "observed photo")] if observed else
-                  [(original, "original"), (degraded, "original degraded")])
-        phase_imgs = [(load_photo(out / f"image_{ph}.png")[0], f"after {ph}") for ph in ("W", "W+")
-                      if (out / f"image_{ph}.png").is_file()]
-        if phase_imgs:
-            phase_heads = "".join(f"<th>{html.escape(t)}</th>" for _, t in phase_imgs)
-        images += phase_imgs + [(generated, "generated"), (gen_degraded, "generated degraded")]
-        if composited is not None:
-            images.append((composited, "generated + what the input knows"))
-        cells = "".join(f"<td>{_img_tag(im, t)}</td>" for im, t in images)
-        rows.append(f"<tr><th>{html.escape(name)}</th>{cells}<td class=m>{_metric_rows(m)}</td></tr>")
-        restored_by_photo.setdefault(face["photo"], []).append((face["quad"], generated))
+def describe_ops(ops) -> str:
+    """``blur (kernel 21, sigma 6.0), grayscale``: a mode's typed ops in words."""
+    parts = []
+    for op in ops:
+        fields = {k: v for k, v in op.model_dump().items() if k != "type"}
+        parts.append(op.type + (f" ({', '.join(f'{k} {v}' for k, v in fields.items())})" if fields else ""))
+    return ", ".join(parts) or "none (plain reconstruction)"
 
-    means = {k: _mean([m.get(k) for m in per_face.values()]) for k in GLOSSARY}
-    means = {k: v for k, v in means.items() if v is not None}
 
+ROLE_HEADS = {"original": "Original", "degraded": "Original degraded", "generated": "Generated",
+              "generated degraded": "Generated degraded"}
+
+
+def mode_section(s: ModeScores, raw_dir: Path) -> str:
+    rows: List[str] = []
+    pasted_into: Dict[str, list] = {}
+    heads: List[str] = []
+    for face in s.faces:
+        images = s.images(face)
+        if not heads:
+            heads = list(images)
+        cells = "".join(f"<td>{_img_tag(images[r], r)}</td>" if r in images else "<td></td>" for r in heads)
+        rows.append(f"<tr><th>{html.escape(face.target.name)}</th>{cells}<td class=m>{_metric_rows(face.metrics)}"
+                    "</td></tr>")
+        # paste back what is shown as the result: the composite where the mode has one
+        pasted_into.setdefault(face.target.photo, []).append((face.target.quad, images.get("composited",
+                                                                                           images["generated"])))
+
+    def head(role):
+        if role == "degraded" and s.observed:
+            return "Observed photo"
+        if role == "composited" and s.composite is not None:
+            return f"Composited ({s.composite[0]})"
+        return ROLE_HEADS.get(role, role)
+    section = [f'<h2 id="{html.escape(s.mode)}">{html.escape(s.mode)}</h2>',
+               f"<p>operations: {html.escape(describe_ops(s.ops))}."
+               + (" The photos were already degraded (observed): no ground truth, so only consistency with the "
+                  "photo and identity are measured." if s.observed else "") + "</p>",
+               f"<p class=means>mean over {len(s.faces)} faces: {_metric_rows(s.means).replace('<br>', ' · ')}</p>"]
+    if s.skipped:
+        section.append("<p class=skipped>Skipped (not a usable target of this mode): " + "; ".join(
+            f"{html.escape(k['name'])}: {html.escape(k['reason'])}" for k in s.skipped) + "</p>")
+    section += [f"<table><tr><th>face</th>{''.join(f'<th>{html.escape(head(r))}</th>' for r in heads)}"
+                "<th>metrics</th></tr>", *rows, "</table>"]
+    curves = {f.target.name: f.curve for f in s.faces}
+    phases = next((f.phases for f in s.faces if f.phases), {})
+    if curves:
+        section.append(_plot_curves(curves, f"{s.mode}: distance per face (the loss without regularizers)",
+                                    phases=phases))
     pasted = []
-    for photo, items in sorted(restored_by_photo.items()):
+    for photo, items in sorted(pasted_into.items()):
         path = raw_dir / photo
-        if not path.is_file():
+        if not path.is_file() or any(q is None for q, _ in items):
             continue
         rgb, _ = load_photo(path)
         restored = rgb
@@ -188,52 +161,23 @@ def mode_section(mode: str, degraded_dir: Path, projected_dir: Path, raw_dir: Pa
             restored = paste_back(restored, face_img, np.asarray(quad))
         pasted.append(f"<tr><th>{html.escape(photo)}</th><td>{_img_tag(rgb, 'original', 360, 'JPEG', 720)}</td>"
                       f"<td>{_img_tag(restored, 'restored', 360, 'JPEG', 720)}</td></tr>")
-
-    ops = html.escape(json.dumps(targets["ops"]))
-    composite_head = ""
-    if op_types in (["mask"], ["grayscale"]):
-        composite_head = ("<th>Composited (known pixels pasted back)</th>" if op_types == ["mask"]
-                          else "<th>Composited (input luminance, generated colour)</th>")
-    heads = "<th>Observed photo</th>" if observed else "<th>Original</th><th>Original degraded</th>"
-    note = (" The photos were already degraded (observed): no ground truth, so only consistency with the "
-            "photo and identity are measured." if observed else "")
-    section = [f'<h2 id="{html.escape(mode)}">{html.escape(mode)}</h2>',
-               f"<p>operations: <code>{ops}</code>.{note}</p>",
-               f"<p class=means>mean over {len(per_face)} faces: {_metric_rows(means).replace('<br>', ' · ')}</p>",
-               f"<table><tr><th>face</th>{heads}{phase_heads}<th>Generated</th>"
-               f"<th>Generated degraded</th>{composite_head}<th>metrics</th></tr>", *rows, "</table>"]
-    if curves:
-        section.append(_plot_curves(curves, f"{mode}: " + ("robust method, multiscale LPIPS + L1 per face" if phases
-                                                          else "perceptual distance per face"), phases=phases))
     if pasted:
-        section += ["<h3>Pasted back into the photos</h3><table><tr><th>photo</th><th>original</th>"
-                    "<th>restored</th></tr>", *pasted, "</table>"]
-    return "\n".join(section), dict(mean=means, faces=per_face)
+        what = f"the composited result ({s.composite[0]})" if s.composite else "the generated face"
+        section += [f"<h3>Pasted back into the photos</h3><p>Pasted: {what}.</p><table><tr><th>photo</th>"
+                    "<th>original</th><th>restored</th></tr>", *pasted, "</table>"]
+    return "\n".join(section)
 
 
 def synthetic_section(synthetic_dir: Path):
     """The study as a grid: one row per num_steps, one column per latent_dist_reg_weight; each
     cell holds the generated images of every seed with their PSNR and a small loss plot; the
     sampled truth beside the grid; the best cell (highest mean PSNR) marked."""
-    runs = json.loads((synthetic_dir / "runs.json").read_text())
+    runs, cells, best = score_synthetic(synthetic_dir)
     seeds = [f"seed{s:04d}" for s in runs["seeds"]]
-    truth = {s: load_photo(synthetic_dir / "truth" / f"{s}.png")[0] for s in seeds}
-    cells = {}
-    for tag, run in runs["runs"].items():
-        images, ps, curves = [], [], {}
-        for s in seeds:
-            img, _ = load_photo(synthetic_dir / tag / s / "image.png")
-            p = psnr(img, truth[s])
-            ps.append(p)
-            images.append(f"<figure>{_img_tag(img, f'{tag} {s}', 96)}<figcaption>{_fmt(p, 'psnr')}</figcaption></figure>")
-            curves[s] = _read_distance(synthetic_dir / tag / s / "loss.csv")
-        cells[(run["num_steps"], run["latent_dist_reg_weight"])] = dict(
-            tag=tag, psnr=_mean(ps), images="".join(images),
-            plot=_plot_curves(curves, f"steps {run['num_steps']}, reg {run['latent_dist_reg_weight']:g}", small=True))
+    truth_cells = "".join(f"<figure>{_img_tag(load_photo(synthetic_dir / 'truth' / f'{s}.png')[0], s, 96)}"
+                          f"<figcaption>{s}</figcaption></figure>" for s in seeds)
     steps = sorted({k[0] for k in cells})
     regs = sorted({k[1] for k in cells})
-    best = max(cells, key=lambda k: -math.inf if cells[k]["psnr"] is None else cells[k]["psnr"])
-    truth_cells = "".join(f"<figure>{_img_tag(truth[s], s, 96)}<figcaption>{s}</figcaption></figure>" for s in seeds)
     head = "".join(f"<th>latent_dist_reg_weight {r:g}</th>" for r in regs)
     rows = []
     for n in steps:
@@ -243,24 +187,25 @@ def synthetic_section(synthetic_dir: Path):
             if c is None:
                 tds.append("<td></td>")
                 continue
-            mark = " class=best" if (n, r) == best else ""
-            star = " ★ best" if (n, r) == best else ""
-            tds.append(f"<td{mark}><div class=imgs>{c['images']}</div><b>mean {_fmt(c['psnr'], 'psnr')}{star}</b>"
-                       f"<br>{c['plot']}</td>")
+            figs = "".join(f"<figure>{_img_tag(load_photo(synthetic_dir / c.tag / s / 'image.png')[0], s, 96)}"
+                           f"<figcaption>{_fmt(c.per_seed[s], 'psnr')}</figcaption></figure>" for s in seeds)
+            plot = _plot_curves(c.curves, f"steps {n}, reg {r:g}", small=True)
+            mark, star = (" class=best", " ★ best") if (n, r) == best else ("", "")
+            tds.append(f"<td{mark}><div class=imgs>{figs}</div><b>mean {_fmt(c.psnr, 'psnr')}{star}</b><br>{plot}</td>")
         rows.append(f"<tr><th>num_steps {n}</th>{''.join(tds)}</tr>")
     body = ['<h2 id="synthetic">Synthetic study: num_steps × latent_dist_reg_weight</h2>',
-            f"<p>Faces sampled from the generator (truncation psi {runs['truncation_psi']}), then inverted; PSNR "
+            f"<p>Faces sampled from the generator (truncation psi {runs['truncation_psi']}), then restored; PSNR "
             "against the sampled truth. The best cell (highest mean PSNR) is marked.</p>",
             f"<div class=study><div class=truth><b>truth</b>{truth_cells}</div>",
             f"<table><tr><th></th>{head}</tr>", *rows, "</table></div>"]
-    metrics = {c["tag"]: dict(psnr=c["psnr"], num_steps=k[0], latent_dist_reg_weight=k[1]) for k, c in cells.items()}
-    return "\n".join(body), metrics, best
+    detail = {c.tag: dict(psnr=c.psnr, num_steps=n, latent_dist_reg_weight=r) for (n, r), c in cells.items()}
+    return "\n".join(body), detail, cells[best]
 
 
 def benchmark_section(bench_dir: Path):
     """The methods compared: one row per task and level, per method its mean PSNR, SSIM, LPIPS,
     identity and seconds per restoration (the best LPIPS of a row marked), a plot of LPIPS per
-    row, and the first seed's images. Returns ``(html, headline per method)``."""
+    row, and the first seed's images. Returns ``(html, results.json)``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -274,21 +219,20 @@ def benchmark_section(bench_dir: Path):
                    for name in ["input"] + methods)
     sub = "".join("".join(f"<th>{GLOSSARY[c][0]}</th>" for c in present) + ("<th>s</th>" if name != "input" else "")
                   for name in ["input"] + methods)
-    rows = []
+    rows, strips = [], []
     seed0 = f"seed{res['seeds'][0]:04d}"
-    strips = []
     for cell, by in table.items():
-        best = min((by[n]["lpips"], n) for n in methods if by.get(n, {}).get("lpips") is not None)[1] \
-            if any(by.get(n, {}).get("lpips") is not None for n in methods) else None
+        best = best_lpips(by, methods)
         tds = []
         for name in ["input"] + methods:
             v = by.get(name, {})
-            mark = " class=best" if name == best else ""
-            tds += [f"<td{mark}>{_fmt(v.get(c), c)}</td>" for c in present]
+            tds += [f"<td{' class=best' if name == best and c == 'lpips' else ''}>{_fmt(v.get(c), c)}</td>"
+                    for c in present]
             if name != "input":
                 tds.append(f"<td>{_fmt(v.get('seconds'))}</td>")
         rows.append(f"<tr><th>{html.escape(cell)}</th>{''.join(tds)}</tr>")
-        imgs = [(bench_dir / "truth" / f"{seed0}.png", "truth"), (bench_dir / cell / "target" / f"{seed0}.png", "input")]
+        imgs = [(bench_dir / "truth" / f"{seed0}.png", "truth"),
+                (bench_dir / cell / "target" / f"{seed0}.png", "input")]
         imgs += [(bench_dir / cell / n / f"{seed0}.png", n) for n in methods]
         figs = "".join(f"<figure>{_img_tag(load_photo(p)[0], t, 96)}<figcaption>{html.escape(t)}</figcaption></figure>"
                        for p, t in imgs if p.is_file())
@@ -297,7 +241,7 @@ def benchmark_section(bench_dir: Path):
                                                               for c in present)
                     + f"<td>{headline.get(n, {}).get('lpips_wins', '–')}</td></tr>" for n in ["input"] + methods)
 
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(table) * (len(methods) + 1)), 3.2))
+    fig, ax = plt.subplots(figsize=(min(13, max(6, 0.6 * len(table) * (len(methods) + 1))), 3.2))
     width = 0.8 / (len(methods) + 1)
     for k, name in enumerate(["input"] + methods):
         ys = [table[c].get(name, {}).get("lpips") for c in table]
@@ -307,7 +251,6 @@ def benchmark_section(bench_dir: Path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     plot = _figure_tag(fig, "LPIPS per task and method")
-    plt.close(fig)
     body = ['<h2 id="benchmark">Benchmark: which method restores better, at what cost</h2>',
             f"<p>{len(res['seeds'])} faces sampled from the generator (truncation psi {res['truncation_psi']}, "
             f"{res['resolution']} px), degraded per task and level, restored by each method with the same budget of "
@@ -316,10 +259,9 @@ def benchmark_section(bench_dir: Path):
             "<i>s</i>: seconds per restoration on the machine that ran it.</p>",
             f"<table><tr><th>mean over rows</th>{''.join(f'<th>{GLOSSARY[c][0]}</th>' for c in present)}"
             f"<th>rows won (LPIPS)</th></tr>{means}</table>",
-            f"<table><tr><th rowspan=2>task</th>{head}</tr><tr>{sub}</tr>", *rows, "</table>", plot,
-            f"<h3>{seed0}</h3><table>", *strips, "</table>"]
-    headline = {n: {k: v for k, v in headline.get(n, {}).items() if k in cols} for n in methods}
-    return "\n".join(body), headline
+            f"<div class=wide><table><tr><th rowspan=2>task</th>{head}</tr><tr>{sub}</tr>", *rows, "</table></div>",
+            plot, f"<h3>{seed0}</h3><table>", *strips, "</table>"]
+    return "\n".join(body), res
 
 
 def glossary_section() -> str:
@@ -329,62 +271,88 @@ def glossary_section() -> str:
             f"<th>better</th><th>meaning</th></tr>{rows}</table>")
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1500px}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}
-td.m{font-size:12px;white-space:nowrap}pre{background:#f6f6f6;padding:1em}
-figure{display:inline-block;margin:2px;text-align:center}figcaption{font-size:11px}
-td.best{outline:3px solid #1a7f37;background:#eefbf0}.study{display:flex;gap:1em;align-items:flex-start}
-.truth{display:flex;flex-direction:column;margin-top:1em}.imgs{white-space:nowrap}
-table.glossary td{font-size:13px}p.means{font-size:14px}"""
+def header_section(weights: Optional[dict], photos: Optional[dict]) -> str:
+    """When, from which revision, with which weights; the photos that gave no face."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    lines = [f"made {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
+             + (f" from git revision {html.escape(rev)}" if rev else "")]
+    for key, w in (weights or {}).items():
+        lines.append(f"{html.escape(key)}: {html.escape(str(w.get('source', '?')))} "
+                     f"(sha256 {html.escape(str(w.get('sha256', '?'))[:16])}…)")
+    if photos:
+        if photos.get("no_face"):
+            lines.append("no face found in: " + html.escape(", ".join(photos["no_face"])))
+        if photos.get("unreadable"):
+            lines.append("unreadable photos: " + html.escape("; ".join(f"{u['photo']} ({u['reason']})"
+                                                                      for u in photos["unreadable"])))
+    return "<p class=header>" + "<br>".join(lines) + "</p>"
 
-HEADLINE = ("psnr", "ssim", "lpips", "consistency_psnr", "identity", "psnr_composited")
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1320px}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}
+td.m{font-size:12px;min-width:190px}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}
+img{max-width:100%;height:auto}figure{display:inline-block;margin:2px;text-align:center}figcaption{font-size:11px}
+td.best{outline:3px solid #1a7f37;background:#eefbf0}.study{display:flex;gap:1em;align-items:flex-start}
+.truth{display:flex;flex-direction:column;margin-top:1em}.imgs{white-space:nowrap}.wide{overflow-x:auto}
+table.glossary td{font-size:13px}p.means{font-size:14px}p.header,p.skipped{font-size:13px;color:#444}"""
+
+HEADLINE = ("psnr", "lpips")              # per mode in metrics.json; the rest is in metrics_detail.json
 
 
 def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str = "", report=None,
-                 vgg=None) -> dict:
-    """Write ``index.html`` (self-contained), ``metrics.json`` (the headline numbers: what
-    ``dvc exp show`` shows, about 20 columns) and ``metrics_detail.json`` (every face and cell).
-    ``vgg``: NVIDIA's ``vgg16.pt``, for LPIPS (left out without it). Returns the headline metrics."""
+                 vgg=None, weights: Optional[dict] = None) -> dict:
+    """Write ``index.html`` (self-contained), ``metrics.json`` (the headline numbers, in this order:
+    per mode PSNR and LPIPS (consistency LPIPS for observed photos), the study's best cell, each
+    benchmark method's LPIPS and PSNR) and ``metrics_detail.json`` (every face and cell). ``vgg``:
+    NVIDIA's ``vgg16.pt``, for LPIPS (left out without it); ``weights``: the download_weights
+    record, named in the header. Returns the headline metrics."""
     from recon.config import Report
     from recon.metrics import LPIPSMetric
 
     report = report if report is not None else Report()
     lpips = LPIPSMetric(vgg) if vgg is not None else None
     data_dir, raw_dir, out_dir = Path(data_dir), Path(raw_dir), Path(out_dir)
-    sections, detail, headline = [], {}, {}
+    sections: List[str] = []
+    detail: Dict[str, Any] = {}
+    headline: Dict[str, Any] = {}
     for mode in modes:
         d, p = data_dir / "degraded" / mode, data_dir / "projected" / mode
         if not (d / "targets.json").is_file():
             continue
-        text, m = mode_section(mode, d, p, raw_dir, report.identity, lpips)
-        sections.append(text)
-        detail[mode] = m
-        headline[mode] = {k: v for k, v in m["mean"].items() if k in HEADLINE or k == "lpips_consistency"
-                          and "lpips" not in m["mean"]}
-    syn = data_dir / "synthetic" / "runs.json"
-    if syn.is_file():
-        text, cells, best = synthetic_section(syn.parent)
+        scores = score_mode(mode, d, p, report.identity, lpips)
+        sections.append(mode_section(scores, raw_dir))
+        means = scores.means
+        detail[mode] = dict(mean=means, faces={f.target.name: f.metrics for f in scores.faces}, skipped=scores.skipped)
+        keys = HEADLINE if "psnr" in means else ("lpips_consistency",)
+        headline[mode] = {k: means[k] for k in keys if k in means}
+    if (data_dir / "synthetic" / "runs.json").is_file():
+        text, cells, best = synthetic_section(data_dir / "synthetic")
         sections.append(text)
         detail["synthetic"] = cells
-        psnrs = [c["psnr"] for c in cells.values() if c["psnr"] is not None]
-        best_cell = next(c for c in cells.values() if (c["num_steps"], c["latent_dist_reg_weight"]) == best)
-        headline["synthetic"] = dict(best_psnr=best_cell["psnr"], best_num_steps=best[0],
-                                     best_latent_dist_reg_weight=best[1], mean_psnr=_mean(psnrs))
-    bench = data_dir / "benchmark" / "results.json"
-    if bench.is_file():
-        text, heads = benchmark_section(bench.parent)
+        headline["synthetic"] = dict(best_psnr=best.psnr, best_num_steps=best.num_steps,
+                                     best_latent_dist_reg_weight=best.latent_dist_reg_weight)
+    if (data_dir / "benchmark" / "results.json").is_file():
+        text, res = benchmark_section(data_dir / "benchmark")
         sections.append(text)
-        detail["benchmark"] = json.loads(bench.read_text())["table"]
-        headline["benchmark"] = heads
+        detail["benchmark"] = dict(table=res["table"], headline=res["headline"])
+        headline["benchmark"] = {n: {k: res["headline"].get(n, {}).get(k) for k in ("lpips", "psnr")
+                                     if res["headline"].get(n, {}).get(k) is not None} for n in res["methods"]}
+    manifest = data_dir / "aligned" / "manifest.json"
+    photos = json.loads(manifest.read_text()) if manifest.is_file() else None
     nav = " · ".join(f'<a href="#{html.escape(k)}">{html.escape(k)}</a>' for k in list(detail) + ["glossary"])
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>recon report</title><style>{STYLE}</style>"
-            f"</head><body><h1>recon: restoration report</h1><p>{nav}</p>{''.join(sections)}{glossary_section()}"
-            f"<h2>Parameters</h2><pre>{html.escape(params_text)}</pre></body></html>")
+            f"</head><body><h1>recon: restoration report</h1>{header_section(weights, photos)}<p>{nav}</p>"
+            f"{''.join(sections)}{glossary_section()}<h2>Parameters</h2><pre>{html.escape(params_text)}</pre>"
+            "</body></html>")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "index.html", lambda tmp: Path(tmp).write_text(page))
-    for name, data in (("metrics.json", headline), ("metrics_detail.json", detail)):
-        text = json.dumps(_finite(data), indent=1, sort_keys=True)
-        write_atomic(out_dir / name, lambda tmp: Path(tmp).write_text(text))
+    for name, data, keep_order in (("metrics.json", headline, True), ("metrics_detail.json", detail, False)):
+        text = json.dumps(_finite(data), indent=1, sort_keys=not keep_order)
+        write_atomic(out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
     return headline
 
 
@@ -392,6 +360,8 @@ def _finite(obj):
     """JSON has no inf: identical images (PSNR inf) are written as 100 dB."""
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
     if isinstance(obj, float) and math.isinf(obj):
         return 100.0
     return obj

@@ -1,0 +1,34 @@
+"""Restoration: methods behind one contract (:mod:`.method`), degradations (:mod:`.degrade`) and
+their randomness (:mod:`.randomness`). Callers make methods through :func:`make_method` and never
+branch on which one they hold."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Type, Union
+
+from .registry import METHODS
+
+if TYPE_CHECKING:
+    from recon.config import ProjectorConfig
+
+    from .method import Method
+
+
+def method_class(which: Union[str, "ProjectorConfig"]) -> Type["Method"]:
+    """The method class of a name, or of a config's ``method``."""
+    name = which if isinstance(which, str) else which.method
+    if name not in METHODS:
+        raise ValueError(f"unknown restoration method {name!r}; one of {', '.join(METHODS)}")
+    module, _, cls = METHODS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_method(G, vgg, cfg: "ProjectorConfig", compile: bool = False) -> "Method":
+    """The method ``cfg.method`` on generator ``G`` with NVIDIA's VGG16 module ``vgg``;
+    ``compile``: ``torch.compile`` its step where the method supports it."""
+    cls = method_class(cfg)
+    kwargs = dict(compile=compile) if cls.compilable else {}
+    return cls(G, cls.perceptual_from_vgg(vgg), cfg, **kwargs)
+
+
+__all__ = ["METHODS", "make_method", "method_class"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -49,7 +49,7 @@ class CompiledOrEager:
         mode = os.environ.get("RECON_COMPILE_MODE") or "default"
         self.graphs = mode == "reduce-overhead"
         self.compiled = torch.compile(fn, dynamic=False, mode=None if mode == "default" else mode)
-        self.failed = None
+        self.failed: Optional[str] = None
 
     def __call__(self, *args, **kwargs):
         if self.failed is None:

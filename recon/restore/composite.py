@@ -31,3 +31,17 @@ def transfer_luminance(generated: np.ndarray, gray: np.ndarray) -> np.ndarray:
     y_obs = gray.astype(np.float64) @ w
     out = gen + (y_obs - y_gen)[..., None]          # shift every channel: luminance becomes y_obs
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def composite_for(ops):
+    """``(what, combine)`` for a mode's typed ops where the input tells something the result should
+    keep: inpainting (a mask alone) pastes the known pixels back, colorization (grayscale alone)
+    keeps the input's luminance; ``combine(generated, observed, hole)``. None for other modes."""
+    from recon.config import GrayscaleOp, MaskOp
+
+    if len(ops) == 1 and isinstance(ops[0], MaskOp):
+        return "known pixels pasted back", paste_known
+    if len(ops) == 1 and isinstance(ops[0], GrayscaleOp):
+        return "input luminance, generated colour", lambda generated, observed, hole: transfer_luminance(generated,
+                                                                                                          observed)
+    return None

@@ -15,8 +15,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon.config import (BlurOp, DownsampleOp, GrayscaleOp, JpegOp, MaskOp, NoiseOp, Op, PoissonOp, check_op_fits,
-                     flatten_ops, parse_op)
+from recon.config import (
+    BlurOp,
+    DownsampleOp,
+    GrayscaleOp,
+    JpegOp,
+    MaskOp,
+    NoiseOp,
+    Op,
+    PoissonOp,
+    check_op_fits,
+    flatten_ops,
+    parse_op,
+)
 from recon.errors import DegradationError
 
 LUMA = (0.299, 0.587, 0.114)
@@ -135,6 +146,7 @@ def normal_cdf(x: torch.Tensor) -> torch.Tensor:
 def jpeg_target(img: torch.Tensor, quality: int) -> torch.Tensor:
     """Each image through Pillow's JPEG encoder (8-bit, 4:2:0). ``[N, 3, H, W]`` in [-1, 1]."""
     from recon.data.imageio import from_uint8, to_uint8
+
     from .jpeg import encode
 
     out = [from_uint8(encode(im, quality)) for im in to_uint8(img.detach().cpu())]
@@ -222,7 +234,8 @@ def parse_ops(spec) -> List[Op]:
         return []
     items = spec if isinstance(spec, (list, tuple)) else [spec]
     try:
-        return [o for i, item in enumerate(items) for o in flatten_ops(parse_op(item, str(i) if len(items) > 1 else ""))]
+        return [o for i, item in enumerate(items)
+                for o in flatten_ops(parse_op(item, str(i) if len(items) > 1 else ""))]
     except ValueError as exc:
         raise DegradationError(f"degradation {exc}") from None
 
@@ -260,12 +273,20 @@ class Degradation:
         return next((op for op in self.ops if isinstance(op, MaskOp)), None)
 
     @property
+    def observed_size(self) -> int:
+        """The side of the observation (a degraded image) in pixels."""
+        return self.size
+
+    @property
     def has_mask(self) -> bool:
         return self.mask_op is not None
 
     def fill(self, device, dtype=torch.float32) -> torch.Tensor:
         """The values that missing pixels take in both images: fixed seeded noise, or mid-gray."""
-        if self.mask_op.fill == "gray":
+        op = self.mask_op
+        if op is None:
+            raise DegradationError("this degradation has no mask")
+        if op.fill == "gray":
             return torch.zeros(1, 3, self.size, self.size, device=device, dtype=dtype)
         if self._fill is None or self._fill.device != torch.device(device):
             g = torch.Generator().manual_seed(self.seed + 7919)
@@ -290,7 +311,7 @@ class Degradation:
                 x = grayscale(x)
             elif isinstance(op, DownsampleOp):
                 x = downsample(x, op.factor, op.filter if target else "box")
-            elif isinstance(op, MaskOp):
+            elif isinstance(op, MaskOp) and self.masks is not None:     # checked when made
                 m = self.masks.to(x.device, x.dtype)
                 if batch_index is not None and m.shape[0] > 1:
                     m = m[batch_index]

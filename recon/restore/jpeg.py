@@ -53,7 +53,7 @@ def quant_tables(quality: int) -> torch.Tensor:
     Image.new("RGB", (16, 16), (128, 64, 32)).save(buf, format="JPEG", quality=int(quality), subsampling=2)
     buf.seek(0)
     with Image.open(buf) as im:
-        tables = im.quantization
+        tables = im.quantization  # type: ignore[attr-defined]   # JPEG images have their tables
     return torch.tensor([list(tables[0]), list(tables[1])], dtype=torch.float64).view(2, 8, 8)
 
 

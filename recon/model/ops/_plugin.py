@@ -8,16 +8,20 @@ kernel is used on a device it must pass :mod:`recon.model.ops.selfcheck` against
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import warnings
 from pathlib import Path
+from typing import Any, Dict
+
+from . import selfcheck
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 SOURCES = ("ops.cpp", "bias_act_kernel.cu", "upfirdn2d_kernel.cu")
 
 _lock = threading.Lock()
-_state = {"tried": False, "module": None, "error": None, "verdicts": {}}
+_state: Dict[str, Any] = {"tried": False, "module": None, "error": None, "verdicts": {}}
 
 
 def disabled() -> bool:
@@ -73,11 +77,17 @@ def build_dir() -> Path:
     return root / f"torch{torch.__version__}-cuda{torch.version.cuda}".replace("+", "_")
 
 
+def sources_digest() -> str:
+    """A digest of the kernel sources: a changed kernel is checked again."""
+    h = hashlib.sha256()
+    for s in SOURCES:
+        h.update((CUDA_DIR / s).read_bytes())
+    return h.hexdigest()
+
+
 def for_op(name: str, device):
     """The extension for op ``name`` on ``device`` if it is built and its kernel passed the
     self-check there; None means: use the reference."""
-    from . import selfcheck
-
     module = get()
     if module is None:
         return None
@@ -87,8 +97,8 @@ def for_op(name: str, device):
         with _lock:
             verdict = _state["verdicts"].get(key)
             if verdict is None:
-                verdict = _state["verdicts"][key] = selfcheck.cached_verify(module, device,
-                                                                            build_dir() / "selfcheck.json")
+                verdict = _state["verdicts"][key] = selfcheck.cached_verify(
+                    module, device, build_dir() / "selfcheck.json", sources_digest())
     return module if verdict.get(name, {}).get("ok") else None
 
 

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from . import _plugin
+from . import _plugin, selfcheck
 
 
 @dataclass(frozen=True)
@@ -94,27 +94,6 @@ def bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=No
     return x
 
 
-def grad_from_output(dy: torch.Tensor, y: torch.Tensor, act_code: int, alpha: float, gain: float,
-                     clamp: float) -> torch.Tensor:
-    """d loss / d (x + b) for the CUDA activations, from the forward output ``y``.
-
-    The same formula as the CUDA gradient kernel, written in PyTorch so that it can be checked on
-    CPU against autograd of the reference. Valid for gain > 0 (sign of y is the sign of x + b).
-    """
-    if act_code == 1:
-        slope = torch.ones_like(y)
-    elif act_code == 2:
-        slope = (y > 0).to(y.dtype)
-    elif act_code == 3:
-        slope = torch.where(y > 0, torch.ones_like(y), torch.full_like(y, alpha))
-    else:
-        raise ValueError(f"no gradient formula for activation code {act_code}")
-    dx = dy * slope * gain
-    if clamp >= 0:
-        dx = dx * (y.abs() < clamp).to(y.dtype)
-    return dx
-
-
 class _BiasActCuda(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, dim, act_code, alpha, gain, clamp, plugin):
@@ -137,3 +116,23 @@ class _BiasActCuda(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[1]:
             db = dx.sum([i for i in range(dx.ndim) if i != dim])
         return dx, db, None, None, None, None, None, None
+
+
+@selfcheck.register("bias_act")
+def _self_check(plugin, device, dtype: torch.dtype, g: torch.Generator) -> float:
+    """The kernel against the reference (computed in double) for every CUDA activation, with and
+    without clamp, forward and input gradient."""
+    worst = 0.0
+    for act in ("linear", "relu", "lrelu"):
+        for clamp in (None, 0.5):
+            spec, alpha, gain, clamp_v = _resolve(act, None, None, clamp)
+            x = torch.randn(2, 8, 9, 7, generator=g)
+            b = torch.randn(8, generator=g)
+            dy = torch.randn(2, 8, 9, 7, generator=g).to(device)
+            xf = x.to(device, dtype).requires_grad_(True)
+            bf = b.to(device, dtype)
+            xr = x.to(device, dtype).double().requires_grad_(True)
+            fast = _BiasActCuda.apply(xf, bf, 1, spec.cuda_code, alpha, gain, clamp_v, plugin)
+            ref = bias_act_ref(xr, bf.double(), 1, act, None, None, clamp)
+            worst = max(worst, selfcheck.forward_and_grad_error(fast, ref, [xf], [xr], dy))
+    return worst

@@ -124,27 +124,29 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
                            / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=-1, keepdim=True)
 
-    w = None
-    dcoefs = None
+    w: Optional[torch.Tensor] = None
+    dcoefs: Optional[torch.Tensor] = None
     if demodulate or fused_modconv:
         s = styles.reshape(batch_size, out_channels if per_filter else 1, in_channels, 1, 1)
         w = weight.unsqueeze(0) * s  # [N, O, I, kh, kw]
-    if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
-    if demodulate and fused_modconv:
-        w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
+        if demodulate:
+            dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
+            if fused_modconv:
+                w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
         x = conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
                             flip_weight=flip_weight)
-        if demodulate and noise is not None:
+        if dcoefs is not None and noise is not None:
             x = torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1))
-        elif demodulate:
+        elif dcoefs is not None:
             x = x * dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1)
         elif noise is not None:
             x = x + noise.to(x.dtype)
         return x
+
+    assert w is not None            # the fused path made the modulated weights above
 
     x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, in_channels, kh, kw)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -20,7 +21,7 @@ from .upfirdn2d import setup_filter, upfirdn2d
 
 # (label, op, input shape without batch, kwargs): what conv2d_resample and the ToRGB skip path
 # ask of the ops at the top layers of config-f (channels 32-128 at 256-1024 px).
-CASES = [
+CASES: List[Tuple[str, str, Tuple[int, ...], Dict[str, Any]]] = [
     ("upfirdn2d fir after up-conv", "upfirdn2d", (32, 1025, 1025), dict(padding=[1, 1, 1, 1], gain=4)),
     ("upfirdn2d up2 (ToRGB skip)", "upfirdn2d", (3, 512, 512), dict(up=2, padding=[2, 1, 2, 1], gain=4)),
     ("upfirdn2d down2", "upfirdn2d", (32, 1024, 1024), dict(down=2, padding=[1, 1, 1, 1])),

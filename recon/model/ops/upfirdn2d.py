@@ -7,13 +7,13 @@ keeps the image centred. One entry point with a pure-PyTorch reference and a CUD
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _plugin
+from . import _plugin, selfcheck
 
 Pad = Union[int, Sequence[int]]
 
@@ -190,3 +190,27 @@ def downsample2d(x, f, down: Pad = 2, padding: Pad = 0, flip_filter: bool = Fals
     fw, fh = filter_size(f)
     p = [px0 + (fw - downx + 1) // 2, px1 + (fw - downx) // 2, py0 + (fh - downy + 1) // 2, py1 + (fh - downy) // 2]
     return upfirdn2d(x, f, down=(downx, downy), padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+@selfcheck.register("upfirdn2d")
+def _self_check(plugin, device, dtype: torch.dtype, g: torch.Generator) -> float:
+    """The kernel against the reference (computed in double) on the generator's cases: up-2 and
+    down-2 with 4-tap filters, plain FIR, an odd padding with a flipped filter."""
+    f4 = [1.0, 3.0, 3.0, 1.0]
+    cases: List[Dict[str, Any]] = [dict(up=2, down=1, padding=[2, 1, 2, 1]), dict(up=1, down=2, padding=[1, 1, 1, 1]),
+             dict(up=1, down=1, padding=[1, 2, 1, 2]), dict(up=2, down=1, padding=[1, 2, 2, 1], flip=True)]
+    worst = 0.0
+    for c in cases:
+        f = setup_filter(f4, device)
+        x = torch.randn(2, 5, 12, 10, generator=g)
+        flip = c.get("flip", False)
+        xf = x.to(device, dtype).requires_grad_(True)
+        xr = x.to(device, dtype).double().requires_grad_(True)
+        out_r = upfirdn2d_ref(xr, f.double(), c["up"], c["down"], c["padding"], flip, 1)
+        dy = torch.randn(out_r.shape, generator=g).to(device)
+        out_f = _UpFirDn2dCuda.apply(xf, f, _pair(c["up"], "up"), _pair(c["down"], "down"),
+                                     _parse_padding(c["padding"]), flip, 1, plugin)
+        if out_f.shape != out_r.shape:
+            return float("inf")
+        worst = max(worst, selfcheck.forward_and_grad_error(out_f, out_r, [xf], [xr], dy))
+    return worst

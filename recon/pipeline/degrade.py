@@ -1,0 +1,88 @@
+"""The degrade@<mode> stage: each aligned face's degraded target, as the 8-bit file a user has.
+
+Layout: ``<out>/<face>.png`` (the target), ``<face>_mask.png`` (white = missing) and
+``targets.json`` (:class:`recon.pipeline.records.Targets`).
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from recon.config import MaskOp, Op
+from recon.data.imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8
+from recon.errors import DegradationError, MissingInputError
+from recon.restore.degrade import Degradation, brush_mask, centre_mask, mask_from_color, mask_from_file, parse_ops
+
+from .records import Face, Target, Targets
+
+
+def _mask_for(face: Face, op: MaskOp, rgb: np.ndarray, seed: int) -> torch.Tensor:
+    size = rgb.shape[0]
+    if op.source == "file":
+        if not face.mask:
+            raise MissingInputError(f"{face.photo}: the mask source is file, but the photo has no "
+                                    "<stem>_mask.png beside it (white = missing)")
+        return mask_from_file(face.mask, size)
+    if op.source == "color":
+        return mask_from_color(rgb, op.color, op.tolerance)
+    if op.source == "brush":   # seeded per face, so every face has its own strokes, the same each run
+        seed = (seed + int(hashlib.sha256(face.name.encode()).hexdigest()[:8], 16)) % 2**32
+        return (brush_mask(size, op.strokes, seed) > 0.5).float()
+    return centre_mask(size, op.fraction)
+
+
+def degrade_stage(mode: str, ops: Sequence[Op], faces: List[Face], out_dir, seed: int = 0,
+                  observed: bool = False) -> Targets:
+    """Write each face's degraded target as an 8-bit PNG (plus its mask) and targets.json.
+
+    ``ops``: the mode's typed ops (``Params.ops(mode)``). ``observed``: the photos are already
+    degraded: each is its own target, as it is (the ops then only model, for the generated image,
+    how the photo was degraded; masks are still made). A face that cannot be a target of this
+    mode (unreadable, no mask file, no pixel of the mask colour) is skipped with a warning and
+    listed under ``skipped``; a mode left with no target at all is an error."""
+    from tqdm import tqdm
+
+    mask_op = next((op for op in ops if isinstance(op, MaskOp)), None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records: List[Target] = []
+    skipped: List[dict] = []
+    for face in tqdm(faces, desc=f"degrade {mode}", unit="face"):
+        try:
+            rgb, _ = load_photo(face.file)
+            if rgb.shape[0] != rgb.shape[1]:
+                raise PhotoError(f"{face.file}: aligned faces must be square, got {rgb.shape[1]}x{rgb.shape[0]}")
+            mask = _mask_for(face, mask_op, rgb, seed) if mask_op is not None else None
+            d = Degradation(list(ops), rgb.shape[0], masks=mask, seed=seed)
+        except (PhotoError, DegradationError, MissingInputError) as exc:
+            print(f"degrade {mode}: warning: {face.name} skipped: {exc}", file=sys.stderr, flush=True)
+            skipped.append(dict(name=face.name, photo=face.photo, reason=str(exc)))
+            continue
+        degraded = rgb if observed else to_uint8(d.target(from_uint8(rgb)))[0]
+        save_png(out_dir / f"{face.name}.png", degraded)
+        mask_name = None
+        if mask is not None:
+            mask_name = f"{face.name}_mask.png"
+            save_png(out_dir / mask_name, np.where(mask[0, 0].numpy() > 0.5, 0, 255).astype(np.uint8))
+        records.append(Target(name=face.name, source=face.file, photo=face.photo, degraded=f"{face.name}.png",
+                              quad=face.quad, mask=mask_name, mask_source=mask_op.source if mask_op else None))
+    if not records:
+        why = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped) or "no aligned faces"
+        raise DegradationError(f"degrade.{mode}: no face can be a target of this mode ({why})")
+    targets = Targets(mode=mode, ops=[op.model_dump() for op in ops], seed=seed, observed=observed,
+                      faces=records, skipped=skipped)
+    targets.save(out_dir)
+    return targets
+
+
+def degradation_for(targets: Targets, faces: Sequence[Target], degraded_dir, size: int) -> Degradation:
+    """The mode's degradation for a batch of its targets (their masks stacked)."""
+    masks: Optional[torch.Tensor] = None
+    if any(f.mask for f in faces):
+        masks = torch.cat([mask_from_file(Path(degraded_dir) / f.mask, size) for f in faces if f.mask])
+    return Degradation(parse_ops(targets.ops), size, masks=masks, seed=targets.seed)

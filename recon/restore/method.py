@@ -1,0 +1,326 @@
+"""The restoration contract: every method restores a batch of targets the same way.
+
+A method (:class:`Method`) is built from a generator, a perceptual function and its settings
+(:class:`recon.config.ProjectorConfig`); :func:`recon.restore.make_method` builds the right one
+from NVIDIA's VGG16. ``restore`` takes degraded targets, the degradation that made them (applied
+to every generated image), one random source and one name per target, and optionally a starting
+latent per target and a snapshot file; it returns one :class:`Restoration` per target.
+
+What a method implements is one optimization step at a time (a :class:`Run` over one batch);
+this module drives every method's runs the same way: the history (one row per step, copied from
+the device every :data:`HISTORY_FLUSH_STEPS` steps, a non-finite loss stopping the run with the
+target and step named), snapshots every ``snapshot_every`` steps in one format and exact resume
+from them, progress callbacks, recorded trajectories, and the result type that saves and loads
+itself. A target's result never depends on the batch it is in: each has its own random source and
+its own latents, and no method mixes targets.
+
+Value ranges: targets, images and degraded images are ``[N, 3, H, W]`` in the generator's range
+[-1, 1] (methods convert internally where their reference code works in [0, 1]).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from recon.config import ProjectorConfig
+from recon.data.imageio import from_uint8, load_photo, save_npz, save_png, to_uint8, write_atomic
+from recon.errors import ProjectionError
+
+from .randomness import RandomSource, TorchRandom, step_draws
+
+HISTORY_FLUSH_STEPS = 32     # loss terms stay on the device this many steps between host copies
+SNAPSHOT_FORMAT = 2
+HISTORY_COLUMNS = ("step", "phase", "loss", "dist")     # every method's first columns, in this order
+
+
+# ----------------------------------------------------------------------------------------------
+# The result
+
+@dataclass
+class Restoration:
+    """One target's restoration.
+
+    ``image``: ``[3, R, R]`` in [-1, 1], the restored image (what the optimized latents render);
+    ``degraded``: that image through the degradation, in the observation's space; ``latents``:
+    the arrays of ``latents.npz`` (method-specific names: ``ws`` and ``noise/<layer>`` for the
+    official projector; ``w``, ``wp``, ``wpp`` for the robust method); ``history``: one row per
+    step, ``step, phase, loss, dist`` then the method's own terms; ``phase_images``: the image at
+    the end of each earlier phase (``W``, ``W+``); ``trajectory``: the latent after each step,
+    by phase, when recorded."""
+    name: str
+    image: torch.Tensor
+    degraded: torch.Tensor
+    latents: Dict[str, torch.Tensor]
+    history: List[dict]
+    phase_images: Dict[str, torch.Tensor] = field(default_factory=dict)
+    trajectory: Dict[str, List[torch.Tensor]] = field(default_factory=dict)
+
+    def save(self, out_dir) -> List[str]:
+        """Write ``image.png``, ``degraded.png``, ``image_<phase>.png``, ``latents.npz`` and
+        ``loss.csv`` (each atomically); returns the names of the files written."""
+        out = Path(out_dir)
+        files = {"image.png": self.image, "degraded.png": self.degraded}
+        files.update({f"image_{phase}.png": img for phase, img in self.phase_images.items()})
+        for name, img in files.items():
+            save_png(out / name, to_uint8(img[None])[0])
+        save_npz(out / "latents.npz", {k: v.detach().cpu().numpy() for k, v in self.latents.items()})
+        columns = list(HISTORY_COLUMNS) + [k for k in self.history[0] if k not in HISTORY_COLUMNS]
+
+        def write_csv(tmp):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self.history)
+        write_atomic(out / "loss.csv", write_csv)
+        return [*files, "latents.npz", "loss.csv"]
+
+    @classmethod
+    def load(cls, out_dir) -> "Restoration":
+        """A saved restoration (images as their 8-bit files hold them)."""
+        out = Path(out_dir)
+
+        def image(name):
+            return from_uint8(load_photo(out / name)[0])[0]
+        with np.load(out / "latents.npz", allow_pickle=False) as z:
+            latents = {k: torch.from_numpy(z[k]) for k in z.files}
+        with open(out / "loss.csv", newline="") as f:
+            history = [{k: (v if k == "phase" else int(v) if k == "step" else float(v)) for k, v in row.items()}
+                       for row in csv.DictReader(f)]
+        phases = {p.stem[len("image_"):]: image(p.name) for p in sorted(out.glob("image_*.png"))}
+        return cls(out.name, image("image.png"), image("degraded.png"), latents, history, phases)
+
+
+# ----------------------------------------------------------------------------------------------
+# What a method implements
+
+class Run(ABC):
+    """One batch being restored: its latents and optimizer state. ``step`` counts the steps done
+    of ``total``; :meth:`advance` does one."""
+    step: int
+    total: int
+
+    @abstractmethod
+    def advance(self, draws) -> Tuple[str, Dict[str, torch.Tensor], Dict[str, float]]:
+        """One optimization step. Returns the phase it belonged to, the per-target loss terms
+        ``[B]`` on the device (``loss`` and ``dist`` first: the whole loss, and the perceptual
+        distance without regularizers) and the step's scalar settings (learning rate, ...)."""
+
+    @abstractmethod
+    def latent(self) -> torch.Tensor:
+        """The current latents ``[B, ...]`` (what a recorded trajectory holds)."""
+
+    @abstractmethod
+    def render(self) -> torch.Tensor:
+        """The current images ``[B, 3, R, R]`` in [-1, 1] (no gradient)."""
+
+    @abstractmethod
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything a resumed run needs (tensors on the CPU)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output."""
+
+    @abstractmethod
+    def finish(self) -> List[Dict[str, Any]]:
+        """Per target: ``image``, ``degraded``, ``latents`` and ``phase_images`` (CPU tensors)."""
+
+
+class Method(ABC):
+    """A restoration method. Subclasses set ``name`` (its registry key), ``init_keys`` (the
+    ``latents.npz`` arrays it can start from, most detailed first) and ``compilable`` (whether
+    ``torch.compile`` of its step is supported), and implement the class methods that describe
+    its settings and :meth:`start`."""
+    name: ClassVar[str]
+    init_keys: ClassVar[Tuple[str, ...]]
+    compilable: ClassVar[bool] = False
+
+    def __init__(self, G, perceptual: Callable, cfg: ProjectorConfig):
+        self.G, self.perceptual, self.cfg = G, perceptual, cfg
+        self.device = next(G.parameters()).device
+
+    # -- the settings ----------------------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def perceptual_from_vgg(cls, vgg) -> Callable:
+        """The perceptual function this method uses, made from NVIDIA's VGG16 module."""
+
+    @classmethod
+    @abstractmethod
+    def steps(cls, cfg: ProjectorConfig) -> int:
+        """Optimization steps per target, each one generator forward and backward pass."""
+
+    @classmethod
+    @abstractmethod
+    def budgeted(cls, cfg: ProjectorConfig, passes: int) -> ProjectorConfig:
+        """``cfg`` with ``passes`` generator forward+backward passes per target."""
+
+    @classmethod
+    @abstractmethod
+    def settings(cls, cfg: ProjectorConfig) -> Dict[str, Any]:
+        """What a result of this method depends on (the starting latents' contents aside)."""
+
+    @classmethod
+    def start_problem(cls, cfg: ProjectorConfig, latent: torch.Tensor) -> Optional[str]:
+        """Why ``latent`` (one target's: W, W+ or W++ shaped) cannot start a run with ``cfg``, or None."""
+        return None
+
+    @classmethod
+    def fingerprint(cls, cfg: ProjectorConfig) -> str:
+        keep = dict(cls.settings(cfg), method=cls.name)
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def start(self, targets: torch.Tensor, degradation, rngs: Sequence[RandomSource],
+              init: Optional[torch.Tensor]) -> Run:
+        """A new :class:`Run` over ``targets`` (on the method's device, checked)."""
+
+    def observed_size(self, degradation) -> int:
+        return degradation.observed_size if degradation is not None else self.G.img_resolution
+
+    def restore(self, targets: torch.Tensor, degradation=None, *, names: Optional[Sequence[str]] = None,
+                rngs: Optional[Sequence[RandomSource]] = None, init: Optional[torch.Tensor] = None,
+                snapshot_path=None, on_step: Optional[Callable[[int], None]] = None,
+                on_snapshot: Optional[Callable[[int, torch.Tensor], None]] = None,
+                record: bool = False, desc: Optional[str] = None) -> List[Restoration]:
+        """Restore each target.
+
+        Args:
+            targets: ``[B, 3, h, w]`` degraded targets in [-1, 1], as read from their 8-bit files
+                (``h = w`` the degradation's observed size; the generator's without one).
+            degradation: applied to every generated image (:class:`recon.restore.degrade.Degradation`);
+                None for plain reconstruction.
+            names: one per target, for messages and snapshots.
+            rngs: one random source per target (default: :class:`TorchRandom` of ``cfg.seed``).
+            init: starting latents ``[B, ...]`` (W, W+ or W++ shaped, as the method takes them).
+            snapshot_path: a snapshot is written there every ``cfg.snapshot_every`` steps, and the run
+                resumes from it when it is there.
+            on_step: called with the number of steps done after each step.
+            on_snapshot: called as ``on_snapshot(step, images [B, 3, R, R])`` at each snapshot.
+            record: keep the latent of every step (``Restoration.trajectory``).
+            desc: show a progress bar of the batch's steps, with this label.
+        """
+        from tqdm import tqdm
+
+        G = self.G
+        size = self.observed_size(degradation)
+        if targets.ndim != 4 or tuple(targets.shape[1:]) != (G.img_channels, size, size):
+            raise ValueError(f"targets must be [B, {G.img_channels}, {size}, {size}] for this generator"
+                             f"{' and degradation' if degradation is not None else ''}, got {tuple(targets.shape)}")
+        if degradation is not None and degradation.size != G.img_resolution:
+            raise ValueError(f"degradation is for {degradation.size} px images, generator makes {G.img_resolution} px")
+        B = targets.shape[0]
+        names = list(names) if names is not None else [f"target{i}" for i in range(B)]
+        rngs = list(rngs) if rngs is not None else [TorchRandom(self.cfg.seed) for _ in range(B)]
+        if len(names) != B or len(rngs) != B:
+            raise ValueError("names and rngs must have one entry per target")
+        every = self.cfg.snapshot_every
+        snapshot_path = Path(snapshot_path) if snapshot_path else None
+
+        run = self.start(targets.to(self.device, torch.float32), degradation, rngs, init)
+        history: List[List[dict]] = [[] for _ in range(B)]
+        trajectory: List[Dict[str, List[torch.Tensor]]] = [{} for _ in range(B)]
+        if snapshot_path is not None:
+            self._resume(run, snapshot_path, names, history, trajectory)
+        pending: list = []
+        bar = tqdm(total=run.total, initial=run.step, desc=desc, unit="step", disable=desc is None)
+        while run.step < run.total:
+            step = run.step
+            phase, terms, scalars = run.advance(step_draws(rngs, step))
+            pending.append((step, phase, scalars, list(terms), torch.stack([t.detach() for t in terms.values()])))
+            if record:
+                latent = run.latent().detach()
+                for i in range(B):
+                    trajectory[i].setdefault(phase, []).append(latent[i].clone())
+            due = bool(snapshot_path and every and run.step % every == 0 and run.step < run.total)
+            if due or run.step == run.total or len(pending) >= HISTORY_FLUSH_STEPS:
+                self._flush(pending, history, names, snapshot_path)
+                bar.update(run.step - bar.n)
+            if on_step is not None:
+                on_step(run.step)
+            if due:
+                self._snapshot(run, snapshot_path, names, history, trajectory)
+                if on_snapshot is not None:
+                    on_snapshot(run.step, run.render())
+        bar.close()
+        return [Restoration(names[i], history=history[i], trajectory=trajectory[i], **out)
+                for i, out in enumerate(run.finish())]
+
+    # -- history and snapshots, the same for every method ----------------------------------------
+
+    @staticmethod
+    def _flush(pending: list, history: List[List[dict]], names, snapshot_path) -> None:
+        """Copy the loss terms kept on the device to the history in one transfer; stop at the
+        first non-finite loss, naming the target and the step."""
+        if not pending:
+            return
+        table = torch.stack([t for *_, t in pending]).cpu()          # [steps, terms, B]
+        bad = ~torch.isfinite(table[:, 0])
+        if bad.any():
+            k, i = (int(x) for x in bad.nonzero()[0])
+            step, _, scalars, _, _ = pending[k]
+            lr = f" (learning rate {scalars['lr']:.4g})" if "lr" in scalars else ""
+            where = f"; last good snapshot: {snapshot_path}" if snapshot_path and snapshot_path.exists() else ""
+            raise ProjectionError(f"target {names[i]}: non-finite loss at step {step}{lr}{where}")
+        for (step, phase, scalars, keys, _), rows in zip(pending, table.tolist()):
+            for i, hist in enumerate(history):
+                hist.append(dict(step=step, phase=phase, **{k: r[i] for k, r in zip(keys, rows)}, **scalars))
+        pending.clear()
+
+    def _snapshot(self, run: Run, path: Path, names, history, trajectory) -> None:
+        data = dict(format=SNAPSHOT_FORMAT, method=self.name, fingerprint=self.fingerprint(self.cfg),
+                    names=list(names), step=run.step, history=json.dumps(history),
+                    trajectory=[{p: torch.stack(v) for p, v in t.items()} for t in trajectory],
+                    run=run.state_dict())
+        write_atomic(path, lambda tmp: torch.save(data, tmp))
+
+    def _resume(self, run: Run, path: Path, names, history, trajectory) -> None:
+        """Continue ``run`` from the snapshot at ``path``. A snapshot that cannot be read (a
+        truncated file) is removed with a warning naming it, and the batch starts over; one made
+        by other settings or for other targets is refused (it belongs to another run)."""
+        if not path.is_file():
+            return
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
+                raise ValueError("not a recon snapshot of this version")
+        except Exception as exc:            # any unreadable file: it holds nothing to resume
+            warnings.warn(f"{path}: unreadable snapshot ({type(exc).__name__}: {str(exc).strip()[:200]}); "
+                          "removed, the batch starts over", RuntimeWarning, stacklevel=3)
+            path.unlink(missing_ok=True)
+            return
+        if data["fingerprint"] != self.fingerprint(self.cfg) or data["names"] != list(names):
+            raise ProjectionError(f"{path}: snapshot was made with other settings or targets; delete it to start over")
+        run.load_state_dict(data["run"])
+        history[:] = json.loads(data["history"])
+        for mine, saved in zip(trajectory, data["trajectory"]):
+            mine.update({p: list(v.to(self.device)) for p, v in saved.items()})
+
+
+def snapshot_step(path) -> int:
+    """The step a snapshot file was taken at (0 when there is none or it cannot be read)."""
+    path = Path(path)
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"]) if path.is_file() else 0
+    except Exception:           # an unreadable snapshot is dealt with (and named) when the run starts
+        return 0
+
+
+def stack_starts(inits: Sequence[torch.Tensor], num_ws: int) -> torch.Tensor:
+    """One batch of starting latents from one per target: W ones broadcast to W+ when the batch
+    mixes the two."""
+    if len({t.ndim for t in inits}) > 1:
+        inits = [t[None].repeat(num_ws, 1) if t.ndim == 1 else t for t in inits]
+    return torch.stack(list(inits))

@@ -83,6 +83,30 @@ def _cmd_project(args) -> int:
     return 0
 
 
+def _cmd_work(args) -> int:
+    """One more worker of a DVC stage whose work is shared (project@<mode>, synthetic, benchmark):
+    the stage's own command, as dvc.yaml gives it, run in this process's environment."""
+    import shlex
+    import subprocess
+
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    from .errors import ParamsError
+
+    try:
+        with Repo(args.repo) as repo:
+            (stage,) = repo.stage.collect(args.stage)
+    except (DvcException, ValueError) as exc:
+        raise ParamsError(f"{args.stage}: not a stage of {Path(args.repo).resolve()}/dvc.yaml ({exc})") from None
+    cmd = shlex.split(stage.cmd)
+    if cmd[0] == "python":
+        cmd[0] = sys.executable
+    if not args.wait:
+        cmd.append("--no-wait")
+    return subprocess.run(cmd, cwd=args.repo).returncode
+
+
 def _cmd_doctor(args) -> int:
     """What this machine gives recon: versions, devices, the CUDA ops' state, one step's time."""
     import platform
@@ -162,6 +186,8 @@ non_negative_float = _number(float, 0.0, "a finite number >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import OP_TYPES
+
     parser = argparse.ArgumentParser(prog="recon", description="Face restoration by StyleGAN2 inversion.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -195,17 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="a params.yaml to take the projector settings and modes from (default: "
                                     "the pipeline's defaults)")
     p.add_argument("--degrade", default="none",
-                   help="a mode of --params, or a degradation type with its defaults: none, blur, grayscale, "
-                        "mask, downsample, noise (default none)")
+                   help="a mode of --params, or a degradation type with its defaults: "
+                        f"{', '.join(OP_TYPES)} (default none)")
     p.add_argument("--steps", type=positive_int, help="num_steps (default 1000)")
     p.add_argument("--space", choices=("w", "w+", "w->w+"), help="latent_space (default w)")
     p.add_argument("--latent-reg", type=non_negative_float, help="latent_dist_reg_weight (default 0.001)")
-    p.add_argument("--batch", type=positive_int, help="targets per forward pass (default: 4 on CUDA, 1 on CPU)")
+    p.add_argument("--batch", type=positive_int, help="targets per forward pass (default: the params' "
+                   "project.runtime.batch_size; auto = as many as fit the free memory on CUDA, at most 16; 1 on CPU)")
     p.add_argument("--seed", type=non_negative_int, help="random seed (default 303)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--force", action="store_true",
                    help="replace results in --out that were made with other settings")
     p.set_defaults(func=_cmd_project)
+
+    p = sub.add_parser("work", help="one more worker of a stage whose work is shared (project@<mode>, synthetic, "
+                                    "benchmark): start any number, anywhere the project folder is shared")
+    p.add_argument("stage", help="a stage of dvc.yaml: project@<mode>, synthetic or benchmark")
+    p.add_argument("--wait", action="store_true", help="return when the whole stage is done (default: when no "
+                                                       "unit is left to claim)")
+    p.add_argument("--repo", default=".", help="the project folder (default: here)")
+    p.set_defaults(func=_cmd_work)
 
     p = sub.add_parser("doctor", help="print torch and CUDA versions, the devices, the CUDA ops' state and the "
                                       "time of one projection step")

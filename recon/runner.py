@@ -17,6 +17,11 @@ def run(name: str, main: Callable[[], Optional[int]]) -> int:
     debug = os.environ.get("RECON_DEBUG", "") not in ("", "0")
     try:
         return int(main() or 0)
+    except BrokenPipeError:
+        # the reader went away (``recon info ... | head``): nothing more to say, and nothing to
+        # flush into the closed pipe at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

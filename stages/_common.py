@@ -10,22 +10,27 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from recon.config import Params, load_params  # noqa: E402
-from recon.pipeline.distributed import current  # noqa: E402
+from recon.pipeline import distributed  # noqa: E402
 from recon.runner import run  # noqa: E402
 
 
-def stage_main(name: str, body, doc: str, paths: dict, mode: bool = False, argv=None) -> int:
+def stage_main(name: str, body, doc: str, paths: dict, mode: bool = False, argv=None, units: bool = False) -> int:
     """Parse ``[mode] --<path> P ... [--params FILE]`` from ``argv`` (dvc.yaml's ``cmd`` names every
     path, so it is the one place that does), validate the whole params file, then run
-    ``body(params, args)`` under the runner; returns the exit status."""
+    ``body(params, args)`` under the runner; returns the exit status. A stage of ``units``
+    (its work shared by any number of workers) also takes ``--no-wait``: return when nothing is
+    left to claim instead of when everything is done."""
     ap = argparse.ArgumentParser(description=doc)
     if mode:
         ap.add_argument("mode")
     for flag, help_text in paths.items():
         ap.add_argument(f"--{flag}", required=True, help=help_text)
     ap.add_argument("--params", default="params.yaml")
+    if units:
+        ap.add_argument("--no-wait", dest="wait", action="store_false",
+                        help="return when no unit of work is left to claim (other workers finish the rest)")
     args = ap.parse_args(argv)
-    label = current().label(f"{name} {args.mode}" if mode else name)   # "[rank k]" among several workers
+    label = distributed.label(f"{name} {args.mode}" if mode else name)   # "[worker k]" under torchrun
 
     def go():
         params = load_params(args.params)
@@ -33,4 +38,19 @@ def stage_main(name: str, body, doc: str, paths: dict, mode: bool = False, argv=
     return run(label, go)
 
 
-__all__ = ["ROOT", "Params", "stage_main"]
+def start_worker(name: str, runtime):
+    """This process as a worker of a stage whose work is shared: ``(device, None)``, or ``(None,
+    status)`` when ``project.runtime.workers`` asked for several processes and this one launched
+    them (torchrun's elastic launcher, restarting them on failure) and has their status."""
+    from recon.pipeline.runtime import configure_worker, resolve_device, resolve_workers, worker_device
+
+    device = resolve_device(runtime.device)
+    workers = resolve_workers(runtime.workers, device)
+    if workers > 1 and not distributed.launched():
+        return None, distributed.relaunch(name, workers, runtime.max_restarts, sys.argv)
+    device = worker_device(device)
+    configure_worker(device)
+    return device, None
+
+
+__all__ = ["ROOT", "Params", "stage_main", "start_worker"]

@@ -72,7 +72,7 @@ def test_cells_are_scored_and_kept(models, tmp_path, monkeypatch):
     from recon.metrics import psnr
     t, _ = load_photo(tmp_path / "b" / "noise-M" / "target" / "seed0001.png")
     g, _ = load_photo(tmp_path / "b" / "truth" / "seed0001.png")
-    assert doc["cells"]["noise-M"]["input"]["per_seed"][1]["psnr"] == pytest.approx(psnr(t, g))
+    assert doc["cells"]["noise-M"]["input"]["per_seed"]["1"]["psnr"] == pytest.approx(psnr(t, g))
 
     # a second run restores nothing and gives the same table; batching does not change results
     monkeypatch.setattr(Method, "restore", lambda *a, **k: pytest.fail("restored a finished cell"))

@@ -1,7 +1,9 @@
-"""Several workers on the CPU (gloo): the project stage through `dvc repro` with workers: 2 gives
-the bytes of a workers: 1 run; a worker killed mid-run is restarted by the launcher and the stage
-still gives those bytes; `torchrun` started by hand works; the synthetic study shards its cells."""
+"""Scale-out on the CPU: workers of a stage share its units through the output folder. Independent
+processes started at different times, one killed with SIGKILL mid-unit, finish with the bytes of
+one worker and each unit done once; `workers: 2` under torchrun gives the same bytes; the
+synthetic study and the benchmark split across two workers give the bytes of one."""
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -11,118 +13,142 @@ import time
 from pathlib import Path
 
 import pytest
-from scratch_repo import make_repo, set_params, sh
+import torch
+from conftest import ROOT, make_weights
+from ruamel.yaml import YAML
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")]
+pytestmark = pytest.mark.slow
 
-PHOTOS = ("grace_hopper.jpg", "luciano.png", "astronaut.png", "woman_closeup.jpg")
+FACES = 5
 
 
 def digests(folder: Path) -> dict:
-    """sha256 of every result file (image.png, latents.npz, loss.csv, ...), progress images aside."""
+    """sha256 of every result file (image.png, latents.npz, loss.csv, done.json, ...); the work
+    queue and the snapshots aside."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and "progress" not in p.parts
-            and p.name != "done.json"}
+            for p in sorted(folder.rglob("*")) if p.is_file() and not {".work", ".snapshots"} & set(p.parts)}
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo, env = make_repo(tmp_path_factory.mktemp("dist"), PHOTOS, {
-        "degrade.blur.kernel": 5, "degrade.blur.sigma": 1.5,
-        "project.default.num_steps": 300, "project.default.w_avg_samples": 200,
-        "project.default.snapshot_every": 20, "project.runtime.batch_size": 1,
-        "synthetic.seeds": [0], "synthetic.num_steps": [3, 4], "synthetic.latent_dist_reg_weight": [0.0, 0.01],
-    })
-    sh(["dvc", "repro", "project@blur"], repo, env)          # workers: 1, the reference
-    ref = repo.parent / "ref"
-    shutil.copytree(repo / "data" / "projected" / "blur", ref)
-    assert len([d for d in ref.iterdir() if d.is_dir()]) >= 4
-    return repo, env, ref
+def project(tmp_path_factory, golden_dir):
+    """A project folder: tiny weights, five degraded targets, params for short runs."""
+    import recon
+    from recon.data.imageio import save_png, to_uint8
+    from recon.pipeline.degrade import degrade_stage
+    from recon.pipeline.records import Face
+    from recon.restore.degrade import parse_ops
+    root = tmp_path_factory.mktemp("scale")
+    make_weights(root / "weights", golden_dir / "official_format.pkl")
+    G = recon.load_generator(golden_dir / "official_format.pkl")
+    faces = to_uint8(G(torch.randn(FACES, 64, generator=torch.Generator().manual_seed(3)), None,
+                       truncation_psi=0.5, noise_mode="const"))
+    records = []
+    for k, img in enumerate(faces):
+        save_png(root / "aligned" / f"f{k}_0.png", img)
+        records.append(Face(f"f{k}_0", str(root / "aligned" / f"f{k}_0.png"), f"f{k}.png"))
+    degrade_stage("blur", parse_ops([{"type": "blur", "kernel": 5, "sigma": 1.0}]), records, root / "deg")
+    params = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    params["align"]["resolution"] = 32
+    params["degrade"] = {"blur": {"type": "blur", "kernel": 5, "sigma": 1.0}}
+    params["project"] = {"default": dict(params["project"]["default"], num_steps=40, w_avg_samples=200,
+                                         snapshot_every=5),
+                         "runtime": dict(params["project"]["runtime"], batch_size=1, lease_s=60),
+                         "blur": {}, "starts": {"blur": "data/degraded/blur"}}
+    params["synthetic"] = dict(seeds=[0], truncation_psi=0.7, num_steps=[3, 6], latent_dist_reg_weight=[0.0, 0.01])
+    params["benchmark"].update(seeds=[0, 1], tasks=["noise", "inpaint_center"], levels=["M"], budget=4,
+                               identity=False, methods={"official": {}, "robust": {"method": "robust",
+                                                                                  "robust": {"min_loss_res": 4}}})
+    with open(root / "params.yaml", "w") as f:
+        YAML().dump(params, f)
+    return root
 
 
-def test_dvc_repro_with_two_workers_gives_the_same_bytes(repo):
-    repo, env, ref = repo
-    set_params(repo / "params.yaml", {"project.runtime.workers": 2})
-    res = sh(["dvc", "repro", "-f", "-s", "project@blur"], repo, env)
-    assert "project blur: 2 workers" in res.stderr, res.stderr[-2000:]
-    assert digests(repo / "data" / "projected" / "blur") == digests(ref)
-    # one overall bar on rank 0; the other rank prints no bar of its own
-    assert "[rank 1]" not in res.stderr and "faces" in res.stderr
-    set_params(repo / "params.yaml", {"project.runtime.workers": 1})
+def stage(root, name, out, *extra, params="params.yaml", **popen):
+    args = {"project": ["blur", "--degraded", "deg", "--weights", "weights", "--out", out, "--losses", f"{out}.csv"],
+            "synthetic": ["--weights", "weights", "--out", out, "--losses", f"{out}.csv"],
+            "benchmark": ["--weights", "weights", "--out", out]}[name]
+    env = dict(os.environ, RECON_NO_CUDA_OPS="1", OMP_NUM_THREADS="1", RECON_PROGRESS_INTERVAL="0.5")
+    env.pop("RANK", None)
+    cmd = [sys.executable, str(ROOT / "stages" / f"{name}.py"), *args, "--params", params, *extra]
+    return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
 
 
-def _descendants(pid: int):
-    children = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(p.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-4000:]
+    return err
 
 
-def _rank_of(pid: int):
-    try:
-        env = dict(kv.split("=", 1) for kv in (Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
-                                               .split("\0")) if "=" in kv)
-    except OSError:
-        return None
-    return env.get("RANK")
+@pytest.fixture(scope="module")
+def one_worker(project):
+    t0 = time.perf_counter()
+    finish(stage(project, "project", "one"))
+    print(f"\none worker: {time.perf_counter() - t0:.1f} s")
+    return digests(project / "one")
 
 
-def test_a_killed_worker_is_restarted_and_the_result_is_unchanged(repo):
-    repo, env, ref = repo
-    set_params(repo / "params.yaml", {"project.runtime.workers": 2, "project.runtime.max_restarts": 2})
-    out = repo / "data" / "projected" / "blur"
-    shutil.rmtree(out)
-    stage = subprocess.Popen([sys.executable, "stages/project.py", "blur", "--degraded", "data/degraded/blur",
-                              "--weights", "weights", "--out", "data/projected/blur", "--losses",
-                              "reports/losses/blur.csv"], cwd=repo, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    killed = None
-    deadline = time.time() + 300
-    while killed is None and time.time() < deadline and stage.poll() is None:
-        # wait until rank 1 has written a snapshot of its first face, then kill it
-        if any((out / ".snapshots").glob("*.pt")) if (out / ".snapshots").is_dir() else False:
-            for pid in _descendants(stage.pid):
-                if _rank_of(pid) == "1":
-                    os.kill(pid, signal.SIGKILL)
-                    killed = pid
-                    break
+def units_done(folder: Path) -> list:
+    return sorted(json.loads(line)["unit"] for p in (folder / ".work" / "log").iterdir()
+                  for line in p.read_text().splitlines())
+
+
+def test_independent_workers_one_killed_give_the_bytes_of_one(project, one_worker):
+    """Three workers started one after another (none knows of the others); the first is killed
+    with SIGKILL while it holds a unit; the others take its unit over, every unit is done once,
+    and the results are the bytes one worker makes."""
+    out = project / "many"
+    first = stage(project, "project", "many", "--no-wait")
+    claims = out / ".work" / "claims"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (claims.is_dir() and any(claims.iterdir())
+                                          and any((out / ".snapshots").glob("*.pt"))):
         time.sleep(0.05)
-    _, err = stage.communicate(timeout=600)
-    assert killed is not None, err[-3000:]
-    assert stage.returncode == 0, err[-4000:]
-    assert "Traceback" not in err.split("project blur: 2 workers")[-1] or "SIGKILL" in err
-    assert digests(out) == digests(ref)
-    set_params(repo / "params.yaml", {"project.runtime.workers": 1})
+    later = [stage(project, "project", "many", "--no-wait")]
+    time.sleep(1.0)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    later.append(stage(project, "project", "many"))                  # the last one waits for the whole stage
+    for proc in later:
+        finish(proc)
+    assert digests(out) == one_worker
+    assert units_done(out) == [f"batch{k:05d}" for k in range(FACES)]   # each batch exactly once
+    assert json.loads((out / ".work" / "plan.json").read_text())["meta"] == {"batch_size": 1}
+    assert (project / "many.csv").read_bytes() == (project / "one.csv").read_bytes()
 
 
-def test_torchrun_by_hand(repo):
-    repo, env, ref = repo
-    out = repo.parent / "by_hand"
-    res = sh([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-              "stages/project.py", "blur", "--degraded", "data/degraded/blur", "--weights", "weights",
-              "--out", str(out), "--losses", str(repo.parent / "by_hand.csv")], repo, env)
-    assert "workers (restarted" not in res.stderr          # it used the launcher's group, no relaunch
-    assert digests(out) == digests(ref)
-    assert len((repo.parent / "by_hand.csv").read_text().splitlines()) == 1 + 4 * 300
+def test_workers_under_torchrun_give_the_bytes_of_one(project, one_worker):
+    params = YAML(typ="safe", pure=True).load((project / "params.yaml").read_text())
+    params["project"]["runtime"]["workers"] = 2
+    with open(project / "two.yaml", "w") as f:
+        YAML().dump(params, f)
+    t0 = time.perf_counter()
+    err = finish(stage(project, "project", "two", params="two.yaml"))
+    print(f"\ntwo workers under torchrun: {time.perf_counter() - t0:.1f} s")
+    assert "project blur: 2 workers" in err and "[worker 1]" not in err
+    assert digests(project / "two") == one_worker
 
 
-def test_synthetic_study_with_two_workers(repo):
-    repo, env, _ = repo
-    cmd = [sys.executable, "stages/synthetic.py", "--weights", "weights", "--losses"]
-    sh(cmd + [str(repo.parent / "s1.csv"), "--out", str(repo.parent / "syn1")], repo, env)
-    set_params(repo / "params.yaml", {"project.runtime.workers": 2})
-    res = sh(cmd + [str(repo.parent / "s2.csv"), "--out", str(repo.parent / "syn2")], repo, env)
-    set_params(repo / "params.yaml", {"project.runtime.workers": 1})
-    assert "synthetic: 2 workers" in res.stderr
-    assert digests(repo.parent / "syn1") == digests(repo.parent / "syn2")
-    assert (repo.parent / "s1.csv").read_bytes() == (repo.parent / "s2.csv").read_bytes()
+@pytest.mark.parametrize("name", ["synthetic", "benchmark"])
+def test_the_study_and_the_benchmark_split_across_two_workers(project, name):
+    finish(stage(project, name, f"{name}1"))
+    a = stage(project, name, f"{name}2", "--no-wait")
+    b = stage(project, name, f"{name}2")
+    finish(a)
+    finish(b)
+    one, two = digests(project / f"{name}1"), digests(project / f"{name}2")
+    if name == "benchmark":           # the seconds of a restoration are a measurement, not a result
+        one = {k: v for k, v in one.items() if not k.endswith(("cell.json", "results.json"))}
+        two = {k: v for k, v in two.items() if not k.endswith(("cell.json", "results.json"))}
+        r1, r2 = (json.loads((project / f"{name}{i}" / "results.json").read_text()) for i in (1, 2))
+        for cell in r1["table"]:
+            for method in ("official", "robust"):
+                assert {k: v for k, v in r1["table"][cell][method].items() if k != "seconds"} == \
+                    {k: v for k, v in r2["table"][cell][method].items() if k != "seconds"}
+    assert one == two
+    workers = {json.loads(line)["worker"] for p in (project / f"{name}2" / ".work" / "log").iterdir()
+               for line in p.read_text().splitlines()}
+    assert len(units_done(project / f"{name}2")) == len(set(units_done(project / f"{name}2")))
+    assert len(workers) >= 1
+    shutil.rmtree(project / f"{name}2" / ".work")

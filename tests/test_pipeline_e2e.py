@@ -97,11 +97,10 @@ def test_repro_report_rerun_and_experiments(project):
     table = (repo / "reports" / "losses" / "blur.csv").read_text().splitlines()
     assert table[0] == "step,face,phase,loss,dist" and len(table) == 1 + 2 * 12
     # the experiment table stays small; the plots are one per mode plus the study
-    metric_cols = [c for c in sh(["dvc", "exp", "show", "--csv"], repo, env).stdout.splitlines()[0].split(",")
-                   if c.split(".")[0] in metrics and not c.startswith(("old.", "benchmark."))]   # the sample's modes
+    columns = sh(["dvc", "exp", "show", "--csv"], repo, env).stdout.splitlines()[0].split(",")
+    metric_cols = [c for c in columns if c.split(".")[0] in metrics and not c.startswith(("old.", "benchmark."))]
     assert len(metric_cols) <= 25, metric_cols
-    bench_cols = [c for c in sh(["dvc", "exp", "show", "--csv"], repo, env).stdout.splitlines()[0].split(",")
-                  if c.split(".")[0] == "benchmark" and c.split(".")[1] in ("official", "robust")]
+    bench_cols = [c for c in columns if c.split(".")[0] == "benchmark" and c.split(".")[1] in ("official", "robust")]
     assert sorted(bench_cols) == sorted(f"benchmark.{m}.{k}" for m in ("official", "robust")
                                         for k in ("psnr", "lpips")), bench_cols
     plots = json.loads(sh(["dvc", "plots", "show", "--json", "--split"], repo, env).stdout)["data"]
@@ -147,12 +146,14 @@ def test_repro_report_rerun_and_experiments(project):
     sh(["git", "commit", "-qm", "baseline"], repo, env)
     # a --temp experiment checks every unchanged output out of the cache (the weights included:
     # weights.json names them in recon's per-user store) and runs only what the change affects
-    temp = sh(["dvc", "exp", "run", "--temp", "-S", "degrade.blur.sigma=3.0"], repo, env)
+    # (and the runtime section, the device of each queued or --temp experiment, reaches the stage)
+    temp = sh(["dvc", "exp", "run", "--temp", "-S", "degrade.blur.sigma=3.0", "-S", "project.runtime.device=cpu"],
+              repo, env)
     assert ran_stages(temp.stdout) == {"degrade@blur", "project@blur", "project@old", "report"}, temp.stdout[-3000:]
+    assert "project blur: restored 2 faces here, on cpu" in temp.stdout + temp.stderr
     sh(["dvc", "exp", "run", "-n", "sigma1", "-S", "degrade.blur.sigma=1.0"], repo, env)
-    sh(["dvc", "exp", "run", "-n", "steps6", "-S", "project.default.num_steps=6"], repo, env)
     cols = sh(["dvc", "exp", "show", "--csv", "--only-changed"], repo, env).stdout.splitlines()[0].split(",")
-    assert len(cols) <= 48 and "degrade.blur.sigma" in cols and "project.default.num_steps" in cols, cols
+    assert len(cols) <= 48 and "degrade.blur.sigma" in cols, cols
     shown = sh(["dvc", "exp", "show", "--json"], repo, env).stdout
     data = json.loads(shown)
     names = set()
@@ -163,5 +164,5 @@ def test_repro_report_rerun_and_experiments(project):
                 names.add(rev.get("name"))
                 m = rev["data"]["metrics"]["reports/metrics.json"]["data"]
                 psnrs.append(m["blur"]["psnr"])
-    assert {"sigma1", "steps6"} <= names
+    assert "sigma1" in names
     assert all(isinstance(p, float) for p in psnrs) and len(psnrs) >= 2

@@ -48,7 +48,7 @@ def setup(tmp_path, golden_dir):
 def digests(folder):
     import hashlib
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".work" not in p.parts}
 
 
 def test_degrade_writes_8bit_targets_and_masks(setup):
@@ -124,7 +124,7 @@ def test_project_stage_skips_done_faces_and_resumes_after_failure(setup, monkeyp
     t["faces"] = t["faces"][:2]
     (tmp / "deg" / "targets.json").write_text(json.dumps(t))
     project_stage("blur", ProjectorConfig(**dict(CFG, num_steps=7)), tmp / "deg", out, weights)
-    assert sorted(p.name for p in out.iterdir()) == ["p0_0", "p1_0"]
+    assert sorted(p.name for p in out.iterdir()) == [".work", "p0_0", "p1_0"]
 
 
 @pytest.mark.parametrize("damage", ["truncate latents.npz", "swap image.png", "delete loss.csv",
@@ -159,6 +159,27 @@ def test_a_damaged_result_is_redone_to_the_same_bytes(setup, damage, capfd):
             "swap image.png": "image.png differs", "delete loss.csv": "loss.csv is missing",
             "truncate done.json": "done.json is unreadable", "garble done.json": "done.json is unreadable"}[damage] in err
     assert digests(out) == good
+
+
+def test_the_batches_are_cut_once_per_stage(setup):
+    """The batch size is recorded with the stage's work: while any of it is left, a worker given
+    another batch size is refused (the faces are never cut twice); ``auto`` adopts the recorded one."""
+    from recon.config import Runtime
+    tmp, weights, aligned = setup
+    degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), aligned_faces(aligned), tmp / "deg")
+    cfg, out = ProjectorConfig(**CFG), tmp / "proj"
+    assert project_stage("blur", cfg, tmp / "deg", out, weights, Runtime(batch_size=2, compile="off")) == \
+        ["p0_0", "p1_0", "p2_0"]
+    plan = json.loads((out / ".work" / "plan.json").read_text())
+    assert plan["meta"] == {"batch_size": 2} and [u["data"]["faces"] for u in plan["units"]] == \
+        [["p0_0", "p1_0"], ["p2_0"]]
+    assert project_stage("blur", cfg, tmp / "deg", out, weights, Runtime(batch_size=3, compile="off")) == []
+    (out / "p2_0" / "loss.csv").unlink()                         # work is left: batch 3 would cut it again
+    with pytest.raises(ParamsError, match=r"project.runtime.batch_size: 3, but this stage's work was planned in "
+                                          r"batches of 2"):
+        project_stage("blur", cfg, tmp / "deg", out, weights, Runtime(batch_size=3, compile="off"))
+    assert project_stage("blur", cfg, tmp / "deg", out, weights, Runtime(batch_size="auto", compile="off")) == \
+        ["p2_0"]
 
 
 def test_a_longer_interrupted_run_leaves_no_stale_progress_images(setup):

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from recon.config import (
     Op,
     PoissonOp,
     ProjectorConfig,
+    Runtime,
 )
 from recon.data.imageio import from_uint8, save_png, to_uint8, write_json
 from recon.metrics import identity_distance, psnr, ssim
@@ -43,8 +44,12 @@ from recon.restore.degrade import Degradation, brush_mask, centre_mask
 from recon.restore.method import Method
 from recon.restore.randomness import TorchRandom
 
+from .distributed import is_main
+from .progress import StageProgress
 from .records import check_receipt, write_receipt
+from .runtime import resolve_batch
 from .synthetic import sample_faces
+from .units import Unit, WorkQueue, check_batch, drive
 
 LEVELS = ("XS", "S", "M", "L", "XL")
 # The robust method's benchmark levels (its tasks.py), and ours for the tasks it does not have.
@@ -131,56 +136,65 @@ CELL_RECEIPT = "cell.json"
 
 
 def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, vgg, lpips, out_dir,
-                  weights_digest: str = "", batch_size: int = 1) -> dict:
-    """Run every (task, level) x method cell that is not done yet; write ``results.json`` and
-    return it. A cell's ``cell.json`` is its receipt (:mod:`recon.pipeline.records`): it carries a
-    fingerprint of what made the cell and the digest of each restored image; a cell is skipped
-    only when the receipt vouches for it, and done again (with a line saying why) otherwise."""
-    from tqdm import tqdm
-
+                  weights_digest: str = "", batch_size: Union[int, str] = 1, lease_s: float = 300.0,
+                  wait: bool = True) -> dict:
+    """Run every (task, level) x method cell that is not done yet, as one of any number of
+    workers (each cell and method is a unit of work of cost budget x seeds,
+    :mod:`recon.pipeline.units`); once every cell is done, write ``results.json`` and return it
+    (an empty dict when this worker returns before that, without ``wait``). A cell's
+    ``cell.json`` is its receipt (:mod:`recon.pipeline.records`): a fingerprint of what made the
+    cell and the digest of each restored image; a cell is skipped only when the receipt vouches
+    for it, and done again (with a line saying why) otherwise."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     R = G.img_resolution
     seeds = list(cfg.seeds)
     truth = dict(zip(seeds, sample_faces(G, seeds, cfg.truncation_psi)))
     for s, img in truth.items():
         save_png(out_dir / "truth" / f"seed{s:04d}.png", img)
+    targets = {c.name: {s: to_uint8(task_degradation(c, R, s).target(from_uint8(truth[s])))[0] for s in seeds}
+               for c in cells(cfg)}
+    by_name = {c.name: c for c in cells(cfg)}
     methods_budgeted = {name: budgeted(m, cfg.budget) for name, m in methods.items()}
-    todo = [(c, name) for c in cells(cfg) for name in methods_budgeted]
-    results: Dict[str, Dict[str, dict]] = {}
-    bar = tqdm(total=len(todo) * len(seeds), desc="benchmark", unit="restoration")
+    fingerprints = {}
+    for cell in by_name:
+        for name, mcfg in methods_budgeted.items():
+            fingerprints[cell, name] = _fingerprint(method_class(mcfg).fingerprint(mcfg), cfg.budget, cell, seeds,
+                                                    cfg.truncation_psi, weights_digest,
+                                                    [hashlib.sha256(targets[cell][s].tobytes()).hexdigest()
+                                                     for s in seeds])
+    finished = _finished_cells(out_dir, fingerprints)
+    units = [Unit(f"{cell}.{name}", float(cfg.budget * len(seeds)), dict(cell=cell, method=name))
+             for cell in by_name for name in methods_budgeted]
+    queue = WorkQueue(out_dir, lease_s)
+    key = hashlib.sha256(json.dumps(sorted(fingerprints.values())).encode()).hexdigest()
+    batch = queue.recorded(key, "batch_size")
+    if batch is None:
+        batch = resolve_batch(Runtime(batch_size=batch_size), str(next(G.parameters()).device), G, vgg)
+    batch = queue.open(key, units, dict(batch_size=batch), done=finished)["batch_size"]
+    queue.reopen([u.id for u in units if u.id not in finished])
+    if not queue.all_done():
+        check_batch(batch, batch_size)
+    progress = StageProgress("benchmark", len(units), len(queue.done_ids()), unit="cells", enabled=is_main(),
+                             count_done=lambda: len(queue.done_ids()))
     made: Dict[str, Method] = {}
-    cell_targets: Dict[str, Dict[int, np.ndarray]] = {}
-    for cell, name in todo:
-        cdir = out_dir / cell.name
-        if cell.name not in cell_targets:          # once per cell, shared by its methods
-            targets = cell_targets[cell.name] = {}
-            for s in seeds:
-                targets[s] = to_uint8(task_degradation(cell, R, s).target(from_uint8(truth[s])))[0]
-                save_png(cdir / "target" / f"seed{s:04d}.png", targets[s])
-            results[cell.name] = {"input": dict(per_seed={s: score(targets[s], truth[s], lpips, cfg.identity)
-                                                          for s in seeds})}
-        targets = cell_targets[cell.name]
+
+    def do(unit: Unit) -> None:
+        cell, name = by_name[unit.data["cell"]], unit.data["method"]
         mcfg = methods_budgeted[name]
-        fp = _fingerprint(method_class(mcfg).fingerprint(mcfg), cfg.budget, cell.name, seeds, cfg.truncation_psi,
-                          weights_digest, [hashlib.sha256(targets[s].tobytes()).hexdigest() for s in seeds])
-        receipt, problem = check_receipt(cdir / name, CELL_RECEIPT, fp)
-        if problem is None and receipt is not None:
-            results[cell.name][name] = {k: v for k, v in receipt.items() if k != "files"}
-            bar.update(len(seeds))
-            continue
-        if problem != "missing":
-            tqdm.write(f"benchmark: {cell.name} {name} runs again: {cdir / name}: {problem}", file=sys.stderr)
+        cdir = out_dir / cell.name
+        for s in seeds:
+            save_png(cdir / "target" / f"seed{s:04d}.png", targets[cell.name][s])
         method = made.get(name) or made.setdefault(name, make_method(G, vgg, mcfg))
         per_seed, seconds = {}, 0.0
-        for i in range(0, len(seeds), batch_size):
-            chunk = seeds[i:i + batch_size]
+        for i in range(0, len(seeds), batch):
+            chunk = seeds[i:i + batch]
             ds = [task_degradation(cell, R, s, draw_seed=0) for s in chunk]
             d = ds[0]
             if d.masks is not None:
                 d = Degradation(d.ops, R, masks=torch.cat([x.masks for x in ds if x.masks is not None]), seed=0)
-            bar.set_postfix_str(f"{cell.name} {name}")
             t0 = time.perf_counter()
-            restored = method.restore(torch.cat([from_uint8(targets[s]) for s in chunk]), d,
+            restored = method.restore(torch.cat([from_uint8(targets[cell.name][s]) for s in chunk]), d,
                                       names=[f"seed{s:04d}" for s in chunk],
                                       rngs=[TorchRandom(mcfg.seed) for _ in chunk])
             seconds += time.perf_counter() - t0
@@ -188,17 +202,46 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
                 img = to_uint8(res.image[None])[0]
                 save_png(cdir / name / f"seed{s:04d}.png", img)
                 per_seed[s] = score(img, truth[s], lpips, cfg.identity)
-                bar.update(1)
-        record = dict(fingerprint=fp, method=name, passes=cfg.budget, seconds_per_restoration=seconds / len(seeds),
-                      per_seed=per_seed)
+        record = dict(fingerprint=fingerprints[cell.name, name], method=name, passes=cfg.budget,
+                      seconds_per_restoration=seconds / len(seeds), per_seed=per_seed)
         write_receipt(cdir / name, CELL_RECEIPT, _finite(record), [f"seed{s:04d}.png" for s in seeds])
-        results[cell.name][name] = json.loads(json.dumps(_finite(record)))
-    bar.close()
-    summary = summarize(results, list(methods_budgeted))
+        progress.item_done(f"{cell.name} {name} done")
+    drive(queue, do, wait=wait, on_poll=progress.update)
+    progress.close()
+    if not queue.all_done():
+        return {}
+    return _results(cfg, list(methods_budgeted), methods_budgeted, truth, targets, lpips, out_dir, R)
+
+
+def _finished_cells(out_dir: Path, fingerprints: Dict[Tuple[str, str], str]) -> List[str]:
+    """The units whose receipt vouches for them; a line for each one that runs again and why."""
+    finished = []
+    for (cell, name), fp in fingerprints.items():
+        _, problem = check_receipt(out_dir / cell / name, CELL_RECEIPT, fp)
+        if problem is None:
+            finished.append(f"{cell}.{name}")
+        elif problem != "missing" and is_main():
+            print(f"benchmark: {cell} {name} runs again: {out_dir / cell / name}: {problem}", file=sys.stderr,
+                  flush=True)
+    return finished
+
+
+def _results(cfg: BenchmarkConfig, names: List[str], methods_budgeted, truth, targets, lpips, out_dir: Path,
+             R: int) -> dict:
+    """``results.json`` from every cell's receipt, the degraded inputs scored beside them."""
+    seeds = list(cfg.seeds)
+    results: Dict[str, Dict[str, dict]] = {}
+    for cell in targets:
+        results[cell] = {"input": dict(per_seed={s: score(targets[cell][s], truth[s], lpips, cfg.identity)
+                                                 for s in seeds})}
+        for name in names:
+            receipt = json.loads((out_dir / cell / name / CELL_RECEIPT).read_text())
+            results[cell][name] = {k: v for k, v in receipt.items() if k != "files"}
+    summary = summarize(results, names)
     doc = dict(seeds=seeds, truncation_psi=cfg.truncation_psi, budget=cfg.budget, resolution=R,
                methods={n: m.model_dump() for n, m in methods_budgeted.items()}, cells=results, **summary)
     write_json(out_dir / "results.json", _finite(doc))
-    return doc
+    return json.loads(json.dumps(_finite(doc)))
 
 
 def _mean(values) -> Optional[float]:

@@ -4,7 +4,11 @@ Layout: ``<out>/<face>/`` holds the method's result (:meth:`recon.restore.method
 ``image.png``, ``degraded.png``, ``latents.npz``, ``loss.csv``, earlier phases' images), the
 ``target.png`` it was restored from, ``progress/stepNNNNN.png`` (the current run's snapshots) and
 ``done.json``, the receipt written last: a fingerprint of everything that produced the result and
-the sha256 of each file. ``<out>/.snapshots/`` holds the snapshots of interrupted batches.
+the sha256 of each file. ``<out>/.snapshots/`` holds the snapshots of interrupted batches,
+``<out>/.work/`` the stage's units of work (:mod:`recon.pipeline.units`): one per batch, cut once
+from the fixed order of the faces with one batch size recorded in the plan, so any number of
+workers, started by anything, restore every face exactly once and give the bytes one worker
+gives.
 """
 from __future__ import annotations
 
@@ -29,12 +33,13 @@ from recon.restore import make_method, method_class
 from recon.restore.method import snapshot_step, stack_starts
 from recon.restore.randomness import TorchRandom
 
+from . import distributed
 from .degrade import degradation_for
-from .distributed import Group, Rank
 from .progress import StageProgress, slow_settings_warning
 from .records import OTHER_SETTINGS, Target, Targets, check_receipt, write_receipt
 from .runtime import resolve_batch
 from .starts import init_path, read_init, require_init
+from .units import Unit, WorkQueue, check_batch, drive
 
 RECEIPT = "done.json"
 
@@ -45,11 +50,22 @@ def log(msg: str) -> None:
 
 @dataclass
 class _Work:
-    """What a batch needs, read and checked before any model is loaded."""
+    """What the batches need, checked before any model is loaded."""
     targets: Targets
-    images: Dict[str, torch.Tensor]            # face -> [1, 3, R, R] target in [-1, 1]
+    degraded_dir: Path
+    R: int
     starts: Dict[str, Optional[torch.Tensor]]  # face -> starting latent, or None (w_avg)
     fingerprints: Dict[str, str]
+    finished: set                              # faces whose receipt vouches for their result
+
+    def image(self, face: Target) -> torch.Tensor:
+        """The face's target ``[1, 3, R, R]`` in [-1, 1], as its 8-bit file holds it."""
+        rgb, _ = load_photo(self.degraded_dir / face.degraded)
+        if rgb.shape[:2] != (self.R, self.R):
+            raise PhotoError(f"{self.degraded_dir / face.degraded}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
+                             f"generator makes {self.R}x{self.R} (align faces at {self.R} px: align.resolution in "
+                             "params.yaml, --size of recon align)")
+        return from_uint8(rgb)
 
 
 def face_fingerprint(cfg: ProjectorConfig, targets: Targets, face: Target, degraded_dir, weights_digest: str,
@@ -70,90 +86,114 @@ def face_fingerprint(cfg: ProjectorConfig, targets: Targets, face: Target, degra
 
 def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weights="weights",
                   runtime: Runtime = Runtime(batch_size=1, compile="off"), device: str = "cpu", replace: bool = True,
-                  group: Optional[Group] = None) -> List[str]:
-    """Restore every degraded target of a mode, in batches; the pipeline's stage and ``recon
-    project`` both run this. Returns the names restored by this process.
+                  wait: bool = True, workers: int = 1) -> List[str]:
+    """Restore every degraded target of a mode, in batches, as one of any number of workers; the
+    pipeline's stage and ``recon project`` both run this. Returns the names this worker restored.
 
     ``weights``: the download_weights folder, or a ``(generator, vgg16)`` pair of paths.
-    ``runtime``: the batch size and ``compile`` setting (:mod:`recon.restore.compiled`);
-    ``device``: a resolved device (:func:`recon.pipeline.runtime.resolve_device`).
+    ``runtime``: the batch size, ``compile`` setting and lease; ``device``: this worker's resolved
+    device. ``wait``: return only once every unit is done (by any worker), then finalize;
+    without it, return when nothing is left to claim. ``workers``: how many workers are expected
+    (``batch_size: auto`` cuts at least that many batches).
 
     A finished face is skipped when its ``done.json`` vouches for it (the current fingerprint,
-    every file with its recorded digest); otherwise it runs again, with a line saying why. An
-    interrupted batch resumes from its snapshot. With ``replace`` (the pipeline, which owns its
-    output folder) results made with other settings are recomputed and those of faces that are
-    no longer targets removed; without it (the command line) a result made with other settings is
-    refused and other folders are left alone.
-
-    Batches are cut from the list of all targets, so a face is always optimized with the same
-    companions (and gives the same bits) however many workers share the work; with a ``group``
-    each rank takes every world-th pending batch, and all ranks meet at a barrier at the end.
+    every file with its recorded digest); otherwise its batch runs again (whole: a face's bits
+    depend on its companions), with a line saying why. An interrupted batch resumes from its
+    snapshot. With ``replace`` (the pipeline, which owns its output folder) results made with
+    other settings are recomputed and those of faces that are no longer targets removed; without
+    it (the command line) a result made with other settings is refused and other folders are left
+    alone.
     """
-    rank = group.rank if group is not None else Rank()
-    if group is not None:
-        device = group.device
     degraded_dir, out_dir = Path(degraded_dir), Path(out_dir)
+    main = distributed.is_main()
     targets = Targets.load(degraded_dir)
     files = resolve_weights(weights)
     G_config = read_config(files.generator)
     R = G_config["img_resolution"]
     faces = targets.faces
-    starts = {f.name: init_path(cfg, f.name, out_dir) for f in faces}
-    fingerprints = {f.name: face_fingerprint(cfg, targets, f, degraded_dir, files.digest, starts[f.name])
+    start_paths = {f.name: init_path(cfg, f.name, out_dir) for f in faces}
+    fingerprints = {f.name: face_fingerprint(cfg, targets, f, degraded_dir, files.digest, start_paths[f.name])
                     for f in faces}
-    finished = finished_faces(mode, faces, out_dir, fingerprints, replace, say=rank.is_main)
+    finished = finished_faces(mode, faces, out_dir, fingerprints, replace, say=main)
+    work = _Work(targets, degraded_dir, R, _read_starts(mode, cfg, faces, start_paths, latent_shapes(G_config)),
+                 fingerprints, finished)
+    for face in faces:                          # every target readable and the right size, before any work
+        if face.name not in finished:
+            work.image(face)
 
-    models = None
-    if runtime.batch_size == "auto" and device.startswith("cuda"):
-        models = load_models(files, device)         # to measure the batch that fits
-    batch_size = resolve_batch(runtime, device, *(models or ()))
-    batches = [faces[i:i + batch_size] for i in range(0, len(faces), batch_size)]
-    # A batch runs whole whenever one of its faces is not done: a face's bits depend on the
-    # companions it was optimized with (batched convolutions round differently), so a redone
-    # face gets the bits it first had; its finished companions are recomputed, not rewritten.
-    pending = [b for b in batches if any(f.name not in finished for f in b)]
-    mine = rank.share(pending)
-    todo = sum(f.name not in finished for b in pending for f in b)
-    work = _read_work(mode, cfg, targets, [f for b in mine for f in b], degraded_dir, starts, fingerprints,
-                      R, latent_shapes(G_config))
-    if rank.is_main and todo < len(faces):
-        log(f"project {mode}: {len(faces) - todo} of {len(faces)} faces already done")
     out_dir.mkdir(parents=True, exist_ok=True)
-    if rank.is_main and replace:
-        _remove_stale(out_dir, {f.name for f in faces})
-    snap_dir = out_dir / ".snapshots"
-    snap_dir.mkdir(exist_ok=True)
-    if group is not None:
-        group.barrier()   # every rank has read what is done before any rank writes a result
+    queue = WorkQueue(out_dir, runtime.lease_s)
+    cls = method_class(cfg)
+    steps = cls.steps(cfg)
+    models = None
+    key = hashlib.sha256("|".join(fingerprints[f.name] for f in faces).encode()).hexdigest()
+    batch_size = queue.recorded(key, "batch_size")
+    if batch_size is None:
+        if runtime.batch_size == "auto" and device.startswith("cuda"):
+            models = load_models(files, device)     # to measure the batch that fits
+        batch_size = resolve_batch(runtime, device, *(models or ()))
+        if runtime.batch_size == "auto" and workers > 1:   # a batch for every worker, where the faces allow
+            batch_size = max(1, min(batch_size, -(-len(faces) // workers)))
+    batches = [faces[i:i + batch_size] for i in range(0, len(faces), batch_size)]
+    units = [Unit(f"batch{k:05d}", float(len(b) * steps), dict(faces=[f.name for f in b]))
+             for k, b in enumerate(batches)]
+    done_units = [u.id for u, b in zip(units, batches) if all(f.name in finished for f in b)]
+    batch_size = queue.open(key, units, dict(batch_size=batch_size), done=done_units)["batch_size"]
+    queue.reopen([u.id for u in queue.units if not set(u.data["faces"]) <= finished])
+    if not queue.all_done():
+        check_batch(batch_size, runtime.batch_size)
+    by_name = {f.name: f for f in faces}
+    todo = [n for n in by_name if n not in finished]
+    if main and len(todo) < len(faces):
+        log(f"project {mode}: {len(faces) - len(todo)} of {len(faces)} faces already done")
+    warning = slow_settings_warning(device, R, len(todo), steps)
+    if warning and main:
+        log(f"project {mode}: warning: {warning}")
 
-    done: List[str] = []
-    if mine:
-        from recon.restore.compiled import resolve_compile
+    def count_done() -> float:
+        return len(finished.union(*(u.data["faces"] for u in queue.units if queue.is_done(u.id))))
+    progress = StageProgress(f"project {mode}", len(faces), int(count_done()), enabled=main, count_done=count_done)
+    made = {}
 
-        cls = method_class(cfg)
-        compiled = cls.compilable and resolve_compile(runtime.compile, device, cls.steps(cfg), R)
-        G, vgg = models or load_models(files, device)
-        method = make_method(G, vgg, cfg, compile=compiled)
-        steps = cls.steps(cfg)
-        if compiled and rank.is_main:
-            log(f"project {mode}: compiling the projection step (project.runtime.compile: {runtime.compile}); "
-                "the first step waits for it, minutes the first time")
-        warning = slow_settings_warning(device, R, todo, steps)
-        if warning and rank.is_main:
-            log(f"project {mode}: warning: {warning}")
-        pending_names = [f.name for batch in pending for f in batch if f.name not in finished]
-        count_done = ((lambda: len(faces) - todo + sum((out_dir / n / RECEIPT).is_file() for n in pending_names))
-                      if rank.world > 1 else None)
-        progress = StageProgress(f"project {mode}", len(faces), len(faces) - todo, steps,
-                                 enabled=rank.is_main, count_done=count_done, workers=rank.world)
-        for batch in mine:
-            done += _restore_batch(mode, method, work, batch, finished, degraded_dir, out_dir, snap_dir, R, progress)
-        progress.close()
-    if group is not None:
-        group.barrier()   # rank 0 writes the summary once every rank is done
-    if rank.is_main and snap_dir.is_dir() and not any(snap_dir.iterdir()):
-        snap_dir.rmdir()
-    return done
+    def do(unit: Unit) -> None:
+        if "method" not in made:
+            from recon.restore.compiled import resolve_compile
+
+            compiled = cls.compilable and resolve_compile(runtime.compile, device, steps, R)
+            if compiled and main:
+                log(f"project {mode}: compiling the projection step (project.runtime.compile: {runtime.compile}); "
+                    "the first step waits for it, minutes the first time")
+            G, vgg = models or load_models(files, device)
+            made["method"] = make_method(G, vgg, cfg, compile=compiled)
+        batch = [by_name[n] for n in unit.data["faces"]]
+        restored.extend(_restore_batch(mode, made["method"], work, batch, out_dir, progress))
+    restored: List[str] = []
+    drive(queue, do, wait=wait, on_poll=progress.update)
+    progress.close()
+    if queue.all_done():                       # whoever sees the last unit done tidies up
+        if replace:
+            _remove_stale(out_dir, set(by_name))
+        snap_dir = out_dir / ".snapshots"
+        if snap_dir.is_dir() and not any(snap_dir.iterdir()):
+            snap_dir.rmdir()
+    return restored
+
+
+def _read_starts(mode, cfg, faces, paths, shapes) -> Dict[str, Optional[torch.Tensor]]:
+    """Every face's starting latent, refused (naming the file and the keys) if it cannot be used."""
+    cls = method_class(cfg)
+    latents: Dict[str, Optional[torch.Tensor]] = {}
+    for face in faces:
+        path = paths[face.name]
+        latents[face.name] = None
+        if path is not None:
+            require_init(path, mode)
+            latent = latents[face.name] = read_init(path, cls.init_keys, shapes, mode)
+            problem = cls.start_problem(cfg, latent)
+            if problem:
+                raise ParamsError(f"{path}: {problem} (params.yaml: project.{mode}.init and "
+                                  f"project.{mode}.latent_space)")
+    return latents
 
 
 def finished_faces(mode: str, faces: List[Target], out_dir: Path, fingerprints: Dict[str, str], replace: bool,
@@ -180,30 +220,6 @@ def _remove_stale(out_dir: Path, names: set) -> None:
             shutil.rmtree(stale)
 
 
-def _read_work(mode, cfg, targets, faces, degraded_dir, starts, fingerprints, R, shapes) -> _Work:
-    """Read this process's targets and starting latents, refusing any that cannot be used."""
-    cls = method_class(cfg)
-    images: Dict[str, torch.Tensor] = {}
-    latents: Dict[str, Optional[torch.Tensor]] = {}
-    for face in faces:
-        rgb, _ = load_photo(degraded_dir / face.degraded)
-        if rgb.shape[:2] != (R, R):
-            raise PhotoError(f"{degraded_dir / face.degraded}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
-                             f"generator makes {R}x{R} "
-                             f"(align faces at {R} px: align.resolution in params.yaml, --size of recon align)")
-        images[face.name] = from_uint8(rgb)
-        path = starts[face.name]
-        latents[face.name] = None
-        if path is not None:
-            require_init(path, mode)
-            latent = latents[face.name] = read_init(path, cls.init_keys, shapes, mode)
-            problem = cls.start_problem(cfg, latent)
-            if problem:
-                raise ParamsError(f"{path}: {problem} (params.yaml: project.{mode}.init and "
-                                  f"project.{mode}.latent_space)")
-    return _Work(targets, images, latents, fingerprints)
-
-
 def _prepare_face_dirs(out_dir: Path, batch: List[Target], start_step: int) -> None:
     """Before a batch runs: a fresh start clears each face's folder (what is there is stale); a
     resumed one keeps the progress images up to its snapshot and drops later ones (left by a
@@ -218,36 +234,38 @@ def _prepare_face_dirs(out_dir: Path, batch: List[Target], start_step: int) -> N
                 img.unlink()
 
 
-def _restore_batch(mode, method, work: _Work, batch: List[Target], finished: set, degraded_dir, out_dir, snap_dir,
-                   R, progress) -> List[str]:
+def _restore_batch(mode, method, work: _Work, batch: List[Target], out_dir: Path, progress) -> List[str]:
+    """Restore one batch whole; write the faces not already done (receipt last)."""
     names = [f.name for f in batch]
-    todo = [f for f in batch if f.name not in finished]
-    d = degradation_for(work.targets, batch, degraded_dir, R)
+    todo = [f for f in batch if f.name not in work.finished]
+    images = {f.name: work.image(f) for f in batch}
+    d = degradation_for(work.targets, batch, work.degraded_dir, work.R)
     starts = [s for s in (work.starts[n] for n in names) if s is not None]
     init = stack_starts(starts, method.G.num_ws) if starts else None
     key = hashlib.sha256("|".join(work.fingerprints[n] for n in names).encode()).hexdigest()[:16]
-    snap = snap_dir / f"{key}.pt"
+    snap = out_dir / ".snapshots" / f"{key}.pt"
     start_step = snapshot_step(snap)
     _prepare_face_dirs(out_dir, todo, start_step)
 
-    def save_progress(step, images):
-        for face, img in zip(batch, to_uint8(images)):
-            if face.name not in finished:
+    def save_progress(step, imgs):
+        for face, img in zip(batch, to_uint8(imgs)):
+            if face.name not in work.finished:
                 save_png(out_dir / face.name / "progress" / f"step{step:05d}.png", img)
 
-    results = method.restore(torch.cat([work.images[n] for n in names]), d, names=names,
+    results = method.restore(torch.cat([images[n] for n in names]), d, names=names,
                              rngs=[TorchRandom(method.cfg.seed) for _ in batch], init=init, snapshot_path=snap,
-                             on_snapshot=save_progress, on_step=progress.batch(len(todo), start_step))
+                             on_snapshot=save_progress,
+                             on_step=progress.track(len(todo), method_class(method.cfg).steps(method.cfg), start_step))
     for face, res in zip(batch, results):
-        if face.name in finished:
+        if face.name in work.finished:
             continue
         folder = out_dir / face.name
         files = res.save(folder)
-        save_png(folder / "target.png", to_uint8(work.images[face.name])[0])
+        save_png(folder / "target.png", to_uint8(images[face.name])[0])
         write_receipt(folder, RECEIPT, dict(fingerprint=work.fingerprints[face.name], mode=mode,
                                             config=method.cfg.model_dump(), target=asdict(face)),
                       files + ["target.png"])
-        progress.face_done(face.name, res.history)
-    progress.batch_done()
+        last = res.history[-1]
+        progress.write(f"{face.name} done: distance {last['dist']:.4g}, loss {last['loss']:.4g}")
     snap.unlink(missing_ok=True)
     return [f.name for f in todo]

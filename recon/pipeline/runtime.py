@@ -127,3 +127,26 @@ def resolve_workers(workers: Union[int, str], device: str, key: str = "params.ya
 def threads_per_worker(workers: int) -> int:
     """CPU threads for each of ``workers`` processes sharing this process's CPUs."""
     return max(1, usable_cpus() // max(workers, 1))
+
+
+def worker_device(device: str) -> str:
+    """The device of this worker: ``cuda`` (or ``auto`` resolved to it) becomes ``cuda:K`` with K
+    the worker's local index, ``LOCAL_RANK`` under torchrun or ``SLURM_LOCALID`` under srun
+    (modulo the visible devices); ``cuda:N`` and ``cpu`` are kept as given; no index otherwise
+    (the visible devices decide: ``CUDA_VISIBLE_DEVICES``)."""
+    if device != "cuda":
+        return device
+    local = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")
+    if local is None or not local.isdigit():
+        return device
+    return f"cuda:{int(local) % max(torch.cuda.device_count(), 1)}"
+
+
+def configure_worker(device: str) -> None:
+    """Pin a worker: its CUDA device current, or on the CPU its share of the usable CPUs (the
+    processes torchrun started on this machine share them; ``srun --cpus-per-task`` and cgroup
+    quotas are already in :func:`usable_cpus`)."""
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    else:
+        torch.set_num_threads(threads_per_worker(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

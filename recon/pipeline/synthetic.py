@@ -1,27 +1,36 @@
 """The synthetic stage: faces sampled from the generator (so the truth is known), restored over a grid
 of step counts x latent-distance weights.
 
-Layout: ``<out>/truth/seedNNNN.png``; per cell ``<out>/steps<N>_reg<w>/seedNNNN/`` (a
-restoration, :meth:`recon.restore.method.Restoration.save`); ``runs.json``.
+Layout: ``<out>/truth/seedNNNN.png``; per cell ``<out>/steps<N>_reg<w>/seedNNNN/`` (a restoration,
+:meth:`recon.restore.method.Restoration.save`) and ``cell.json`` (its receipt); ``runs.json``.
+Each cell is a unit of work (:mod:`recon.pipeline.units`) of cost steps x seeds: any number of
+workers share the grid, costliest cells first, and a finished cell is kept across runs.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
 
-from recon.config import ProjectorConfig, Synthetic
+from recon.config import ProjectorConfig, Runtime, Synthetic
 from recon.data.imageio import from_uint8, save_png, to_uint8, write_json
 from recon.model import load_models
+from recon.model.weights import resolve_weights
 from recon.restore import make_method, method_class
 from recon.restore.randomness import TorchRandom
 
-from .distributed import Group, Rank
-from .progress import slow_settings_warning
+from . import distributed
+from .progress import StageProgress, slow_settings_warning
+from .records import check_receipt, write_receipt
+from .units import Unit, WorkQueue, drive
+
+RECEIPT = "cell.json"
 
 
 def sample_faces(G, seeds, psi: float) -> np.ndarray:
@@ -36,48 +45,73 @@ def sample_faces(G, seeds, psi: float) -> np.ndarray:
     return np.stack(out)
 
 
+def cell_tag(steps: int, reg: float) -> str:
+    return f"steps{int(steps)}_reg{float(reg):g}"
+
+
 def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weights="weights",
-                    device: str = "cpu", group: Optional[Group] = None) -> dict:
+                    device: str = "cpu", runtime: Runtime = Runtime(), wait: bool = True) -> dict:
     """Sample one image per seed, then restore all of them for every (num_steps, reg weight) cell
-    of the grid (``num_steps``: the method's budget of steps, :meth:`Method.budgeted`); the output
-    folder is made anew. With a ``group`` each rank takes every world-th cell and rank 0 writes
-    ``runs.json`` once all are done."""
-    rank = group.rank if group is not None else Rank()
-    if group is not None:
-        device = group.device
+    of the grid (``num_steps``: the method's budget of steps, :meth:`Method.budgeted`), as one of
+    any number of workers. ``wait``: return once every cell is done, then write ``runs.json``."""
     out_dir = Path(out_dir)
-    if rank.is_main:
-        shutil.rmtree(out_dir, ignore_errors=True)
-    if group is not None:
-        group.barrier()
-    G, vgg = load_models(weights, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    files = resolve_weights(weights)
     seeds, psi = list(params.seeds), params.truncation_psi
-    truth = sample_faces(G, seeds, psi)
-    if rank.is_main:
-        for s, img in zip(seeds, truth):
-            save_png(out_dir / "truth" / f"seed{s:04d}.png", img)
-    targets = from_uint8(truth).to(device)
-    grid = [(steps, reg) for steps in params.num_steps for reg in params.latent_dist_reg_weight]
-    warning = slow_settings_warning(device, G.img_resolution, len(seeds) * len(grid), max(params.num_steps))
-    if warning and rank.is_main:
-        print(f"synthetic: warning: {warning}", file=sys.stderr, flush=True)
     names = [f"seed{s:04d}" for s in seeds]
-    tags = {cell: f"steps{int(cell[0])}_reg{float(cell[1]):g}" for cell in grid}
-    for k, (steps, reg) in enumerate(grid, 1):
-        if (k - 1) % rank.world != rank.rank:
-            continue
-        cfg = method_class(base_cfg).budgeted(base_cfg.model_copy(update=dict(latent_dist_reg_weight=reg)), steps)
-        label = f"synthetic run {k}/{len(grid)} (steps {steps}, reg {reg:g})"
-        results = make_method(G, vgg, cfg).restore(targets, names=names, rngs=[TorchRandom(cfg.seed) for _ in seeds],
-                                                   desc=rank.label(label))
+    grid = [(steps, reg) for steps in params.num_steps for reg in params.latent_dist_reg_weight]
+    method = method_class(base_cfg)
+    cfgs = {cell_tag(n, r): method.budgeted(base_cfg.model_copy(update=dict(latent_dist_reg_weight=r)), n)
+            for n, r in grid}
+    fingerprints = {tag: hashlib.sha256(json.dumps([method_class(c).fingerprint(c), files.digest, seeds, psi])
+                                        .encode()).hexdigest()[:24] for tag, c in cfgs.items()}
+    finished = {tag for tag in cfgs if check_receipt(out_dir / tag, RECEIPT, fingerprints[tag])[1] is None}
+    queue = WorkQueue(out_dir, runtime.lease_s)
+    key = hashlib.sha256(json.dumps(sorted(fingerprints.items())).encode()).hexdigest()
+    units = [Unit(cell_tag(n, r), float(n * len(seeds)), dict(num_steps=int(n), reg=float(r))) for n, r in grid]
+    queue.open(key, units, {}, done=sorted(finished))
+    queue.reopen([t for t in cfgs if t not in finished])
+    made: Dict[str, object] = {}
+
+    def models():
+        if not made:
+            G, vgg = load_models(files, device)
+            truth = sample_faces(G, seeds, psi)
+            for name, img in zip(names, truth):
+                save_png(out_dir / "truth" / f"{name}.png", img)
+            made.update(G=G, vgg=vgg, targets=from_uint8(truth).to(device))
+            warning = slow_settings_warning(device, G.img_resolution, len(seeds) * len(grid), max(params.num_steps))
+            if warning and main:
+                print(f"synthetic: warning: {warning}", file=sys.stderr, flush=True)
+        return made
+
+    progress = StageProgress("synthetic", len(units), len(queue.done_ids()), unit="cells", enabled=main,
+                             count_done=lambda: len(queue.done_ids()))
+
+    def do(unit: Unit) -> None:
+        m = models()
+        cfg = cfgs[unit.id]
+        folder = out_dir / unit.id
+        shutil.rmtree(folder, ignore_errors=True)
+        steps = method_class(cfg).steps(cfg)
+        results = make_method(m["G"], m["vgg"], cfg).restore(m["targets"], names=names,
+                                                             rngs=[TorchRandom(cfg.seed) for _ in seeds],
+                                                             on_step=progress.track(1, steps))
+        saved: List[str] = []
         for res in results:
-            res.save(out_dir / tags[steps, reg] / res.name)
-        print(f"{rank.label(label)} done: mean distance {np.mean([r.history[-1]['dist'] for r in results]):.4g}",
-              file=sys.stderr, flush=True)
-    runs = {tags[steps, reg]: dict(num_steps=int(steps), latent_dist_reg_weight=float(reg), faces=names)
-            for steps, reg in grid}
-    if group is not None:
-        group.barrier()
-    if rank.is_main:
+            saved += [f"{res.name}/{f}" for f in res.save(folder / res.name)]
+        write_receipt(folder, RECEIPT, dict(fingerprint=fingerprints[unit.id], **unit.data), saved)
+        progress.write(f"{unit.id} done: mean distance {np.mean([r.history[-1]['dist'] for r in results]):.4g}")
+    drive(queue, do, wait=wait, on_poll=progress.update)
+    progress.close()
+    runs = {tag: dict(num_steps=int(n), latent_dist_reg_weight=float(r), faces=names)
+            for (n, r), tag in zip(grid, cfgs)}
+    if queue.all_done():
+        for stale in out_dir.iterdir():
+            if stale.is_dir() and stale.name not in runs and stale.name not in ("truth", ".work"):
+                shutil.rmtree(stale, ignore_errors=True)
+        if not (out_dir / "truth").is_dir():        # every cell was done before: the truth is still needed
+            models()
         write_json(out_dir / "runs.json", dict(seeds=seeds, truncation_psi=psi, runs=runs))
     return runs

@@ -145,8 +145,8 @@ def worker_device(device: str) -> str:
 def configure_worker(device: str) -> None:
     """Pin a worker: its CUDA device current, or on the CPU its share of the usable CPUs (the
     processes torchrun started on this machine share them; ``srun --cpus-per-task`` and cgroup
-    quotas are already in :func:`usable_cpus`)."""
+    quotas are already in :func:`usable_cpus`; ``OMP_NUM_THREADS``, when set, is kept)."""
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    else:
+    elif "OMP_NUM_THREADS" not in os.environ:         # a user's own setting wins
         torch.set_num_threads(threads_per_worker(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

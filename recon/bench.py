@@ -1,7 +1,7 @@
 """Benchmark the projector against what NVIDIA's projector does, one table.
 
     python -m recon.bench [--shapes 128:8192:256 256:16384:512] [--batch 1 4] [--compile off on]
-                          [--ops auto ref] [--steps 6] [--repeats 3] [--vgg weights/vgg16.pt]
+                          [--ops auto ref] [--steps 6] [--repeats 3] [--vgg vgg16.pt]
                           [--device cpu] [--timeout 600]
 
 Contenders per shape (resolution:channel_base:channel_max, random-weight generators of the
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -202,8 +203,15 @@ def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, ste
                 peak_mib=_peak_mib(device), vgg=vgg_name, threads=torch.get_num_threads())
 
 
+def _plain(doc: str) -> str:
+    """The module's docstring as help text: reStructuredText's ``literals`` and :roles: unmarked."""
+    text = re.sub(r":\w+:`([^`]+)`", r"\1", doc)
+    return text.replace("``", "")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m recon.bench", description=_plain(__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=["128:8192:256", "256:16384:512"],
                     help="resolution:channel_base:channel_max (config-f is 1024:32768:512)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1])

@@ -227,13 +227,30 @@ class Align(_Model):
 
 class RobustConfig(_Model):
     """The robust method's settings (Poirier-Ginter & Lalonde, CVPR 2023; defaults are the
-    reference code's): steps and learning rate per phase W, W+, W++, and the multiscale loss."""
-    steps: Annotated[List[Annotated[int, Field(ge=0, le=MAX_STEPS)]], Field(min_length=3, max_length=3)] = \
-        [150, 150, 150]
+    reference code's): how ``num_steps`` is shared by the phases W, W+, W++ (``phases``; the
+    reference runs 150 steps each: ``num_steps: 450`` with equal shares), their learning rates,
+    and the multiscale loss."""
+    phases: Annotated[List[NonNegFloat], Field(min_length=3, max_length=3)] = [1.0, 1.0, 1.0]
     learning_rates: Annotated[List[NonNegFloat], Field(min_length=3, max_length=3)] = [0.08, 0.02, 0.005]
     min_loss_res: PositiveInt = 16          # no LPIPS level at or below this many pixels
     level_weights: Annotated[List[NonNegFloat], Field(min_length=1, max_length=12)] = [1.0] * 6
     l1_weight: NonNegFloat = 0.1            # L1 at the coarsest level reached
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "steps" in data:
+            raise ValueError(f"got steps {data['steps']}, which is gone: the robust method runs num_steps steps in "
+                             "all, shared by its phases as robust.phases says (the reference: num_steps: 450, "
+                             "phases: [1, 1, 1])")
+        return data
+
+    @field_validator("phases")
+    @classmethod
+    def _some(cls, v):
+        if sum(v) <= 0:
+            raise ValueError(f"must give some phase a share, got {v}")
+        return v
 
 
 LATENT_SPACES = ("w", "w+", "w->w+")
@@ -387,7 +404,53 @@ class Mode(_Model):
     observed: bool = False
 
 
+QUICK_DIVISOR = 50        # profile: quick runs about 1/50 of the steps (never more than full, at most 10 fewer)
+
+
+def quick_steps(n: int) -> int:
+    """A step count under ``profile: quick``: 1000 -> 20, 450 -> 10; a count of 10 or fewer stays."""
+    return max(min(n, 10), n // QUICK_DIVISOR)
+
+
+def _quick(data: dict) -> dict:
+    """The raw params as ``profile: quick`` runs them: every method's steps (``num_steps`` of
+    ``project.default`` and of each mode and benchmark method) scaled by :func:`quick_steps`, the
+    study cut to two step counts, two weights and one seed, the benchmark to one seed and a
+    scaled budget. Applied before validation, so every stage and every message sees the same."""
+    import copy
+
+    data = copy.deepcopy(data)
+    project = data.get("project")
+    if isinstance(project, dict):
+        default = project.setdefault("default", {}) if isinstance(project.get("default", {}), dict) else {}
+        default["num_steps"] = quick_steps(default.get("num_steps", ProjectorConfig().num_steps))
+        for key, section in project.items():
+            if key not in PROJECT_SECTIONS and isinstance(section, dict) and isinstance(section.get("num_steps"), int):
+                section["num_steps"] = quick_steps(section["num_steps"])
+    syn = data.setdefault("synthetic", {})
+    if isinstance(syn, dict):
+        steps = syn.get("num_steps", Synthetic().num_steps)
+        if isinstance(steps, list) and all(isinstance(n, int) for n in steps):
+            syn["num_steps"] = sorted({quick_steps(n) for n in steps})[-2:]
+        for key, default_list in (("latent_dist_reg_weight", Synthetic().latent_dist_reg_weight),
+                                  ("seeds", Synthetic().seeds)):
+            value = syn.get(key, default_list)
+            if isinstance(value, list):
+                syn[key] = value[:2] if key != "seeds" else value[:1]
+    bench = data.setdefault("benchmark", {})
+    if isinstance(bench, dict):
+        budget = bench.get("budget", BenchmarkConfig().budget)
+        if isinstance(budget, int):
+            bench["budget"] = quick_steps(budget)
+        seeds = bench.get("seeds", BenchmarkConfig().seeds)
+        if isinstance(seeds, list):
+            bench["seeds"] = seeds[:1]
+    return data
+
+
 class Params(_Model):
+    # full: the settings as written; quick: about 1/50 of the work (README, Quick start)
+    profile: Literal["full", "quick"] = "full"
     seeds: Seeds = Seeds()
     weights: Weights = Weights()
     align: Align = Align()
@@ -396,6 +459,13 @@ class Params(_Model):
     synthetic: Synthetic = Synthetic()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     report: Report = Report()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile(cls, data):
+        if isinstance(data, dict) and data.get("profile") == "quick":
+            return _quick(data)
+        return data
 
     @field_validator("degrade")
     @classmethod

@@ -17,7 +17,7 @@ def synthetic(params, args) -> int:
         return status
     runs = synthetic_stage(params.synthetic, params.project.default, args.out, args.weights, device, runtime,
                            wait=args.wait)
-    write_loss_table(args.out, args.losses)
+    write_loss_table(args.out, args.losses, path_columns=("setting", "seed"))
     print(f"synthetic: {len(runs)} runs of {len(params.synthetic.seeds)} seeds")
     return 0
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import ROOT, SHARED, need
+from conftest import ROOT
 
 
 def sh(cmd, cwd, env, check=True, timeout=900):
@@ -39,9 +39,8 @@ def set_params(path: Path, updates: dict):
 
 
 def make_repo(work: Path, photos, params: dict):
-    """``(repo, env)``: the checkout's tracked files, ``photos`` from the shared faces as
-    data/raw, tiny weights, ``params`` applied, committed."""
-    faces = need(SHARED / "data" / "faces")
+    """``(repo, env)``: the checkout's tracked files, of its sample photos in data/raw only
+    ``photos``, tiny weights, ``params`` applied, committed."""
     repo = work / "repo"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\n")
@@ -52,10 +51,9 @@ def make_repo(work: Path, photos, params: dict):
             shutil.copy2(src, repo / f)
     raw = repo / "data" / "raw"
     for p in raw.iterdir():
-        if p.suffix != ".md":
+        if p.suffix != ".md" and p.name not in photos:
             p.unlink()
-    for name in photos:
-        shutil.copy2(faces / name, raw / name)
+    assert sorted(p.name for p in raw.iterdir() if p.suffix != ".md") == sorted(photos)
 
     from official_format import write_official_pkl
     from tiny_vgg import write_tiny_vgg

@@ -19,7 +19,8 @@ from recon.restore.randomness import TorchRandom
 # Short runs of each method; each crosses a phase boundary (W -> W+), so resumes cross one too.
 SETTINGS = {
     "official": dict(num_steps=8, w_avg_samples=300, snapshot_every=3, latent_space="w->w+"),
-    "robust": dict(method="robust", robust=RobustConfig(steps=[3, 3, 2], min_loss_res=4), snapshot_every=3),
+    "robust": dict(method="robust", num_steps=8, robust=RobustConfig(phases=[3, 3, 2], min_loss_res=4),
+                   snapshot_every=3),
 }
 
 

@@ -89,6 +89,10 @@ BAD = [
      "params.yaml: project.default.num_steps: must be less than or equal to 100000"),
     ("project", "blur", {"project.default.method": "robst"},
      "params.yaml: project.default.method: must be 'official' or 'robust', got 'robst' (did you mean robust?)"),
+    ("project", "blur", {"project.default.robust": {"steps": [150, 150, 150]}},
+     "params.yaml: project.default.robust: got steps [150, 150, 150], which is gone: the robust method runs "
+     "num_steps steps in all, shared by its phases as robust.phases says"),
+    ("project", "blur", {"profile": "fast"}, "params.yaml: profile: must be 'full' or 'quick', got 'fast'"),
     ("project", "mask", {"project.mask.init": "blur"},
      "params.yaml: project.starts.mask: must be data/projected/blur, because project.mask.init is blur"),
     ("project", "blur", {"degrade.sr4": {"type": "downsample", "factor": 4}},

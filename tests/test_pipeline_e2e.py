@@ -18,10 +18,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("git") is None, 
 def project(tmp_path_factory):
     return make_repo(tmp_path_factory.mktemp("e2e"), ("grace_hopper.jpg", "luciano.png"), {
         "degrade.blur.kernel": 5, "degrade.blur.sigma": 1.5,
-        "project.default.num_steps": 12, "project.default.w_avg_samples": 200,
+        "profile": "quick", "project.default.num_steps": 600,          # quick: 12 steps "project.default.w_avg_samples": 200,
         "project.default.snapshot_every": 5, "project.runtime.batch_size": 2,
         "synthetic.seeds": [0], "synthetic.num_steps": [4, 8], "synthetic.latent_dist_reg_weight": [0.0, 0.01],
-        "project.mask": {"method": "robust", "robust": {"steps": [3, 3, 3], "min_loss_res": 4}},
+        "project.mask": {"method": "robust", "num_steps": 450, "robust": {"min_loss_res": 4}},   # quick: 10
         "degrade.old": {"type": "grayscale", "observed": True},     # photos that are already degraded
         "project.old": {"init": "blur"},                             # starts from the blur mode's results
         "project.starts.old": "data/projected/blur",
@@ -57,8 +57,9 @@ def test_repro_report_rerun_and_experiments(project):
         assert text in page, text
     assert "src=\"http" not in page  # self-contained
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    study = json.loads((repo / "reports" / "metrics_study.json").read_text())
     detail = json.loads((repo / "reports" / "metrics_detail.json").read_text())
-    assert list(metrics)[:3] == ["blur", "grayscale", "mask"]            # the modes' headline first
+    assert list(metrics) == ["blur", "grayscale", "mask", "old"] and list(study) == ["synthetic", "benchmark"]
     for mode in ("blur", "grayscale", "mask"):
         assert set(metrics[mode]) == {"psnr", "lpips"} and 0 < metrics[mode]["psnr"] < 100
         m = detail[mode]["mean"]
@@ -67,8 +68,8 @@ def test_repro_report_rerun_and_experiments(project):
     assert "psnr_composited" in detail["mask"]["mean"] and "psnr_composited" in detail["grayscale"]["mean"]
     # pasting the known pixels back can only bring the result closer to the original
     assert detail["mask"]["mean"]["psnr_composited"] > detail["mask"]["mean"]["psnr"]
-    assert set(metrics["synthetic"]) == {"best_psnr", "best_num_steps", "best_latent_dist_reg_weight"}
-    assert metrics["synthetic"]["best_num_steps"] in (4, 8)
+    assert set(study["synthetic"]) == {"best_psnr", "best_num_steps", "best_latent_dist_reg_weight"}
+    assert study["synthetic"]["best_num_steps"] in (4, 8)
     assert set(detail["synthetic"]) == {"steps4_reg0", "steps4_reg0.01", "steps8_reg0", "steps8_reg0.01"}
     assert set(detail["blur"]["faces"]) == {"grace_hopper_0", "luciano_0"}
     # an observed mode: the photo is its own target; no ground-truth metrics; pasted back
@@ -84,9 +85,9 @@ def test_repro_report_rerun_and_experiments(project):
     # the benchmark: each method at the same budget on every task, scored against the sampled truth
     bench = json.loads((repo / "data" / "benchmark" / "results.json").read_text())
     assert set(bench["table"]) == {"upsample-M", "noise-M", "jpeg-M", "inpaint_brush-M"}
-    assert bench["methods"]["official"]["num_steps"] == 6 and sum(bench["methods"]["robust"]["robust"]["steps"]) == 6
+    assert bench["methods"]["official"]["num_steps"] == 6 and bench["methods"]["robust"]["num_steps"] == 6
     for method in ("official", "robust"):
-        m = metrics["benchmark"][method]
+        m = study["benchmark"][method]
         assert set(m) == {"psnr", "lpips"} and 0 < m["psnr"] < 60 and m["lpips"] > 0
         for cell in bench["table"].values():
             assert cell[method]["seconds"] > 0
@@ -97,12 +98,26 @@ def test_repro_report_rerun_and_experiments(project):
     table = (repo / "reports" / "losses" / "blur.csv").read_text().splitlines()
     assert table[0] == "step,face,phase,loss,dist" and len(table) == 1 + 2 * 12
     # the experiment table stays small; the plots are one per mode plus the study
-    columns = sh(["dvc", "exp", "show", "--csv"], repo, env).stdout.splitlines()[0].split(",")
-    metric_cols = [c for c in columns if c.split(".")[0] in metrics and not c.startswith(("old.", "benchmark."))]
-    assert len(metric_cols) <= 25, metric_cols
-    bench_cols = [c for c in columns if c.split(".")[0] == "benchmark" and c.split(".")[1] in ("official", "robust")]
-    assert sorted(bench_cols) == sorted(f"benchmark.{m}.{k}" for m in ("official", "robust")
-                                        for k in ("psnr", "lpips")), bench_cols
+    # the quick profile ran every method's steps scaled: 600 -> 12 (official), 450 -> 10 (robust)
+    assert len((repo / "reports" / "losses" / "mask.csv").read_text().splitlines()) == 1 + 2 * 10
+    assert sum(len((repo / "reports" / "losses" / f"{m}.csv").read_text().splitlines()) - 1
+               for m in ("blur", "grayscale", "mask", "old")) == 2 * (12 + 12 + 10 + 12)
+    # the experiment table stays small: the headline metrics are few (13 columns for the default
+    # params' three modes; 14 here with a fourth, observed, mode)
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    columns = set()
+
+    def flat(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                flat(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            columns.add(prefix)
+    for path, data in shown[0]["data"]["metrics"].items():          # the workspace
+        flat(path, data["data"])
+    assert len(columns) == 14, sorted(columns)
+    assert {f"reports/metrics_study.json.benchmark.{m}.{k}" for m in ("official", "robust")
+            for k in ("psnr", "lpips")} <= columns
     plots = json.loads(sh(["dvc", "plots", "show", "--json", "--split"], repo, env).stdout)["data"]
     assert sorted(plots) == sorted(f"reports/losses/{m}.csv" for m in ("blur", "grayscale", "mask", "old", "synthetic")), \
         list(plots)

@@ -282,7 +282,7 @@ def test_robust_method_through_the_project_stage(setup):
     from recon.config import Runtime
     tmp, weights, aligned = setup
     degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), aligned_faces(aligned), tmp / "deg")
-    cfg = ProjectorConfig(method="robust", robust=RobustConfig(steps=[3, 3, 3], min_loss_res=4))
+    cfg = ProjectorConfig(method="robust", num_steps=9, robust=RobustConfig(min_loss_res=4))
     done = project_stage("blur", cfg, tmp / "deg", tmp / "proj", weights, Runtime(batch_size=2, compile="off"))
     assert done == ["p0_0", "p1_0", "p2_0"]
     out = tmp / "proj" / "p0_0"
@@ -297,7 +297,8 @@ def test_robust_method_through_the_project_stage(setup):
     img = G.synthesis(torch.from_numpy(np.load(out / "latents.npz")["wpp"])[None], noise_mode="const")
     assert np.abs(np.asarray(Image.open(out / "image.png")).astype(int) - to_uint8(img)[0].astype(int)).max() <= 1
     # settings of the official projector do not touch a robust result; its own do
-    assert project_stage("blur", cfg.model_copy(update=dict(num_steps=7)), tmp / "deg", tmp / "proj", weights) == []
+    assert project_stage("blur", cfg.model_copy(update=dict(latent_space="w+")), tmp / "deg", tmp / "proj",
+                         weights) == []
 
 
 def test_lpips_metric(setup):
@@ -337,7 +338,7 @@ def test_init_from_another_mode_and_from_a_file(setup):
     degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), faces, tmp / "deg" / "blur")
     proj = tmp / "projected"
     official = ProjectorConfig(**CFG)
-    robust = ProjectorConfig(method="robust", robust=RobustConfig(steps=[2, 2, 2], min_loss_res=4), init="none")
+    robust = ProjectorConfig(method="robust", num_steps=6, robust=RobustConfig(min_loss_res=4), init="none")
     with pytest.raises(MissingInputError, match=r"none/p0_0/latents.npz: starting latents not found "
                                                 r"\(run `dvc repro project@none` first\)"):
         project_stage("blur", robust, tmp / "deg" / "blur", proj / "blur", weights)

@@ -27,6 +27,8 @@ def make_report(tmp_path):
         out = data / "projected" / "blur" / name
         save_png(out / "image.png", face)
         save_png(out / "degraded.png", face // 2)
+        for phase in ("W", "W+"):                       # a robust mode's widest table: its phases too
+            save_png(out / f"image_{phase}.png", face)
         rows = "".join(f"{i},{10 * scale / (i + 1)},{scale / (i + 1)},0.1,0\n" for i in range(20))
         (out / "loss.csv").write_text("step,loss,dist,noise_reg,latent_reg\n" + rows)
         write_json(out / "done.json", {})
@@ -81,3 +83,20 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert colour((26, 127, 55), tol=12) > 300
     text = page.read_text()
     assert "What the numbers mean" in text and "★ best" in text and text.count("<tr><th>num_steps") == 2
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium installed")
+def test_report_fits_a_1400_px_window(tmp_path):
+    """Nothing overflows sideways at 1400 px: the page's scroll width is its client width."""
+    page = make_report(tmp_path)
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", "<script>document.body.setAttribute('data-fit', "
+                                              "document.documentElement.scrollWidth + ' ' + "
+                                              "document.documentElement.clientWidth)</script></body>"))
+    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1400,1000", "--dump-dom", probe.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    import re
+    scroll, client = map(int, re.search(r'data-fit="(\d+) (\d+)"', dom).groups())
+    assert client > 1300 and scroll <= client, (scroll, client)

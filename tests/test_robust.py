@@ -39,8 +39,9 @@ class Pool:
         return F.avg_pool2d(x, 2)
 
 
-def robust(G, lpips, robust_cfg: RobustConfig, **kw) -> RobustMethod:
-    return RobustMethod(G, lpips, ProjectorConfig(method="robust", robust=robust_cfg, snapshot_every=0, **kw))
+def robust(G, lpips, robust_cfg: RobustConfig, num_steps: int, **kw) -> RobustMethod:
+    return RobustMethod(G, lpips, ProjectorConfig(method="robust", num_steps=num_steps, robust=robust_cfg,
+                                                  snapshot_every=0, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,9 @@ def golden():
 
 
 def test_replays_the_reference_run(golden_G, golden):
-    cfg = RobustConfig(steps=[3, 3, 3], learning_rates=[0.08, 0.02, 0.005], min_loss_res=2)
+    cfg = RobustConfig(learning_rates=[0.08, 0.02, 0.005], min_loss_res=2)
     torch.testing.assert_close(golden_G.mapping.w_avg[None], golden["w_init"], **TOL)
-    proj = robust(golden_G, standin_lpips, cfg)
+    proj = robust(golden_G, standin_lpips, cfg, num_steps=9)            # 3 steps per phase
     (res,) = proj.restore(golden["target"] * 2 - 1, Pool(), record=True)
 
     losses = torch.tensor([h["loss"] for h in res.history])
@@ -101,7 +102,7 @@ def test_per_filter_styles_start_from_the_w_plus_image(golden_G):
 
 
 def test_hole_noise_is_fresh_per_scale_and_step_and_the_same_in_both_images(golden_G, golden):
-    cfg = RobustConfig(steps=[1, 1, 1], min_loss_res=2)
+    cfg = RobustConfig(min_loss_res=2)
     x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
     mask = torch.ones(2, 1, 16, 16)
     mask[:, :, 4:12, 4:12] = 0
@@ -137,7 +138,7 @@ def test_hole_noise_is_fresh_per_scale_and_step_and_the_same_in_both_images(gold
     # a masked restoration is repeatable, alone or in a batch, and replays from recorded draws
     target = golden["target"].repeat(2, 1, 1, 1) * 2 - 1
     m16 = mask[:1]
-    proj = robust(golden_G, standin_lpips, cfg)
+    proj = robust(golden_G, standin_lpips, cfg, num_steps=3)
     a = proj.restore(target, Pool(m16), rngs=[TorchRandom(1), TorchRandom(2)])
     b = proj.restore(target[1:], Pool(m16), rngs=[TorchRandom(2)])
     torch.testing.assert_close(a[1].latents["wpp"], b[0].latents["wpp"], atol=1e-6, rtol=1e-6)
@@ -149,8 +150,8 @@ def test_hole_noise_is_fresh_per_scale_and_step_and_the_same_in_both_images(gold
 
 
 def test_init_starts_the_phase_the_latent_belongs_to(golden_G, golden):
-    cfg = RobustConfig(steps=[2, 2, 2], min_loss_res=2)
-    proj = robust(golden_G, standin_lpips, cfg)
+    cfg = RobustConfig(min_loss_res=2)
+    proj = robust(golden_G, standin_lpips, cfg, num_steps=6)
     target = golden["target"] * 2 - 1
     first = proj.restore(target, Pool())[0]
     # from the W+ result: the W phase is skipped and W+ continues from there
@@ -179,13 +180,13 @@ def test_fixed_target_features_are_computed_once_with_the_same_result(golden_G, 
         def features(self, x):
             calls.append(x.requires_grad)
             return super().features(x)
-    cfg = RobustConfig(steps=[2, 1, 1], min_loss_res=4)
+    cfg = RobustConfig(phases=[2, 1, 1], min_loss_res=4)
     target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
     def plain(x, y):                    # the uncached distance, not a VGGLPIPS instance
         return lpips(x, y)
-    ref = robust(golden_G, plain, cfg).restore(target)[0]
-    got = robust(golden_G, Counting(lpips.vgg), cfg).restore(target)[0]
+    ref = robust(golden_G, plain, cfg, num_steps=4).restore(target)[0]
+    got = robust(golden_G, Counting(lpips.vgg), cfg, num_steps=4).restore(target)[0]
     assert torch.equal(got.latents["wpp"], ref.latents["wpp"]) and got.history == ref.history
     levels = 3                                            # 32, 16, 8 px
     assert calls.count(False) == levels and calls.count(True) == 4 * levels   # targets once, images every step

@@ -2,7 +2,8 @@
 
 ``reports/index.html`` embeds every image (base64), so it can be mailed or archived alone.
 ``reports/metrics.json`` holds the headline numbers (what ``dvc exp show`` shows as columns: per
-mode PSNR and LPIPS first, then the study's best cell and the benchmark's methods);
+mode PSNR and LPIPS), ``reports/metrics_study.json`` the study's best cell and the benchmark's
+methods;
 ``reports/metrics_detail.json`` every metric of every face and cell. Everything shown is computed
 in :mod:`.scores`; this module only lays it out.
 """
@@ -305,9 +306,9 @@ HEADLINE = ("psnr", "lpips")              # per mode in metrics.json; the rest i
 
 def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str = "", report=None,
                  vgg=None, weights: Optional[dict] = None) -> dict:
-    """Write ``index.html`` (self-contained), ``metrics.json`` (the headline numbers, in this order:
-    per mode PSNR and LPIPS (consistency LPIPS for observed photos), the study's best cell, each
-    benchmark method's LPIPS and PSNR) and ``metrics_detail.json`` (every face and cell). ``vgg``:
+    """Write ``index.html`` (self-contained), the DVC metrics ``metrics.json`` (per mode PSNR and
+    LPIPS; consistency LPIPS for observed photos) and ``metrics_study.json`` (the study's best cell,
+    each benchmark method's LPIPS and PSNR), and ``metrics_detail.json`` (every face and cell). ``vgg``:
     NVIDIA's ``vgg16.pt``, for LPIPS (left out without it); ``weights``: the download_weights
     record, named in the header. Returns the headline metrics."""
     from recon.config import Report
@@ -350,7 +351,10 @@ def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str 
             "</body></html>")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "index.html", lambda tmp: Path(tmp).write_text(page))
-    for name, data, keep_order in (("metrics.json", headline, True), ("metrics_detail.json", detail, False)):
+    modes_only = {k: v for k, v in headline.items() if k not in ("synthetic", "benchmark")}
+    study = {k: v for k, v in headline.items() if k in ("synthetic", "benchmark")}
+    for name, data, keep_order in (("metrics.json", modes_only, True), ("metrics_study.json", study, True),
+                                   ("metrics_detail.json", detail, False)):
         text = json.dumps(_finite(data), indent=1, sort_keys=not keep_order)
         write_atomic(out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
     return headline

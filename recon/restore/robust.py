@@ -67,6 +67,15 @@ def ngd_step(param: torch.Tensor, lr: float) -> None:
     param.sub_(g * lr)
 
 
+def phase_steps(num_steps: int, phases) -> List[int]:
+    """``num_steps`` shared by the phases in proportion to their shares (the rounding remainder to
+    the last): 450 with equal shares is the reference's 150 each."""
+    total = sum(phases)
+    steps = [int(num_steps * p / total) for p in phases]
+    steps[-1] += num_steps - sum(steps)
+    return steps
+
+
 def init_phase(latent: torch.Tensor) -> int:
     """The first phase that can start from a latent of this shape (per target): 0 for W
     ``[w_dim]``, 1 for W+ ``[num_ws, w_dim]``, 2 for W++ ``[num_ws, K, w_dim]``."""
@@ -84,20 +93,15 @@ class RobustMethod(Method):
 
     @classmethod
     def steps(cls, cfg: ProjectorConfig) -> int:
-        return sum(cfg.robust.steps)
+        return cfg.num_steps
 
     @classmethod
     def budgeted(cls, cfg: ProjectorConfig, passes: int) -> ProjectorConfig:
-        """The phases scaled in proportion to ``passes`` (the rounding remainder goes to the last)."""
-        steps = cfg.robust.steps
-        total = sum(steps) or 1
-        scaled = [int(passes * s / total) for s in steps]
-        scaled[-1] += passes - sum(scaled)
-        return cfg.model_copy(update=dict(robust=cfg.robust.model_copy(update=dict(steps=scaled))))
+        return cfg.model_copy(update=dict(num_steps=passes))
 
     @classmethod
     def settings(cls, cfg: ProjectorConfig) -> Dict[str, Any]:
-        return dict(robust=cfg.robust.model_dump(), seed=cfg.seed, init=cfg.init)
+        return dict(robust=cfg.robust.model_dump(), num_steps=cfg.num_steps, seed=cfg.seed, init=cfg.init)
 
     def render(self, latent: torch.Tensor) -> torch.Tensor:
         """W ``[B, w_dim]``, W+ ``[B, num_ws, w_dim]`` or W++ ``[B, num_ws, K, w_dim]`` -> image in [0, 1]."""
@@ -113,6 +117,7 @@ class RobustRun(Run):
 
     def __init__(self, method: RobustMethod, targets, degradation, init):
         self.m, self.cfg, self.degradation = method, method.cfg.robust, degradation
+        steps = phase_steps(method.cfg.num_steps, self.cfg.phases)
         G, device = method.G, method.device
         self.batch = targets.shape[0]
         self.mask = None
@@ -131,7 +136,7 @@ class RobustRun(Run):
                                  f"{list(shapes[4])} for this generator, got {list(init.shape)}")
             first = init_phase(init[0])
         self.init = init
-        self.plan = [(PHASES[i], self.cfg.steps[i], self.cfg.learning_rates[i]) for i in range(first, len(PHASES))]
+        self.plan = [(PHASES[i], steps[i], self.cfg.learning_rates[i]) for i in range(first, len(PHASES))]
         self.ends_at = [sum(s for _, s, _ in self.plan[:k + 1]) for k in range(len(self.plan))]
         self.step, self.total = 0, self.ends_at[-1]
         lpips = method.perceptual

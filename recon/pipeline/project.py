@@ -125,23 +125,8 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     queue = WorkQueue(out_dir, runtime.lease_s)
     cls = method_class(cfg)
     steps = cls.steps(cfg)
-    models = None
     key = hashlib.sha256("|".join(fingerprints[f.name] for f in faces).encode()).hexdigest()
-    batch_size = queue.recorded(key, "batch_size")
-    if batch_size is None:
-        if runtime.batch_size == "auto" and device.startswith("cuda"):
-            models = load_models(files, device)     # to measure the batch that fits
-        batch_size = resolve_batch(runtime, device, *(models or ()))
-        if runtime.batch_size == "auto" and workers > 1:   # a batch for every worker, where the faces allow
-            batch_size = max(1, min(batch_size, -(-len(faces) // workers)))
-    batches = [faces[i:i + batch_size] for i in range(0, len(faces), batch_size)]
-    units = [Unit(f"batch{k:05d}", float(len(b) * steps), dict(faces=[f.name for f in b]))
-             for k, b in enumerate(batches)]
-    done_units = [u.id for u, b in zip(units, batches) if all(f.name in finished for f in b)]
-    batch_size = queue.open(key, units, dict(batch_size=batch_size), done=done_units)["batch_size"]
-    queue.reopen([u.id for u in queue.units if not set(u.data["faces"]) <= finished])
-    if not queue.all_done():
-        check_batch(batch_size, runtime.batch_size)
+    models = _plan(queue, key, faces, finished, runtime, device, files, steps, workers)
     by_name = {f.name: f for f in faces}
     todo = [n for n in by_name if n not in finished]
     if main and len(todo) < len(faces):
@@ -177,6 +162,30 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
         if snap_dir.is_dir() and not any(snap_dir.iterdir()):
             snap_dir.rmdir()
     return restored
+
+
+def _plan(queue: WorkQueue, key: str, faces: List[Target], finished: set, runtime: Runtime, device: str, files,
+          steps: int, workers: int):
+    """Open the stage's plan: batches cut once from the fixed order of the faces, with the batch
+    size recorded in the plan (or decided here when this worker makes it); units whose faces are
+    no longer all done are reopened. Returns the models if deciding the batch size loaded them."""
+    models = None
+    batch_size = queue.recorded(key, "batch_size")
+    if batch_size is None:
+        if runtime.batch_size == "auto" and device.startswith("cuda"):
+            models = load_models(files, device)     # to measure the batch that fits
+        batch_size = resolve_batch(runtime, device, *(models or ()))
+        if runtime.batch_size == "auto" and workers > 1:   # a batch for every worker, where the faces allow
+            batch_size = max(1, min(batch_size, -(-len(faces) // workers)))
+    batches = [faces[i:i + batch_size] for i in range(0, len(faces), batch_size)]
+    units = [Unit(f"batch{k:05d}", float(len(b) * steps), dict(faces=[f.name for f in b]))
+             for k, b in enumerate(batches)]
+    done_units = [u.id for u, b in zip(units, batches) if all(f.name in finished for f in b)]
+    batch_size = queue.open(key, units, dict(batch_size=batch_size), done=done_units)["batch_size"]
+    queue.reopen([u.id for u in queue.units if not set(u.data["faces"]) <= finished])
+    if not queue.all_done():
+        check_batch(batch_size, runtime.batch_size)
+    return models
 
 
 def _read_starts(mode, cfg, faces, paths, shapes) -> Dict[str, Optional[torch.Tensor]]:

@@ -78,20 +78,28 @@ class GrayscaleOp(_Model):
 
 class MaskOp(_Model):
     """Missing pixels (inpainting): a centred hole, random brush strokes (seeded per face), a mask
-    file beside the photo, or a painted colour."""
+    file beside the photo, or a painted colour. Both images are multiplied by the mask, as the
+    robust method's reference does (holes black); the robust loss fills them with fresh noise."""
     type: Literal["mask"] = "mask"
     source: Literal["center", "brush", "file", "color"] = "center"
     fraction: Annotated[float, Field(gt=0, lt=1)] = 0.4     # side of the centred hole / image side
     strokes: Annotated[int, Field(ge=1, le=64)] = 5         # source: brush (the benchmark's S level)
-    fill: Literal["noise", "gray"] = "noise"                # what missing pixels become in both images
     color: Annotated[List[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)] = [0, 255, 0]
     tolerance: Annotated[int, Field(ge=0, le=255)] = 8
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fill(cls, data):
+        if isinstance(data, dict) and "fill" in data:
+            raise ValueError(f"got fill {data['fill']!r}, which is gone: missing pixels are multiplied by the "
+                             "mask (black) in both images, as the reference does")
+        return data
+
 
 class DownsampleOp(_Model):
-    """Super-resolution operator: area-average by ``factor``, bilinear back up. ``filter`` is how
-    the *target* is made smaller (a real camera or resizer is rarely a box); the generated image
-    always goes through the box, as the robust method's reference does."""
+    """Super-resolution operator: the observation is ``factor`` times smaller (what a user has).
+    ``filter`` is how the *target* is made smaller (a real camera or resizer is rarely a box);
+    the generated image is reduced by area averaging, as the robust method's reference does."""
     type: Literal["downsample"] = "downsample"
     factor: Annotated[int, Field(ge=2)] = 4
     filter: Literal["box", "bilinear", "bicubic", "lanczos"] = "box"
@@ -173,13 +181,25 @@ def flatten_ops(op: Op) -> List[Op]:
     return [] if isinstance(op, NoneOp) else [op]
 
 
+def observed_size(ops: List[Op], resolution: int) -> int:
+    """The side of the observation that ``ops`` make of a ``resolution`` px image: a downsample
+    divides it (the observation is what a user has: small)."""
+    for op in ops:
+        if isinstance(op, DownsampleOp):
+            resolution //= op.factor
+    return resolution
+
+
 def check_op_fits(ops: List[Op], resolution: int) -> None:
-    """Refuse ops that cannot work on ``resolution`` px images (``ValueError`` naming the key)."""
+    """Refuse ops that cannot work on the images they get, ``resolution`` px at first (``ValueError``
+    naming the key); an op after a downsample works on the smaller image."""
     for op in ops:
         if isinstance(op, BlurOp) and op.kernel >= resolution:
             raise ValueError(f"kernel {op.kernel} is not smaller than the {resolution} px image")
-        if isinstance(op, DownsampleOp) and resolution % op.factor:
-            raise ValueError(f"factor {op.factor} does not divide the {resolution} px image")
+        if isinstance(op, DownsampleOp):
+            if resolution % op.factor:
+                raise ValueError(f"factor {op.factor} does not divide the {resolution} px image")
+            resolution //= op.factor
         if isinstance(op, JpegOp) and resolution % 16:
             raise ValueError(f"jpeg needs a multiple of 16 px (4:2:0 blocks), not {resolution} px")
 

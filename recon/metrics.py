@@ -84,8 +84,13 @@ class LPIPSMetric:
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
         import torch
 
+        from .model.perceptual import MIN_VGG_SIDE
+
         def t(img):
-            return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().to(self.device) / 255
+            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().to(self.device) / 255
+            if x.shape[-1] < MIN_VGG_SIDE:          # a small observation: VGG16 needs 32 px
+                x = torch.nn.functional.interpolate(x, size=(MIN_VGG_SIDE, MIN_VGG_SIDE), mode="bilinear")
+            return x
         with torch.no_grad():
             return float(self.lpips(t(a), t(b))[0])
 

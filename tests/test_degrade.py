@@ -10,9 +10,9 @@ from recon.model.perceptual import VGGFeatures, to_vgg_range
 from recon.restore.degrade import (
     Degradation,
     DegradationError,
+    apply_mask,
     centre_mask,
     downsample,
-    fill_missing,
     gaussian_blur,
     gaussian_kernel1d,
     grayscale,
@@ -51,13 +51,18 @@ def test_grayscale_luma_weights():
     assert torch.allclose(g, torch.full_like(g, 0.299 - 0.114))
 
 
-def test_downsample_keeps_size_and_low_frequencies():
+def test_downsample_observes_the_small_image():
+    """The observation is what a user has: factor times smaller, each pixel the mean of its block."""
     x = torch.linspace(-1, 1, 64).view(1, 1, 1, 64).repeat(1, 3, 64, 1)
     y = downsample(x, 4)
-    assert y.shape == x.shape
-    assert psnr_torch(y, x).item() > 35
+    assert y.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(y[0, 0, 0, 0], x[0, 0, :4, :4].mean())
     checker = (torch.arange(64).view(1, -1) + torch.arange(64).view(-1, 1)) % 2 * 2 - 1.0
     assert downsample(checker.view(1, 1, 64, 64).float(), 4).abs().max() < 1e-6
+    d = Degradation([{"type": "downsample", "factor": 4}, {"type": "mask"}], 64, masks=centre_mask(64, 0.5))
+    assert d.observed_size == 16 and d(x).shape == (1, 3, 16, 16) and d.known("cpu").shape == (1, 1, 16, 16)
+    # the mask applies at the small size, area-reduced: a 32 px hole is an 8 px one
+    assert (d(x)[0, 0] == -1).sum() == 64 and d.known("cpu").mean() == pytest.approx(0.75)
 
 
 def test_masks(tmp_path):
@@ -77,15 +82,18 @@ def test_masks(tmp_path):
     assert cm.sum().item() == 64 - 4 and cm[0, 0, 2, 2] == 0
 
 
-def test_mask_degradation_is_idempotent_and_shared_fill():
+def test_mask_degradation_multiplies_as_the_reference_does():
+    """Known pixels are kept, missing ones black (0 in [0, 1], -1 here) in both images."""
     m = centre_mask(32, 0.4)
-    d = Degradation([{"type": "mask", "fill": "noise"}], 32, masks=m, seed=3)
-    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    d = Degradation([{"type": "mask"}], 32, masks=m, seed=3)
+    a, b = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
     da, db = d(a), d(b)
     hole = m.expand_as(da) == 0
-    assert torch.equal(da[hole], db[hole])           # the hole carries no signal
+    assert torch.equal(da[hole], db[hole]) and (da[hole] == -1).all()   # the hole carries no signal
     torch.testing.assert_close(d(da), da)            # re-applying changes nothing
-    assert torch.equal(da[~hole], a[~hole])
+    torch.testing.assert_close(da[~hole], a[~hole])
+    with pytest.raises(DegradationError, match=r"got fill 'noise', which is gone: missing pixels are multiplied"):
+        Degradation([{"type": "mask", "fill": "noise"}], 32, masks=m)
 
 
 def test_chain_order_and_noise_only_on_target():
@@ -106,10 +114,10 @@ def test_chain_order_and_noise_only_on_target():
         Degradation([{"type": "downsample", "factor": 3}], 32)
 
 
-def test_fill_missing():
-    m = torch.tensor([[[[1.0, 0.0]]]])
-    out = fill_missing(torch.tensor([[[[5.0, 6.0]]]]), m, torch.tensor([[[[7.0, 8.0]]]]))
-    assert out.tolist() == [[[[5.0, 8.0]]]]
+def test_apply_mask():
+    m = torch.tensor([[[[1.0, 0.0, 0.5]]]])
+    out = apply_mask(torch.tensor([[[[0.5, 0.5, 1.0]]]]), m)           # in [0, 1]: x * m
+    assert out.tolist() == [[[[0.5, -1.0, 0.0]]]]
 
 
 class Recorder(torch.nn.Module):
@@ -141,8 +149,8 @@ def test_differentiable_ops_pass_gradcheck():
     assert torch.autograd.gradcheck(grayscale, (x,))
     assert torch.autograd.gradcheck(lambda t: downsample(t, 4), (x,))
     m = centre_mask(12, 0.5).double()
-    fill = torch.rand(1, 3, 12, 12, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda t: fill_missing(t, m, fill), (x,))
+    assert torch.autograd.gradcheck(lambda t: apply_mask(t, m), (x,))
+    assert torch.autograd.gradcheck(lambda t: apply_mask(downsample(t, 2), m), (x,))     # mask at 6 px
 
 
 def test_brush_masks_are_seeded_strokes():
@@ -164,5 +172,5 @@ def test_downsample_filters_for_targets():
     for f in ("bilinear", "bicubic", "lanczos"):
         d = Degradation([{"type": "downsample", "factor": 4, "filter": f}], 64)
         assert not torch.equal(d.target(x), d(x))
-        assert psnr_torch(d.target(x), d(x)).item() > 30, f
+        assert d(x).shape == (1, 3, 16, 16) and psnr_torch(d.target(x), d(x)).item() > 30, f
         torch.testing.assert_close(d(x), box(x))

@@ -47,7 +47,7 @@ def targets(G):
 
 @pytest.fixture(scope="module")
 def masked():
-    return Degradation([{"type": "mask", "fill": "noise"}], 32, masks=centre_mask(32, 0.4).repeat(3, 1, 1, 1))
+    return Degradation([{"type": "mask"}], 32, masks=centre_mask(32, 0.4).repeat(3, 1, 1, 1))
 
 
 class Interrupt(Exception):

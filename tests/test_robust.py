@@ -1,5 +1,6 @@
 """The robust method (W -> W+ -> W++, normalized gradient descent, multiscale loss) replays the
 reference code's recorded run on the tiny-a generator: ../shared/golden/robust-tiny-a."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,21 +23,19 @@ def standin_lpips(x, y):
 
 class Pool:
     """The fixture's degradation, 2x2 average pooling of the 32 px image to the 16 px observation,
-    as the restoration contract takes a degradation; with ``masks``, 1 = known, holes gray."""
+    as the restoration contract takes a degradation; with ``masks`` (1 = known, at the
+    observation's size) the holes are black, as the reference's masking makes them."""
     size, observed_size, stochastic = 32, 16, False
 
     def __init__(self, masks=None):
         self.masks = masks
 
-    @property
-    def has_mask(self):
-        return self.masks is not None
-
-    def fill(self, device):
-        return torch.zeros(1, 3, 16, 16, device=device)
+    def known(self, device):
+        return None if self.masks is None else self.masks.to(device)
 
     def __call__(self, x, draws=None):
-        return F.avg_pool2d(x, 2)
+        x = F.avg_pool2d(x, 2)
+        return x if self.masks is None else (x + 1) * self.masks - 1
 
 
 def robust(G, lpips, robust_cfg: RobustConfig, num_steps: int, **kw) -> RobustMethod:
@@ -162,7 +161,9 @@ def test_init_starts_the_phase_the_latent_belongs_to(golden_G, golden):
     assert (again.trajectory["W+"][0] - wp).norm(dim=-1).max() <= 0.02 + 1e-6    # one NGD step from it
     # from W: the same as a normal run started at that w
     w = golden_G.mapping.w_avg[None].float()
+    kept = w.clone()
     same = proj.restore(target, Pool(), init=w)[0]
+    assert torch.equal(w, kept)                     # the start is copied, never updated in place
     assert torch.equal(same.latents["wpp"], first.latents["wpp"])
     with pytest.raises(ValueError, match="init latent must be"):
         proj.restore(target, Pool(), init=torch.zeros(1, 3, 64))
@@ -190,3 +191,31 @@ def test_fixed_target_features_are_computed_once_with_the_same_result(golden_G, 
     assert torch.equal(got.latents["wpp"], ref.latents["wpp"]) and got.history == ref.history
     levels = 3                                            # 32, 16, 8 px
     assert calls.count(False) == levels and calls.count(True) == 4 * levels   # targets once, images every step
+
+
+def test_the_upsampling_case_through_the_pipelines_own_degradation(golden_G, golden):
+    """The fixture's 2x upsampling case (level XS) with the pipeline's DownsampleOp: its
+    observation is the 16 px image, the generated image is area-reduced to it, the loss's scales
+    follow it (16, 8, 4 px); the whole run equals the reference's (1e-4)."""
+    from recon.config import DownsampleOp
+    from recon.data.imageio import from_uint8, to_uint8
+    from recon.restore.degrade import Degradation
+    d = Degradation([DownsampleOp(factor=2, filter="bicubic")], 32)
+    assert d.observed_size == 16
+    proj = robust(golden_G, standin_lpips, RobustConfig(min_loss_res=2), num_steps=9)
+    (res,) = proj.restore(golden["target"] * 2 - 1, d, record=True)
+    torch.testing.assert_close(torch.tensor([h["loss"] for h in res.history]), golden["loss"], **TOL)
+    torch.testing.assert_close(torch.tensor([[h[f"term{k}"] for k in range(4)] for h in res.history]),
+                               golden["loss_terms"], **TOL)
+    K = golden_G.synthesis.max_channels
+    ref = golden["wpp_final"].reshape(1, golden_G.num_ws, 512, -1)[:, :, :K]
+    torch.testing.assert_close(res.latents["wpp"][None], ref, **TOL)
+    torch.testing.assert_close((res.image[None] + 1) / 2, golden["final_image"], **TOL)
+    torch.testing.assert_close((res.degraded[None] + 1) / 2, golden["final_degraded"], **TOL)
+    # and the pipeline makes the same 16 px target from the truth, up to 8-bit rounding (the
+    # reference truncates where recon rounds, and resizes the 8-bit image where recon resizes floats)
+    truth = golden["ground_truth"].clamp(0, 1) * 2 - 1
+    made = to_uint8(d.target(from_uint8(to_uint8(truth)[0])))[0]
+    assert made.shape == (16, 16, 3)
+    diff = np.abs(made.astype(int) - golden["target_uint8"].permute(1, 2, 0).numpy().astype(int))
+    assert diff.max() <= 3 and diff.mean() < 0.6, (diff.max(), diff.mean())

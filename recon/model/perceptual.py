@@ -23,11 +23,17 @@ from recon.errors import CheckpointError, MissingInputError, ProjectionError
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+MIN_VGG_SIDE = 32          # VGG16's five poolings need this many pixels
+
+
 def to_vgg_range(img: torch.Tensor) -> torch.Tensor:
-    """``[N, 3, H, W]`` in [-1, 1] -> [0, 255], area-resized to 256 px when larger."""
+    """``[N, 3, H, W]`` in [-1, 1] -> [0, 255], area-resized to 256 px when larger, and bilinearly
+    to 32 px when smaller (a small observation: VGG16 needs that many pixels)."""
     x = (img + 1) * (255 / 2)
     if x.shape[2] > 256:
         x = F.interpolate(x, size=(256, 256), mode="area")
+    elif x.shape[2] < MIN_VGG_SIDE:
+        x = F.interpolate(x, size=(MIN_VGG_SIDE, MIN_VGG_SIDE), mode="bilinear", align_corners=False)
     return x
 
 

@@ -99,7 +99,7 @@ def task_degradation(cell: Cell, R: int, seed: int, draw_seed: Optional[int] = N
         ops = [JpegOp(quality=JPEG_QUALITY[lv])]
     elif t == "inpaint_brush":
         ops = [MaskOp(source="brush", strokes=STROKES[lv])]
-        masks = (brush_mask(R, STROKES[lv], seed) > 0.5).float()
+        masks = brush_mask(R, STROKES[lv], seed)          # soft, as the reference's
     elif t == "inpaint_center":
         ops = [MaskOp(source="center", fraction=HOLE[lv])]
         masks = centre_mask(R, HOLE[lv])

@@ -63,7 +63,11 @@ def degrade_stage(mode: str, ops: Sequence[Op], faces: List[Face], out_dir, seed
             print(f"degrade {mode}: warning: {face.name} skipped: {exc}", file=sys.stderr, flush=True)
             skipped.append(dict(name=face.name, photo=face.photo, reason=str(exc)))
             continue
-        degraded = rgb if observed else to_uint8(d.target(from_uint8(rgb)))[0]
+        if observed:        # the photo as it is; an observation smaller than the face is its area average
+            degraded = rgb if d.observed_size == rgb.shape[0] else to_uint8(torch.nn.functional.interpolate(
+                from_uint8(rgb), size=(d.observed_size,) * 2, mode="area"))[0]
+        else:
+            degraded = to_uint8(d.target(from_uint8(rgb)))[0]
         save_png(out_dir / f"{face.name}.png", degraded)
         mask_name = None
         if mask is not None:

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from recon.config import ProjectorConfig, Runtime
+from recon.config import ProjectorConfig, Runtime, observed_size
 from recon.data.imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8
 from recon.errors import ParamsError
 from recon.model import load_models
@@ -30,6 +30,7 @@ from recon.model.checkpoint import read_config
 from recon.model.networks import latent_shapes
 from recon.model.weights import resolve_weights, sha256_of
 from recon.restore import make_method, method_class
+from recon.restore.degrade import parse_ops
 from recon.restore.method import snapshot_step, stack_starts
 from recon.restore.randomness import TorchRandom
 
@@ -59,12 +60,15 @@ class _Work:
     finished: set                              # faces whose receipt vouches for their result
 
     def image(self, face: Target) -> torch.Tensor:
-        """The face's target ``[1, 3, R, R]`` in [-1, 1], as its 8-bit file holds it."""
+        """The face's target ``[1, 3, h, h]`` in [-1, 1], as its 8-bit file holds it (``h``: the
+        observation's size, the generator's unless a downsample made it smaller)."""
         rgb, _ = load_photo(self.degraded_dir / face.degraded)
-        if rgb.shape[:2] != (self.R, self.R):
+        h = observed_size(parse_ops(self.targets.ops), self.R)
+        if rgb.shape[:2] != (h, h):
             raise PhotoError(f"{self.degraded_dir / face.degraded}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
-                             f"generator makes {self.R}x{self.R} (align faces at {self.R} px: align.resolution in "
-                             "params.yaml, --size of recon align)")
+                             f"generator makes {self.R}x{self.R}" + (f" and this mode observes {h}x{h}" if h != self.R
+                                                                    else "")
+                             + f" (align faces at {self.R} px: align.resolution in params.yaml, --size of recon align)")
         return from_uint8(rgb)
 
 

@@ -106,9 +106,14 @@ def score_mode(mode: str, degraded_dir: Path, projected_dir: Path, identity: boo
         generated, degraded = images["generated"], images["degraded"]
         if not scores.observed:
             original = images["original"]
-            m.update(psnr=psnr(generated, original), ssim=ssim(generated, original),
-                     psnr_degraded_input=psnr(degraded, original))
-        m["consistency_psnr"] = psnr(images["generated degraded"], degraded, None if hole is None else ~hole)
+            m.update(psnr=psnr(generated, original), ssim=ssim(generated, original))
+            if degraded.shape == original.shape:        # a smaller observation has no pixel-wise baseline
+                m["psnr_degraded_input"] = psnr(degraded, original)
+        known = None
+        if hole is not None:            # at the observation's size (smaller after a downsample)
+            small = Image.fromarray(hole).resize(degraded.shape[1::-1], Image.Resampling.NEAREST)
+            known = ~np.asarray(small)
+        m["consistency_psnr"] = psnr(images["generated degraded"], degraded, known)
         if hole is not None and not scores.observed:
             m["psnr_mask"] = psnr(generated, images["original"], hole)
         if "composited" in images and not scores.observed:

@@ -8,7 +8,7 @@ black = known**.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -26,6 +26,7 @@ from recon.config import (
     PoissonOp,
     check_op_fits,
     flatten_ops,
+    observed_size,
     parse_op,
 )
 from recon.errors import DegradationError
@@ -70,17 +71,15 @@ def grayscale(img: torch.Tensor) -> torch.Tensor:
 
 
 def downsample(img: torch.Tensor, factor: int, filter: str = "box") -> torch.Tensor:
-    """Super-resolution operator: shrink by ``factor`` (``box``: area average, differentiable; or
-    Pillow's antialiased ``bilinear``, ``bicubic``, ``lanczos``, for targets), then bilinear back to
-    the input size, so degraded images keep the generator's resolution. ``[N, C, H, W]`` -> same."""
+    """Super-resolution operator: shrink by ``factor`` (``box``: area average, differentiable, what
+    generated images get; or Pillow's antialiased ``bilinear``, ``bicubic``, ``lanczos``, for
+    targets). ``[N, C, H, W]`` -> ``[N, C, H / factor, W / factor]``."""
     if factor < 2 or img.shape[-1] % factor or img.shape[-2] % factor:
         raise DegradationError(f"downsample factor must be >= 2 and divide the {img.shape[-1]} px size, "
                                f"got {factor}")
     if filter == "box":
-        small = F.avg_pool2d(img, factor)
-    else:
-        small = _pil_resize(img, (img.shape[-1] // factor, img.shape[-2] // factor), filter)
-    return F.interpolate(small, size=img.shape[-2:], mode="bilinear", align_corners=False)
+        return F.avg_pool2d(img, factor)
+    return _pil_resize(img, (img.shape[-1] // factor, img.shape[-2] // factor), filter)
 
 
 def _pil_resize(img: torch.Tensor, size, filter: str) -> torch.Tensor:
@@ -181,10 +180,13 @@ def brush_mask(size: int, strokes: int, seed: int) -> torch.Tensor:
     return (1 - x).clamp(0, 1)
 
 
-def fill_missing(img: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    """Keep known pixels (mask 1) and replace missing ones (mask 0) by ``fill`` (same for both images
-    of a comparison, so the hole carries no signal)."""
-    return img * mask + fill * (1 - mask)
+def apply_mask(img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Multiply by the mask in [0, 1] terms, as the reference does: known pixels (1) kept, missing
+    ones (0) black. ``img`` in [-1, 1]; ``mask`` ``[N or 1, 1, h, w]``, area-resized to the image
+    when their sizes differ (a mask after a downsample)."""
+    if mask.shape[-1] != img.shape[-1]:
+        mask = F.interpolate(mask, size=img.shape[-2:], mode="area")
+    return (img + 1) * mask - 1
 
 
 def centre_mask(size: int, fraction: float) -> torch.Tensor:
@@ -252,7 +254,6 @@ class Degradation:
     size: int
     masks: Optional[torch.Tensor] = None     # [N or 1, 1, H, W], 1 = known
     seed: int = 0
-    _fill: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def __post_init__(self):
         self.ops = parse_ops(self.ops)
@@ -274,24 +275,21 @@ class Degradation:
 
     @property
     def observed_size(self) -> int:
-        """The side of the observation (a degraded image) in pixels."""
-        return self.size
+        """The side of the observation (a degraded image) in pixels: smaller after a downsample."""
+        return observed_size(self.ops, self.size)
+
+    def known(self, device) -> Optional[torch.Tensor]:
+        """The masks at the observation's size (area-resized), 1 = known; None without a mask."""
+        if self.masks is None or not self.has_mask:
+            return None
+        m = self.masks.to(device, torch.float32)
+        if m.shape[-1] != self.observed_size:
+            m = F.interpolate(m, size=(self.observed_size, self.observed_size), mode="area")
+        return m
 
     @property
     def has_mask(self) -> bool:
         return self.mask_op is not None
-
-    def fill(self, device, dtype=torch.float32) -> torch.Tensor:
-        """The values that missing pixels take in both images: fixed seeded noise, or mid-gray."""
-        op = self.mask_op
-        if op is None:
-            raise DegradationError("this degradation has no mask")
-        if op.fill == "gray":
-            return torch.zeros(1, 3, self.size, self.size, device=device, dtype=dtype)
-        if self._fill is None or self._fill.device != torch.device(device):
-            g = torch.Generator().manual_seed(self.seed + 7919)
-            self._fill = (torch.rand(1, 3, self.size, self.size, generator=g) * 2 - 1).to(device, dtype)
-        return self._fill
 
     @property
     def stochastic(self) -> bool:
@@ -315,7 +313,7 @@ class Degradation:
                 m = self.masks.to(x.device, x.dtype)
                 if batch_index is not None and m.shape[0] > 1:
                     m = m[batch_index]
-                x = fill_missing(x, m, self.fill(x.device, x.dtype))
+                x = apply_mask(x, m)
             elif isinstance(op, NoiseOp) and target:
                 # Noise is in the observation, not an operator on the estimate: target only.
                 # One seeded draw per image, so a target gets the same noise alone or in a batch.

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from recon.config import ProjectorConfig
 from recon.model.perceptual import VGGFeatures
 
-from .degrade import fill_missing
 from .method import Method, Run
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
@@ -189,8 +188,6 @@ class OfficialRun(Run):
         self.m, self.cfg, self.degradation, self.rngs = method, method.cfg, degradation, list(rngs)
         G, device, B = method.G, method.device, targets.shape[0]
         self.step, self.total = 0, self.cfg.num_steps
-        if degradation is not None and degradation.has_mask:
-            targets = fill_missing(targets, degradation.masks.to(device), degradation.fill(device))
         with torch.no_grad():
             self.target_features = method.perceptual(targets)
         self.space = method.space_at(0)

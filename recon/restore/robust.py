@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from recon.config import ProjectorConfig, RobustConfig
 from recon.model.perceptual import VGGLPIPS, FixedTargetLPIPS
 
-from .degrade import fill_missing
 from .method import Method, Run
 
 PHASES = ("W", "W+", "W++")
@@ -120,11 +119,9 @@ class RobustRun(Run):
         steps = phase_steps(method.cfg.num_steps, self.cfg.phases)
         G, device = method.G, method.device
         self.batch = targets.shape[0]
-        self.mask = None
-        if degradation is not None and degradation.has_mask:
-            # Holes take the degradation's fixed fill in both images; the loss adds fresh noise there.
-            self.mask = degradation.masks.to(device, torch.float32)
-            targets = fill_missing(targets, self.mask, degradation.fill(device))
+        # holes are black in both images (the degradation multiplies by the mask); the loss adds
+        # the same fresh noise to both there, at the observation's size
+        self.mask = degradation.known(device) if degradation is not None else None
         self.target = (targets + 1) / 2
         first = 0
         if init is not None:
@@ -160,7 +157,8 @@ class RobustRun(Run):
     def _open_next(self) -> None:
         self.k += 1
         start = self._param.detach() if self._param is not None else self.init
-        self._param = self._phase_start(self.plan[self.k][0], start).detach().requires_grad_(True)
+        # a copy: the steps update it in place, and the start may be the caller's tensor (or w_avg itself)
+        self._param = self._phase_start(self.plan[self.k][0], start).detach().clone().requires_grad_(True)
 
     @property
     def param(self) -> torch.Tensor:

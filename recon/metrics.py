@@ -21,6 +21,16 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: Optional[np.ndarray] = None) -> flo
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
+def at_size(img: np.ndarray, size: int) -> np.ndarray:
+    """``img`` (uint8 ``[h, w, 3]``) at ``size`` x ``size``: a smaller observation bicubic-upscaled,
+    the naive baseline a restoration of it is compared with; unchanged when already that size."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
+
+
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Mean SSIM of Wang et al. 2004 (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03), averaged
     over the RGB channels: scikit-image's ``structural_similarity`` with the paper's settings."""
@@ -87,7 +97,7 @@ class LPIPSMetric:
         from .model.perceptual import MIN_VGG_SIDE
 
         def t(img):
-            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().to(self.device) / 255
+            x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float().to(self.device) / 255
             if x.shape[-1] < MIN_VGG_SIDE:          # a small observation: VGG16 needs 32 px
                 x = torch.nn.functional.interpolate(x, size=(MIN_VGG_SIDE, MIN_VGG_SIDE), mode="bilinear")
             return x
@@ -105,8 +115,8 @@ GLOSSARY = {
               "face to the undegraded original; 0 = identical"),
     "lpips_consistency": ("consistency LPIPS", "", "lower", "LPIPS between the generated face degraded again and "
                           "the degraded target"),
-    "psnr_degraded_input": ("PSNR of the input", "dB", "higher", "the degraded target against the original: the "
-                            "baseline that a restoration should beat"),
+    "psnr_degraded_input": ("PSNR of the input", "dB", "higher", "the degraded target (bicubic-upscaled when "
+                            "smaller) against the original: the baseline that a restoration should beat"),
     "consistency_psnr": ("consistency PSNR", "dB", "higher", "the generated face degraded again against the "
                          "degraded target, over known pixels: how well the result explains what was observed"),
     "psnr_mask": ("PSNR in the hole", "dB", "higher", "PSNR against the original inside the missing region only"),

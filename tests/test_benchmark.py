@@ -56,24 +56,28 @@ def test_equal_budgets_count_generator_passes(models):
 def test_cells_are_scored_and_kept(models, tmp_path, monkeypatch):
     G, vgg, lpips = models
     p = parse_params({"align": {"resolution": 32}, "project": {"default": {"w_avg_samples": 200}},
-                      "benchmark": {"seeds": [0, 1], "tasks": ["inpaint_center", "noise"], "levels": ["M"],
+                      "benchmark": {"seeds": [0, 1], "tasks": ["inpaint_center", "noise", "upsample"], "levels": ["M"],
                                     "budget": 4, "identity": False,
                                     "methods": {"official": {}, "robust": {"method": "robust",
                                                                           "robust": {"min_loss_res": 4}}}}})
     methods = p.benchmark_methods()
     doc = run_benchmark(p.benchmark, methods, G, vgg, lpips, tmp_path / "b")
-    assert set(doc["table"]) == {"inpaint_center-M", "noise-M"}
+    assert set(doc["table"]) == {"inpaint_center-M", "noise-M", "upsample-M"}
     for cell in doc["table"].values():
         assert set(cell) == {"input", "official", "robust"}
         for name in ("official", "robust"):
             assert set(cell[name]) >= {"psnr", "ssim", "lpips", "seconds"} and cell[name]["identity"] is None
-    assert doc["headline"]["official"]["lpips_wins"] + doc["headline"]["robust"]["lpips_wins"] == 2
+    assert doc["headline"]["official"]["lpips_wins"] + doc["headline"]["robust"]["lpips_wins"] == 3
     # the input row scores the degraded target itself
     from recon.data.imageio import load_photo
-    from recon.metrics import psnr
+    from recon.metrics import at_size, psnr
     t, _ = load_photo(tmp_path / "b" / "noise-M" / "target" / "seed0001.png")
     g, _ = load_photo(tmp_path / "b" / "truth" / "seed0001.png")
     assert doc["cells"]["noise-M"]["input"]["per_seed"]["1"]["psnr"] == pytest.approx(psnr(t, g))
+    # a smaller observation (upsampling task) is scored bicubic-upscaled, the naive baseline
+    small, _ = load_photo(tmp_path / "b" / "upsample-M" / "target" / "seed0001.png")
+    assert small.shape[0] < g.shape[0]
+    assert doc["cells"]["upsample-M"]["input"]["per_seed"]["1"]["psnr"] == pytest.approx(psnr(at_size(small, 32), g))
 
     # a second run restores nothing and gives the same table; batching does not change results
     monkeypatch.setattr(Method, "restore", lambda *a, **k: pytest.fail("restored a finished cell"))

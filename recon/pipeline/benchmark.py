@@ -38,7 +38,7 @@ from recon.config import (
     Runtime,
 )
 from recon.data.imageio import from_uint8, save_png, to_uint8, write_json
-from recon.metrics import identity_distance, psnr, ssim
+from recon.metrics import at_size, identity_distance, psnr, ssim
 from recon.restore import make_method, method_class
 from recon.restore.degrade import Degradation, brush_mask, centre_mask
 from recon.restore.method import Method
@@ -232,8 +232,8 @@ def _results(cfg: BenchmarkConfig, names: List[str], methods_budgeted, truth, ta
     seeds = list(cfg.seeds)
     results: Dict[str, Dict[str, dict]] = {}
     for cell in targets:
-        results[cell] = {"input": dict(per_seed={s: score(targets[cell][s], truth[s], lpips, cfg.identity)
-                                                 for s in seeds})}
+        results[cell] = {"input": dict(per_seed={s: score(at_size(targets[cell][s], R), truth[s], lpips,
+                                                          cfg.identity) for s in seeds})}
         for name in names:
             receipt = json.loads((out_dir / cell / name / CELL_RECEIPT).read_text())
             results[cell][name] = {k: v for k, v in receipt.items() if k != "files"}

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from recon.data.imageio import load_photo
-from recon.metrics import GLOSSARY, identity_distance, psnr, ssim
+from recon.metrics import GLOSSARY, at_size, identity_distance, psnr, ssim
 from recon.pipeline.records import Target, Targets
 from recon.restore.composite import composite_for
 from recon.restore.degrade import parse_ops
@@ -107,8 +107,7 @@ def score_mode(mode: str, degraded_dir: Path, projected_dir: Path, identity: boo
         if not scores.observed:
             original = images["original"]
             m.update(psnr=psnr(generated, original), ssim=ssim(generated, original))
-            if degraded.shape == original.shape:        # a smaller observation has no pixel-wise baseline
-                m["psnr_degraded_input"] = psnr(degraded, original)
+            m["psnr_degraded_input"] = psnr(at_size(degraded, original.shape[0]), original)
         known = None
         if hole is not None:            # at the observation's size (smaller after a downsample)
             small = Image.fromarray(hole).resize(degraded.shape[1::-1], Image.Resampling.NEAREST)

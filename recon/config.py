@@ -273,6 +273,33 @@ class RobustConfig(_Model):
         return v
 
 
+class TuneConfig(_Model):
+    """The tuning phase (after the latent is found, for any method; off with ``steps: 0``): the
+    generator's convolution weights are fine-tuned per target so that the *degraded* generated
+    image matches the target (L2 + LPIPS, as pivotal tuning, Roich et al. 2022, does on clean
+    images), while a locality term keeps the generator's output unchanged at latents sampled
+    around the found one. The change is kept as one low-rank delta per layer and target (what is
+    stored, in float16)."""
+    steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 0
+    learning_rate: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 3e-4
+    locality_weight: NonNegFloat = 0.1        # PTI's lambda for its L2 and LPIPS locality terms
+    # nearby latents: the found one moved this fraction of the way toward a random face's w
+    locality_reach: Annotated[float, Field(gt=0, le=1)] = 0.25
+    rank: Annotated[int, Field(ge=1, le=64)] = 4
+
+    @property
+    def passes_per_step(self) -> int:
+        """Generator forward+backward passes per tuning step (the locality term is a second one)."""
+        return 2 if self.locality_weight > 0 else 1
+
+
+class SamplesConfig(_Model):
+    """Posterior samples: ``count`` restorations of each target from different starting points
+    (random faces' w at truncation ``truncation_psi`` around ``w_avg``, with their own noise)."""
+    count: Annotated[int, Field(ge=1, le=64)] = 1
+    truncation_psi: Annotated[float, Field(ge=0, le=1)] = 0.7
+
+
 LATENT_SPACES = ("w", "w+", "w->w+")
 
 
@@ -298,6 +325,9 @@ class ProjectorConfig(_Model):
     # & Lalonde (CVPR 2023) with its own settings below, fixed noise and a multiscale LPIPS loss
     method: str = "official"
     robust: RobustConfig = RobustConfig()
+    tune: TuneConfig = TuneConfig()
+    # samples: K restorations per target from random starts (an int is the count)
+    samples: SamplesConfig = SamplesConfig()
     # where the latent starts: w_avg, a latents.npz (one for every face), or another mode's
     # results (data/projected/<mode>/<face>/latents.npz), to refine them or restore from them
     init: Annotated[str, Field(min_length=1)] = "w_avg"
@@ -308,6 +338,18 @@ class ProjectorConfig(_Model):
         if v != "w_avg" and not v.endswith(".npz") and not MODE_NAME.match(v):
             raise ValueError(f"must be w_avg, a path to a latents.npz or a mode name, got {v!r}")
         return v
+
+    @field_validator("samples", mode="before")
+    @classmethod
+    def _samples_count(cls, v):
+        return {"count": v} if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _samples_start_alone(self):
+        if self.samples.count > 1 and self.init != "w_avg":
+            raise ValueError(f"samples.count {self.samples.count} draws its own starting points, so init must be "
+                             f"w_avg, got {self.init!r}")
+        return self
 
     @property
     def init_mode(self) -> Optional[str]:
@@ -447,6 +489,11 @@ def _quick(data: dict) -> dict:
         for key, section in project.items():
             if key not in PROJECT_SECTIONS and isinstance(section, dict) and isinstance(section.get("num_steps"), int):
                 section["num_steps"] = quick_steps(section["num_steps"])
+        for key, section in project.items():                # tuning steps too, where given
+            tune = section.get("tune") if isinstance(section, dict) else None
+            if key not in ("runtime", "starts") and isinstance(tune, dict) \
+                    and isinstance(tune.get("steps"), int) and tune["steps"] > 0:
+                tune["steps"] = quick_steps(tune["steps"])
     syn = data.setdefault("synthetic", {})
     if isinstance(syn, dict):
         steps = syn.get("num_steps", Synthetic().num_steps)

@@ -122,6 +122,12 @@ GLOSSARY = {
     "psnr_mask": ("PSNR in the hole", "dB", "higher", "PSNR against the original inside the missing region only"),
     "psnr_composited": ("composited PSNR", "dB", "higher", "PSNR of the result combined with what the input "
                         "knows (known pixels pasted back, or the input's luminance with the generated colour)"),
+    "psnr_samples_min": ("PSNR, worst sample", "dB", "higher", "the lowest PSNR against the original of the "
+                         "posterior samples: with the best, the spread of plausible restorations"),
+    "psnr_samples_max": ("PSNR, best sample", "dB", "higher", "the highest PSNR against the original of the "
+                         "posterior samples (which one is unknown without the original)"),
+    "uncertainty": ("uncertainty", "", "lower", "the per-pixel standard deviation of the posterior samples "
+                    "(range [-1, 1]), averaged over the image: how much the observation leaves open"),
     "identity": ("identity distance", "", "lower", "distance of dlib face embeddings of result and original; "
                  f"below {IDENTITY_THRESHOLD} dlib calls them the same person"),
 }

@@ -24,6 +24,13 @@ SETTINGS = {
 }
 
 
+# The tuning phase and posterior samples wrap any method: the same contract holds with them.
+VARIANTS = dict(SETTINGS, **{
+    "official+samples": dict(SETTINGS["official"], samples=2),
+    "robust+tune": dict(SETTINGS["robust"], tune=dict(steps=4, learning_rate=3e-3, locality_weight=0.5, rank=2)),
+})
+
+
 def test_every_registered_method_is_tested():
     assert set(SETTINGS) == set(METHODS)
 
@@ -54,17 +61,21 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", sorted(SETTINGS))
+@pytest.mark.parametrize("name", sorted(VARIANTS))
 class TestMethodContract:
     def method(self, G, vgg, name, **over):
-        cfg = ProjectorConfig(**dict(SETTINGS[name], **over))
+        cfg = ProjectorConfig(**dict(VARIANTS[name], **over))
         return make_method(G, vgg, cfg)
 
     def test_the_factory_makes_the_registered_class(self, G, vgg, name):
         m = self.method(G, vgg, name)
-        assert type(m) is method_class(name) and m.name == name
+        base = name.split("+")[0]
+        assert type(m) is method_class(base) and m.name == base
         cfg = m.cfg
-        assert method_class(name).steps(method_class(name).budgeted(cfg, 11)) == 11
+        assert method_class(base).steps(method_class(base).budgeted(cfg, 11)) == 11
+        # a budget of generator passes is shared by the samples and the tuning phase
+        within = method_class(base).within_budget(cfg, 24)
+        assert method_class(base).passes(within) <= 24 and method_class(base).passes(within) >= 20
 
     def test_batch_equals_single_runs(self, G, vgg, targets, masked, name):
         m = self.method(G, vgg, name, snapshot_every=0)
@@ -93,9 +104,10 @@ class TestMethodContract:
         m = self.method(G, vgg, name)
         whole = m.restore(targets[:2], names=["x", "y"], record=True)
         snap = tmp_path / "snap.pt"
-        for stop_at in (3, 6):              # a snapshot mid-phase and one near the end
+        total = method_class(m.cfg).total_steps(m.cfg)
+        for stop_at in [s for s in (3, 6, 9) if s < total]:     # mid-phase, near the end, in the tuning
 
-            def stop(step, images):
+            def stop(step, images, stop_at=stop_at):
                 assert images.shape == (2, 3, 32, 32)
                 if step == stop_at:
                     raise Interrupt
@@ -132,7 +144,8 @@ class TestMethodContract:
 
     def test_history_has_one_format(self, G, vgg, targets, name):
         (res,) = self.method(G, vgg, name, snapshot_every=0).restore(targets[:1])
-        steps = method_class(name).steps(self.method(G, vgg, name).cfg)
+        cfg = self.method(G, vgg, name).cfg
+        steps = method_class(cfg).total_steps(cfg)
         assert [h["step"] for h in res.history] == list(range(steps))
         assert list(res.history[0])[:4] == list(HISTORY_COLUMNS)
         assert {h["phase"] for h in res.history} >= {"W", "W+"}
@@ -141,7 +154,8 @@ class TestMethodContract:
     def test_save_and_load_round_trip(self, G, vgg, targets, name, tmp_path):
         (res,) = self.method(G, vgg, name, snapshot_every=0).restore(targets[:1], names=["f"])
         files = res.save(tmp_path / "f")
-        assert sorted(files) == sorted(p.name for p in (tmp_path / "f").iterdir())
+        assert sorted(files) == sorted(str(p.relative_to(tmp_path / "f")) for p in (tmp_path / "f").rglob("*")
+                                       if p.is_file())
         back = Restoration.load(tmp_path / "f")
         assert back.history == res.history and set(back.latents) == set(res.latents)
         assert all(torch.equal(back.latents[k], res.latents[k]) for k in res.latents)
@@ -158,5 +172,5 @@ class TestMethodContract:
             out = real(*args)
             return out * float("inf") if calls["n"] > 8 else out
         m.perceptual = exploding
-        with pytest.raises(ProjectionError, match=r"target face_a: non-finite loss at step \d+"):
+        with pytest.raises(ProjectionError, match=r"target face_a(, sample \d+)?: non-finite loss at step \d+"):
             m.restore(targets[:1], names=["face_a"], snapshot_path=tmp_path / "s.pt")

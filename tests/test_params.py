@@ -301,7 +301,9 @@ def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
     script = ("import sys, time\nfrom recon.runner import run\n"
               "def work():\n    print('ready', flush=True)\n    time.sleep(60)\n"
               "sys.exit(run('project blur', work))\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job has SIGINT ignored, and Python then keeps it ignored: restore it
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)

@@ -9,6 +9,7 @@ Value ranges: ``z`` is standard normal; ``ws`` is ``[N, num_ws, w_dim]``; images
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -85,6 +86,46 @@ class Conv2dLayer(nn.Module):
         return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
 
 
+# Per-target weight changes (the tuning phase): while :func:`per_target_weights` is active, a
+# layer's weight is its own plus that target's delta, ``[N, O, I, k, k]``.
+_WEIGHT_DELTAS: Dict[nn.Module, List[torch.Tensor]] = {}
+
+
+def layer_weight(layer: nn.Module) -> torch.Tensor:
+    deltas = _WEIGHT_DELTAS.get(layer)
+    weight = layer.get_parameter("weight")
+    return weight if not deltas else weight[None] + sum(deltas)
+
+
+@contextlib.contextmanager
+def per_target_weights(synthesis: nn.Module, deltas: Dict[str, torch.Tensor]):
+    """Within the block, the modulated layers of ``synthesis`` named in ``deltas`` (their module
+    names, ``b8.conv0``, ``b8.torgb``, ...) add that target's delta ``[N, O, I, k, k]`` to their
+    weight (each sample of a batch its own; the fused convolution path). Nested blocks add up."""
+    modules = dict(synthesis.named_modules())
+    unknown = sorted(set(deltas) - set(modules))
+    if unknown:
+        raise KeyError(f"no such layers in the synthesis network: {', '.join(unknown)}")
+    added = [(modules[name], d) for name, d in deltas.items()]
+    for m, d in added:
+        shape = tuple(m.get_parameter("weight").shape)
+        if tuple(d.shape[1:]) != shape:
+            raise ValueError(f"weight delta for a {shape} weight has shape {tuple(d.shape)}")
+        _WEIGHT_DELTAS.setdefault(m, []).append(d)
+    try:
+        yield
+    finally:
+        for m, _ in added:
+            _WEIGHT_DELTAS[m].pop()
+            if not _WEIGHT_DELTAS[m]:
+                del _WEIGHT_DELTAS[m]
+
+
+def modulated_layers(synthesis: nn.Module) -> Dict[str, nn.Module]:
+    """The synthesis network's modulated convolutions by module name (what tuning changes)."""
+    return {name: m for name, m in synthesis.named_modules() if isinstance(m, (SynthesisLayer, ToRGBLayer))}
+
+
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 convolution (optionally 2x upsampling), per-pixel noise, bias, lrelu, clamp."""
     resample_filter: torch.Tensor
@@ -124,7 +165,7 @@ class SynthesisLayer(nn.Module):
         if self.use_noise and noise_mode == "const":
             noise = (self.noise_const if noise_input is None else noise_input) * self.noise_strength
         # Upsampling uses a transposed convolution, which flips the kernel itself.
-        x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
+        x = modulated_conv2d(x, layer_weight(self), styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=(self.up == 1),
                              fused_modconv=fused_modconv)
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
@@ -147,7 +188,7 @@ class ToRGBLayer(nn.Module):
         styles = self.affine(w) * self.weight_gain
         if styles.ndim == 3:        # per-filter styles (W++): the first rows of the shared block
             styles = styles[:, :self.weight.shape[0]]
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
+        x = modulated_conv2d(x, layer_weight(self), styles, demodulate=False, fused_modconv=fused_modconv)
         return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
 

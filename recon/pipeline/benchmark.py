@@ -116,7 +116,7 @@ def task_degradation(cell: Cell, R: int, seed: int, draw_seed: Optional[int] = N
 
 def budgeted(cfg: ProjectorConfig, budget: int) -> ProjectorConfig:
     """A method's settings with ``budget`` generator forward+backward passes per target, no snapshots."""
-    return method_class(cfg).budgeted(cfg, budget).model_copy(update=dict(snapshot_every=0))
+    return method_class(cfg).within_budget(cfg, budget).model_copy(update=dict(snapshot_every=0))
 
 
 def score(result: np.ndarray, truth: np.ndarray, lpips, identity: bool) -> Dict[str, float]:
@@ -133,6 +133,7 @@ def _fingerprint(*parts) -> str:
 
 
 CELL_RECEIPT = "cell.json"
+MEAN_ROW = " mean"          # a samples method's second row: the per-pixel mean of its samples
 
 
 def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, vgg, lpips, out_dir,
@@ -186,7 +187,9 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
         for s in seeds:
             save_png(cdir / "target" / f"seed{s:04d}.png", targets[cell.name][s])
         method = made.get(name) or made.setdefault(name, make_method(G, vgg, mcfg))
-        per_seed, seconds = {}, 0.0
+        per_seed: Dict[int, dict] = {}
+        per_seed_mean: Dict[int, dict] = {}
+        seconds = 0.0
         for i in range(0, len(seeds), batch):
             chunk = seeds[i:i + batch]
             ds = [task_degradation(cell, R, s, draw_seed=0) for s in chunk]
@@ -202,9 +205,15 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
                 img = to_uint8(res.image[None])[0]
                 save_png(cdir / name / f"seed{s:04d}.png", img)
                 per_seed[s] = score(img, truth[s], lpips, cfg.identity)
-        record = dict(fingerprint=fingerprints[cell.name, name], method=name, passes=cfg.budget,
-                      seconds_per_restoration=seconds / len(seeds), per_seed=per_seed)
-        write_receipt(cdir / name, CELL_RECEIPT, _finite(record), [f"seed{s:04d}.png" for s in seeds])
+                if res.samples is not None:          # the samples' mean is scored as a row of its own
+                    mean = to_uint8(res.samples.mean[None])[0]
+                    save_png(cdir / name / f"seed{s:04d}_mean.png", mean)
+                    per_seed_mean[s] = score(mean, truth[s], lpips, cfg.identity)
+        record = dict(fingerprint=fingerprints[cell.name, name], method=name,
+                      passes=method_class(mcfg).passes(mcfg), seconds_per_restoration=seconds / len(seeds),
+                      per_seed=per_seed, **(dict(per_seed_mean=per_seed_mean) if per_seed_mean else {}))
+        write_receipt(cdir / name, CELL_RECEIPT, _finite(record),
+                      [f"seed{s:04d}{suffix}.png" for s in seeds for suffix in ("", "_mean")[:1 + bool(per_seed_mean)]])
         progress.item_done(f"{cell.name} {name} done")
     drive(queue, do, wait=wait, on_poll=progress.update)
     progress.close()
@@ -236,10 +245,13 @@ def _results(cfg: BenchmarkConfig, names: List[str], methods_budgeted, truth, ta
                                                           cfg.identity) for s in seeds})}
         for name in names:
             receipt = json.loads((out_dir / cell / name / CELL_RECEIPT).read_text())
-            results[cell][name] = {k: v for k, v in receipt.items() if k != "files"}
-    summary = summarize(results, names)
+            results[cell][name] = {k: v for k, v in receipt.items() if k not in ("files", "per_seed_mean")}
+            if "per_seed_mean" in receipt:
+                results[cell][f"{name}{MEAN_ROW}"] = dict(results[cell][name], per_seed=receipt["per_seed_mean"])
+    rows = [r for n in names for r in (n, f"{n}{MEAN_ROW}") if r in next(iter(results.values()), {})]
+    summary = summarize(results, rows)
     doc = dict(seeds=seeds, truncation_psi=cfg.truncation_psi, budget=cfg.budget, resolution=R,
-               methods={n: m.model_dump() for n, m in methods_budgeted.items()}, cells=results, **summary)
+               methods={n: m.model_dump() for n, m in methods_budgeted.items()}, rows=rows, cells=results, **summary)
     write_json(out_dir / "results.json", _finite(doc))
     return json.loads(json.dumps(_finite(doc)))
 

@@ -39,7 +39,7 @@ from .degrade import degradation_for
 from .progress import StageProgress, slow_settings_warning
 from .records import OTHER_SETTINGS, Target, Targets, check_receipt, write_receipt
 from .runtime import resolve_batch
-from .starts import init_path, read_init, require_init
+from .starts import init_path, read_init, read_tuning, require_init
 from .units import Unit, WorkQueue, check_batch, drive
 
 RECEIPT = "done.json"
@@ -56,6 +56,7 @@ class _Work:
     degraded_dir: Path
     R: int
     starts: Dict[str, Optional[torch.Tensor]]  # face -> starting latent, or None (w_avg)
+    tunings: Dict[str, Optional[dict]]         # face -> the tuning its starting latent was found with
     fingerprints: Dict[str, str]
     finished: set                              # faces whose receipt vouches for their result
 
@@ -119,8 +120,8 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     fingerprints = {f.name: face_fingerprint(cfg, targets, f, degraded_dir, files.digest, start_paths[f.name])
                     for f in faces}
     finished = finished_faces(mode, faces, out_dir, fingerprints, replace, say=main)
-    work = _Work(targets, degraded_dir, R, _read_starts(mode, cfg, faces, start_paths, latent_shapes(G_config)),
-                 fingerprints, finished)
+    starts, tunings = _read_starts(mode, cfg, faces, start_paths, latent_shapes(G_config))
+    work = _Work(targets, degraded_dir, R, starts, tunings, fingerprints, finished)
     for face in faces:                          # every target readable and the right size, before any work
         if face.name not in finished:
             work.image(face)
@@ -128,7 +129,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     out_dir.mkdir(parents=True, exist_ok=True)
     queue = WorkQueue(out_dir, runtime.lease_s)
     cls = method_class(cfg)
-    steps = cls.steps(cfg)
+    steps = cls.total_steps(cfg)
     key = hashlib.sha256("|".join(fingerprints[f.name] for f in faces).encode()).hexdigest()
     models = _plan(queue, key, faces, finished, runtime, device, files, steps, workers)
     by_name = {f.name: f for f in faces}
@@ -192,13 +193,15 @@ def _plan(queue: WorkQueue, key: str, faces: List[Target], finished: set, runtim
     return models
 
 
-def _read_starts(mode, cfg, faces, paths, shapes) -> Dict[str, Optional[torch.Tensor]]:
-    """Every face's starting latent, refused (naming the file and the keys) if it cannot be used."""
+def _read_starts(mode, cfg, faces, paths, shapes):
+    """Every face's starting latent and the tuning it was found with (None: w_avg, untuned),
+    refused (naming the file and the keys) if they cannot be used."""
     cls = method_class(cfg)
     latents: Dict[str, Optional[torch.Tensor]] = {}
+    tunings: Dict[str, Optional[dict]] = {}
     for face in faces:
         path = paths[face.name]
-        latents[face.name] = None
+        latents[face.name] = tunings[face.name] = None
         if path is not None:
             require_init(path, mode)
             latent = latents[face.name] = read_init(path, cls.init_keys, shapes, mode)
@@ -206,7 +209,8 @@ def _read_starts(mode, cfg, faces, paths, shapes) -> Dict[str, Optional[torch.Te
             if problem:
                 raise ParamsError(f"{path}: {problem} (params.yaml: project.{mode}.init and "
                                   f"project.{mode}.latent_space)")
-    return latents
+            tunings[face.name] = read_tuning(path, mode)
+    return latents, tunings
 
 
 def finished_faces(mode: str, faces: List[Target], out_dir: Path, fingerprints: Dict[str, str], replace: bool,
@@ -267,8 +271,9 @@ def _restore_batch(mode, method, work: _Work, batch: List[Target], out_dir: Path
 
     results = method.restore(torch.cat([images[n] for n in names]), d, names=names,
                              rngs=[TorchRandom(method.cfg.seed) for _ in batch], init=init, snapshot_path=snap,
-                             on_snapshot=save_progress,
-                             on_step=progress.track(len(todo), method_class(method.cfg).steps(method.cfg), start_step))
+                             on_snapshot=save_progress, init_tuning=[work.tunings[n] for n in names],
+                             on_step=progress.track(len(todo), method_class(method.cfg).total_steps(method.cfg),
+                                                    start_step))
     for face, res in zip(batch, results):
         if face.name in work.finished:
             continue

@@ -84,3 +84,28 @@ def read_init(path: Path, order: Sequence[str], shapes: dict, mode: str = "<mode
     if latent.ndim == 2 and torch.equal(latent, latent[:1].expand_as(latent)):
         latent = latent[0]
     return latent
+
+
+def read_tuning(path: Path, mode: str = "<mode>") -> Optional[dict]:
+    """The tuning a starting latent was found with (``tune/<layer>.a`` and ``.b`` arrays of its
+    ``latents.npz``, :mod:`recon.restore.tune`), or None when it holds none; refused, naming the
+    file, when one is not a finite 2-D float array. Whether they fit the generator is checked
+    when the batch starts."""
+    from recon.restore.tune import FACTOR_PREFIX, factors_from_latents
+
+    key = f"params.yaml: project.{mode}.init"
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for name in z.files:
+                if name.startswith(FACTOR_PREFIX):
+                    x = z[name]
+                    if x.dtype.kind != "f" or x.ndim != 2 or not np.isfinite(x).all():
+                        raise ParamsError(f"{path}: {name} must be a finite 2-D float array, got {x.dtype} "
+                                          f"{list(x.shape)} ({key})")
+                    arrays[name] = torch.from_numpy(x.astype(np.float32))
+    except ParamsError:
+        raise
+    except Exception as exc:
+        raise ParamsError(f"{path}: not a readable latents.npz ({type(exc).__name__}: {exc}) ({key})") from None
+    return factors_from_latents(arrays) if arrays else None

@@ -94,7 +94,7 @@ def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weigh
         cfg = cfgs[unit.id]
         folder = out_dir / unit.id
         shutil.rmtree(folder, ignore_errors=True)
-        steps = method_class(cfg).steps(cfg)
+        steps = method_class(cfg).total_steps(cfg)
         results = make_method(m["G"], m["vgg"], cfg).restore(m["targets"], names=names,
                                                              rngs=[TorchRandom(cfg.seed) for _ in seeds],
                                                              on_step=progress.track(1, steps))

@@ -25,6 +25,8 @@ from PIL import Image
 from recon.data.align import paste_back
 from recon.data.imageio import load_photo, write_atomic
 from recon.metrics import GLOSSARY
+from recon.pipeline.benchmark import MEAN_ROW
+from recon.restore.method import UNCERTAINTY_FULL_SCALE
 
 from .scores import ModeScores, best_lpips, score_mode, score_synthetic
 
@@ -112,7 +114,8 @@ def describe_ops(ops) -> str:
 
 
 ROLE_HEADS = {"original": "Original", "degraded": "Original degraded", "generated": "Generated",
-              "generated degraded": "Generated degraded"}
+              "generated degraded": "Generated degraded", "samples mean": "Mean of the samples",
+              "uncertainty": f"Uncertainty (samples' std; white = {UNCERTAINTY_FULL_SCALE:g})"}
 
 
 def mode_section(s: ModeScores, raw_dir: Path) -> str:
@@ -212,7 +215,7 @@ def benchmark_section(bench_dir: Path):
     import matplotlib.pyplot as plt
 
     res = json.loads((bench_dir / "results.json").read_text())
-    methods = list(res["methods"])
+    methods = list(res.get("rows", res["methods"]))    # a samples method has a second row, its mean
     table, headline = res["table"], res["headline"]
     cols = ("psnr", "ssim", "lpips", "identity")
     present = [c for c in cols if any(c in v for t in table.values() for v in t.values())]
@@ -234,7 +237,8 @@ def benchmark_section(bench_dir: Path):
         rows.append(f"<tr><th>{html.escape(cell)}</th>{''.join(tds)}</tr>")
         imgs = [(bench_dir / "truth" / f"{seed0}.png", "truth"),
                 (bench_dir / cell / "target" / f"{seed0}.png", "input")]
-        imgs += [(bench_dir / cell / n / f"{seed0}.png", n) for n in methods]
+        imgs += [(bench_dir / cell / n.removesuffix(MEAN_ROW) / f"{seed0}{'_mean' if n.endswith(MEAN_ROW) else ''}.png",
+                  n) for n in methods]
         figs = "".join(f"<figure>{_img_tag(load_photo(p)[0], t, 96)}<figcaption>{html.escape(t)}</figcaption></figure>"
                        for p, t in imgs if p.is_file())
         strips.append(f"<tr><th>{html.escape(cell)}</th><td class=imgs>{figs}</td></tr>")
@@ -257,7 +261,15 @@ def benchmark_section(bench_dir: Path):
             f"{res['resolution']} px), degraded per task and level, restored by each method with the same budget of "
             f"{res['budget']} generator forward+backward passes per face; scores against the sampled truth, mean "
             "over faces (<i>input</i>: the degraded input itself). The best LPIPS of each row is marked; "
-            "<i>s</i>: seconds per restoration on the machine that ran it.</p>",
+            "<i>s</i>: seconds per restoration on the machine that ran it. Posterior samples share the budget "
+            "(each of K samples gets 1/K of it); their row is the sample that agrees best with the observation, "
+            "<i>mean</i> the per-pixel mean of the samples. A tuning phase's passes count in the budget.</p>",
+            "<p>What these rows can show depends on the generator: the truth is sampled from it, so they measure "
+            "how well each method recovers a face the generator can make from what the degradation left. With a "
+            "published FFHQ network that includes face quality and identity; with a test generator (random "
+            "weights, as in recon's tests and a first quick run on one) they show behaviour only (which method "
+            "gets closer to a known truth at a given cost), not how faces look, and identity distances mean "
+            "nothing there.</p>",
             f"<table><tr><th>mean over rows</th>{''.join(f'<th>{GLOSSARY[c][0]}</th>' for c in present)}"
             f"<th>rows won (LPIPS)</th></tr>{means}</table>",
             f"<div class=wide><table><tr><th rowspan=2>task</th>{head}</tr><tr>{sub}</tr>", *rows, "</table></div>",

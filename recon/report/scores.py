@@ -77,6 +77,9 @@ class ModeScores:
         for p in sorted(face.folder.glob("image_*.png")):
             out[f"after {p.stem[len('image_'):]}"] = load_photo(p)[0]
         out["generated"] = load_photo(face.folder / "image.png")[0]
+        if (face.folder / "uncertainty.png").is_file():          # posterior samples
+            out["samples mean"] = load_photo(face.folder / "mean.png")[0]
+            out["uncertainty"] = load_photo(face.folder / "uncertainty.png")[0]
         out["generated degraded"] = load_photo(face.folder / "degraded.png")[0]
         if self.composite is not None:
             out["composited"] = self.composite[1](out["generated"], out["degraded"], self.hole(face))
@@ -115,6 +118,12 @@ def score_mode(mode: str, degraded_dir: Path, projected_dir: Path, identity: boo
         m["consistency_psnr"] = psnr(images["generated degraded"], degraded, known)
         if hole is not None and not scores.observed:
             m["psnr_mask"] = psnr(generated, images["original"], hole)
+        samples = sorted((folder / "samples").glob("sample*.png"))
+        if samples:
+            m["uncertainty"] = json.loads((folder / "samples.json").read_text())["mean_std"]
+            if not scores.observed:
+                each = [psnr(load_photo(p)[0], images["original"]) for p in samples]
+                m.update(psnr_samples_min=min(each), psnr_samples_max=max(each))
         if "composited" in images and not scores.observed:
             m["psnr_composited"] = psnr(images["composited"], images["original"])
         if lpips is not None:

@@ -28,7 +28,11 @@ def make_method(G, vgg, cfg: "ProjectorConfig", compile: bool = False) -> "Metho
     ``compile``: ``torch.compile`` its step where the method supports it."""
     cls = method_class(cfg)
     kwargs = dict(compile=compile) if cls.compilable else {}
-    return cls(G, cls.perceptual_from_vgg(vgg), cfg, **kwargs)
+    method = cls(G, cls.perceptual_from_vgg(vgg), cfg, **kwargs)
+    if cfg.tune.steps:
+        from recon.model.perceptual import VGGFeatures
+        method.tune_features = VGGFeatures(vgg)
+    return method
 
 
 __all__ = ["METHODS", "make_method", "method_class"]

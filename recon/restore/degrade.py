@@ -269,6 +269,13 @@ class Degradation:
         if self.masks is not None and self.masks.shape[-1] != self.size:
             raise DegradationError(f"mask is {self.masks.shape[-1]} px, images are {self.size} px")
 
+    def repeated(self, times: int) -> "Degradation":
+        """The same degradation for a batch with every target repeated ``times`` times in a row
+        (each target's mask with it)."""
+        if self.masks is None or self.masks.shape[0] == 1:
+            return self
+        return Degradation(self.ops, self.size, masks=self.masks.repeat_interleave(times, 0), seed=self.seed)
+
     @property
     def mask_op(self) -> Optional[MaskOp]:
         return next((op for op in self.ops if isinstance(op, MaskOp)), None)

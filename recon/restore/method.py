@@ -63,17 +63,21 @@ class Restoration:
     history: List[dict]
     phase_images: Dict[str, torch.Tensor] = field(default_factory=dict)
     trajectory: Dict[str, List[torch.Tensor]] = field(default_factory=dict)
+    samples: Optional["Samples"] = None
 
     def save(self, out_dir) -> List[str]:
         """Write ``image.png``, ``degraded.png``, ``image_<phase>.png``, ``latents.npz`` and
-        ``loss.csv`` (each atomically); returns the names of the files written."""
+        ``loss.csv`` (each atomically), and the posterior samples' files when there are samples
+        (:meth:`Samples.save`); returns the names of the files written."""
         out = Path(out_dir)
         files = {"image.png": self.image, "degraded.png": self.degraded}
         files.update({f"image_{phase}.png": img for phase, img in self.phase_images.items()})
         for name, img in files.items():
             save_png(out / name, to_uint8(img[None])[0])
         save_npz(out / "latents.npz", {k: v.detach().cpu().numpy() for k, v in self.latents.items()})
-        columns = list(HISTORY_COLUMNS) + [k for k in self.history[0] if k not in HISTORY_COLUMNS]
+        columns = list(HISTORY_COLUMNS)
+        for row in self.history:            # a tuning phase adds its own terms after the method's
+            columns += [k for k in row if k not in columns]
 
         def write_csv(tmp):
             with open(tmp, "w", newline="") as f:
@@ -81,7 +85,8 @@ class Restoration:
                 writer.writeheader()
                 writer.writerows(self.history)
         write_atomic(out / "loss.csv", write_csv)
-        return [*files, "latents.npz", "loss.csv"]
+        extra = self.samples.save(out) if self.samples is not None else []
+        return [*files, "latents.npz", "loss.csv", *extra]
 
     @classmethod
     def load(cls, out_dir) -> "Restoration":
@@ -93,10 +98,52 @@ class Restoration:
         with np.load(out / "latents.npz", allow_pickle=False) as z:
             latents = {k: torch.from_numpy(z[k]) for k in z.files}
         with open(out / "loss.csv", newline="") as f:
-            history = [{k: (v if k == "phase" else int(v) if k == "step" else float(v)) for k, v in row.items()}
-                       for row in csv.DictReader(f)]
+            history = [{k: (v if k == "phase" else int(v) if k == "step" else float(v)) for k, v in row.items()
+                        if v != ""} for row in csv.DictReader(f)]
         phases = {p.stem[len("image_"):]: image(p.name) for p in sorted(out.glob("image_*.png"))}
         return cls(out.name, image("image.png"), image("degraded.png"), latents, history, phases)
+
+
+UNCERTAINTY_FULL_SCALE = 0.25     # a per-pixel std of this much of the [-1, 1] range is white
+
+
+@dataclass
+class Samples:
+    """Posterior samples of one target: ``images [K, 3, R, R]`` in [-1, 1], each sample's final
+    distance to the observation ``dist [K]`` (the method's own), and ``best``, the sample that
+    agrees best with the observation (the restoration's image)."""
+    images: torch.Tensor
+    dist: List[float]
+    best: int
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.images.mean(dim=0)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Per-pixel standard deviation over the samples, averaged over channels: ``[R, R]``."""
+        return self.images.std(dim=0, unbiased=False).mean(dim=0)
+
+    def uncertainty_png(self) -> np.ndarray:
+        """The std map as an 8-bit gray image, on a fixed scale (white = :data:`UNCERTAINTY_FULL_SCALE`),
+        so that maps of different faces and runs compare."""
+        v = (self.std / UNCERTAINTY_FULL_SCALE).clamp(0, 1)
+        return (v * 255 + 0.5).to(torch.uint8)[..., None].repeat(1, 1, 3).numpy()
+
+    def save(self, out: Path) -> List[str]:
+        """``samples/sample<k>.png``, ``mean.png``, ``uncertainty.png`` and ``samples.json``."""
+        names = []
+        for k, img in enumerate(self.images):
+            names.append(f"samples/sample{k:02d}.png")
+            save_png(out / names[-1], to_uint8(img[None])[0])
+        save_png(out / "mean.png", to_uint8(self.mean[None])[0])
+        save_png(out / "uncertainty.png", self.uncertainty_png())
+        from recon.data.imageio import write_json
+        write_json(out / "samples.json", dict(count=len(self.dist), best=self.best, dist=self.dist,
+                                              mean_std=float(self.std.mean()),
+                                              uncertainty_full_scale=UNCERTAINTY_FULL_SCALE))
+        return [*names, "mean.png", "uncertainty.png", "samples.json"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,8 +166,15 @@ class Run(ABC):
         """The current latents ``[B, ...]`` (what a recorded trajectory holds)."""
 
     @abstractmethod
+    def synthesize(self, latent: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, R, R]`` in [-1, 1] of latents shaped as :meth:`latent`'s, with
+        everything else the run holds (noise maps) as it is; differentiable in the generator's
+        weights (what the tuning phase changes)."""
+
+    @torch.no_grad()
     def render(self) -> torch.Tensor:
         """The current images ``[B, 3, R, R]`` in [-1, 1] (no gradient)."""
+        return self.synthesize(self.latent())
 
     @abstractmethod
     def state_dict(self) -> Dict[str, Any]:
@@ -143,6 +197,8 @@ class Method(ABC):
     name: ClassVar[str]
     init_keys: ClassVar[Tuple[str, ...]]
     compilable: ClassVar[bool] = False
+    # the tuning phase's LPIPS features (img [-1, 1] -> [B, D]); make_method sets it when tuning
+    tune_features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def __init__(self, G, perceptual: Callable, cfg: ProjectorConfig):
         self.G, self.perceptual, self.cfg = G, perceptual, cfg
@@ -178,7 +234,34 @@ class Method(ABC):
     @classmethod
     def fingerprint(cls, cfg: ProjectorConfig) -> str:
         keep = dict(cls.settings(cfg), method=cls.name)
+        if cfg.tune.steps:              # absent when off: untuned results keep their fingerprints
+            keep["tune"] = cfg.tune.model_dump()
+        if cfg.samples.count > 1:
+            keep["samples"] = cfg.samples.model_dump()
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def total_steps(cls, cfg: ProjectorConfig) -> int:
+        """Steps of one restoration, the tuning phase's included (what a progress bar counts)."""
+        return cls.steps(cfg) + cfg.tune.steps
+
+    @classmethod
+    def passes(cls, cfg: ProjectorConfig) -> int:
+        """Generator forward+backward passes per target: every sample's steps and tuning steps."""
+        return (cls.steps(cfg) + cfg.tune.steps * cfg.tune.passes_per_step) * cfg.samples.count
+
+    @classmethod
+    def within_budget(cls, cfg: ProjectorConfig, passes: int) -> ProjectorConfig:
+        """``cfg`` with at most ``passes`` generator passes per target: shared by the samples, and
+        by the method and the tuning phase in the proportion ``cfg`` gives them."""
+        per_sample = max(1, passes // cfg.samples.count)
+        tune = cfg.tune
+        if tune.steps:
+            share = tune.steps * tune.passes_per_step / (cls.steps(cfg) + tune.steps * tune.passes_per_step)
+            tune_steps = max(1, round(per_sample * share / tune.passes_per_step))
+            per_sample = max(1, per_sample - tune_steps * tune.passes_per_step)
+            cfg = cfg.model_copy(update=dict(tune=tune.model_copy(update=dict(steps=tune_steps))))
+        return cls.budgeted(cfg, per_sample)
 
     # -- one batch -------------------------------------------------------------------------------
 
@@ -194,7 +277,8 @@ class Method(ABC):
                 rngs: Optional[Sequence[RandomSource]] = None, init: Optional[torch.Tensor] = None,
                 snapshot_path=None, on_step: Optional[Callable[[int], None]] = None,
                 on_snapshot: Optional[Callable[[int, torch.Tensor], None]] = None,
-                record: bool = False, desc: Optional[str] = None) -> List[Restoration]:
+                record: bool = False, desc: Optional[str] = None,
+                init_tuning: Optional[Sequence[Optional[dict]]] = None) -> List[Restoration]:
         """Restore each target.
 
         Args:
@@ -211,9 +295,10 @@ class Method(ABC):
             on_snapshot: called as ``on_snapshot(step, images [B, 3, R, R])`` at each snapshot.
             record: keep the latent of every step (``Restoration.trajectory``).
             desc: show a progress bar of the batch's steps, with this label.
+            init_tuning: per target, the tuning its starting latent was found with
+                (:func:`recon.restore.tune.factors_from_latents`; None or empty when untuned): the
+                generator renders that target with it throughout (and a tuning phase adds to it).
         """
-        from tqdm import tqdm
-
         G = self.G
         size = self.observed_size(degradation)
         if targets.ndim != 4 or tuple(targets.shape[1:]) != (G.img_channels, size, size):
@@ -226,10 +311,46 @@ class Method(ABC):
         rngs = list(rngs) if rngs is not None else [TorchRandom(self.cfg.seed) for _ in range(B)]
         if len(names) != B or len(rngs) != B:
             raise ValueError("names and rngs must have one entry per target")
+        K = self.cfg.samples.count
+        if K == 1:
+            from .tune import tuned, with_base
+            with tuned(G, init_tuning or []):
+                results = self._restore(targets, degradation, names, rngs, init, snapshot_path, on_step,
+                                        on_snapshot, record, desc)
+            for res, base in zip(results, init_tuning or []):
+                res.latents = with_base(res.latents, base)
+            return results
+        if init is not None:
+            raise ValueError(f"posterior samples ({K}) draw their own starting latents; init must be None")
+        rngs = [r.child(f"sample{k}") for r in rngs for k in range(K)]
+        shown = (lambda step, images: on_snapshot(step, images[::K])) if on_snapshot is not None else None
+        runs = self._restore(targets.repeat_interleave(K, 0), degradation.repeated(K) if degradation else None,
+                             [f"{n}, sample {k}" for n in names for k in range(K)], rngs, self.sample_starts(rngs),
+                             snapshot_path, on_step, shown, record, desc)
+        return [gather_samples(names[i], runs[i * K:(i + 1) * K]) for i in range(B)]
+
+    @torch.no_grad()
+    def sample_starts(self, rngs: Sequence[RandomSource]) -> torch.Tensor:
+        """One starting W ``[len(rngs), w_dim]`` per source: a random face's w at truncation
+        ``samples.truncation_psi`` (toward the generator's ``w_avg``)."""
+        z = torch.stack([r.normal(-1, "samples.z", (self.G.z_dim,)) for r in rngs]).to(self.device)
+        return self.G.mapping(z, None, truncation_psi=self.cfg.samples.truncation_psi)[:, 0].float()
+
+    def _restore(self, targets, degradation, names, rngs, init, snapshot_path, on_step, on_snapshot, record,
+                 desc) -> List[Restoration]:
+        from tqdm import tqdm
+
+        B = targets.shape[0]
         every = self.cfg.snapshot_every
         snapshot_path = Path(snapshot_path) if snapshot_path else None
 
-        run = self.start(targets.to(self.device, torch.float32), degradation, rngs, init)
+        targets = targets.to(self.device, torch.float32)
+        run = self.start(targets, degradation, rngs, init)
+        if self.cfg.tune.steps:
+            if self.tune_features is None:
+                raise ValueError("tuning needs the method's tune_features (make the method with make_method)")
+            from .tune import TunedRun
+            run = TunedRun(run, self.G, self.tune_features, self.cfg.tune, targets, degradation, rngs)
         history: List[List[dict]] = [[] for _ in range(B)]
         trajectory: List[Dict[str, List[torch.Tensor]]] = [{} for _ in range(B)]
         if snapshot_path is not None:
@@ -239,6 +360,8 @@ class Method(ABC):
         while run.step < run.total:
             step = run.step
             phase, terms, scalars = run.advance(step_draws(rngs, step))
+            if pending and list(terms) != pending[-1][3]:        # a phase with other terms (tuning)
+                self._flush(pending, history, names, snapshot_path)
             pending.append((step, phase, scalars, list(terms), torch.stack([t.detach() for t in terms.values()])))
             if record:
                 latent = run.latent().detach()
@@ -307,6 +430,16 @@ class Method(ABC):
         history[:] = json.loads(data["history"])
         for mine, saved in zip(trajectory, data["trajectory"]):
             mine.update({p: list(v.to(self.device)) for p, v in saved.items()})
+
+
+def gather_samples(name: str, runs: List[Restoration]) -> Restoration:
+    """One target's restoration from its samples' (in sample order): the best one's (lowest final
+    distance to the observation), with every sample's image kept in ``samples``."""
+    dist = [float(r.history[-1]["dist"]) if r.history else float("inf") for r in runs]
+    best = int(np.argmin(dist))
+    chosen = runs[best]
+    return Restoration(name, chosen.image, chosen.degraded, chosen.latents, chosen.history, chosen.phase_images,
+                       chosen.trajectory, Samples(torch.stack([r.image for r in runs]), dist, best))
 
 
 def snapshot_step(path) -> int:

@@ -275,9 +275,8 @@ class OfficialRun(Run):
     def latent(self) -> torch.Tensor:
         return self.m.expand(self.w_opt.detach())
 
-    @torch.no_grad()
-    def render(self) -> torch.Tensor:
-        return self.m.synthesize(self.w_opt, self.noise)
+    def synthesize(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.m.synthesize(latent, {k: v.detach() for k, v in self.noise.items()})
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(space=self.space, w_opt=self.w_opt.detach().cpu(),

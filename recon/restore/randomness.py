@@ -1,7 +1,8 @@
 """Randomness of a restoration: one stream per target, behind a seam so that recorded draws can be
 replayed (the tests replay the official projector's recorded run through it).
 
-A random source offers three kinds of draws: ``noise_init`` (a method's starting noise maps) and
+A random source offers three kinds of draws (and independent child sources, one per posterior
+sample): ``noise_init`` (a method's starting noise maps) and
 ``w_noise_unit`` (one draw per step), both from the source's main stream in the official order,
 and ``normal(step, tag, shape)``, keyed draws that do not move the main stream, for anything a
 step needs afresh (a stochastic degradation, the robust loss's hole noise), so that a resumed run
@@ -23,6 +24,7 @@ class RandomSource(Protocol):
     def w_noise_unit(self, step: int, shape) -> torch.Tensor: ...
     def get_state(self) -> torch.Tensor: ...
     def set_state(self, state: torch.Tensor) -> None: ...
+    def child(self, tag: str) -> "RandomSource": ...
 
 
 class TorchRandom:
@@ -44,6 +46,11 @@ class TorchRandom:
 
     def w_noise_unit(self, step: int, shape) -> torch.Tensor:
         return torch.randn(shape, generator=self.gen)
+
+    def child(self, tag: str) -> "TorchRandom":
+        """An independent source keyed by (seed, tag): one posterior sample's, for example."""
+        key = hashlib.sha256(f"{self.seed}/child/{tag}".encode()).digest()
+        return TorchRandom(int.from_bytes(key[:4], "little"))
 
     def get_state(self) -> torch.Tensor:
         return self.gen.get_state()

@@ -198,9 +198,8 @@ class RobustRun(Run):
     def latent(self) -> torch.Tensor:
         return self.param.detach()
 
-    @torch.no_grad()
-    def render(self) -> torch.Tensor:
-        return self.m.render(self.param) * 2 - 1
+    def synthesize(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.m.render(latent) * 2 - 1
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(step=self.step, k=self.k, param=self.param.detach().cpu(),

@@ -101,7 +101,8 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
     Args:
         x: ``[N, C_in, H, W]``.
-        weight: ``[C_out, C_in, kh, kw]``, already scaled as the caller wants.
+        weight: ``[C_out, C_in, kh, kw]``, already scaled as the caller wants, or
+            ``[N, C_out, C_in, kh, kw]``: one per sample (always the fused path).
         styles: ``[N, C_in]`` per-sample input-channel scales, or ``[N, C_out, C_in]`` with one
             style vector per output filter (W++; always the fused path).
         noise: optional tensor broadcastable to the output, added after demodulation.
@@ -111,24 +112,27 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         ``[N, C_out, H*up/down, W*up/down]``.
     """
     batch_size = x.shape[0]
-    out_channels, in_channels, kh, kw = weight.shape
+    out_channels, in_channels, kh, kw = weight.shape[-4:]
+    per_sample = weight.ndim == 5
+    if per_sample and weight.shape[0] != batch_size:
+        raise ValueError(f"per-sample weights must be [{batch_size}, ...], got {tuple(weight.shape)}")
     per_filter = styles.shape == (batch_size, out_channels, in_channels)
     if styles.shape != (batch_size, in_channels) and not per_filter:
         raise ValueError(f"styles must be [{batch_size}, {in_channels}] or [{batch_size}, {out_channels}, "
                          f"{in_channels}], got {tuple(styles.shape)}")
-    fused_modconv = fused_modconv or per_filter
+    fused_modconv = fused_modconv or per_filter or per_sample
 
     # fp16 would overflow on the raw products: pre-normalise by the max, demodulation undoes it.
     if x.dtype == torch.float16 and demodulate:
         weight = weight * (1 / (in_channels * kh * kw) ** 0.5
-                           / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+                           / weight.norm(float("inf"), dim=[-3, -2, -1], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=-1, keepdim=True)
 
     w: Optional[torch.Tensor] = None
     dcoefs: Optional[torch.Tensor] = None
     if demodulate or fused_modconv:
         s = styles.reshape(batch_size, out_channels if per_filter else 1, in_channels, 1, 1)
-        w = weight.unsqueeze(0) * s  # [N, O, I, kh, kw]
+        w = (weight if per_sample else weight.unsqueeze(0)) * s  # [N, O, I, kh, kw]
         if demodulate:
             dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
             if fused_modconv:

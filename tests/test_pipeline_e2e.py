@@ -21,7 +21,10 @@ def project(tmp_path_factory):
         "profile": "quick", "project.default.num_steps": 600,          # quick: 12 steps "project.default.w_avg_samples": 200,
         "project.default.snapshot_every": 5, "project.runtime.batch_size": 2,
         "synthetic.seeds": [0], "synthetic.num_steps": [4, 8], "synthetic.latent_dist_reg_weight": [0.0, 0.01],
-        "project.mask": {"method": "robust", "num_steps": 450, "robust": {"min_loss_res": 4}},   # quick: 10
+        # quick: 10 robust steps, then 10 tuning steps
+        "project.mask": {"method": "robust", "num_steps": 450, "robust": {"min_loss_res": 4},
+                         "tune": {"steps": 100, "learning_rate": 3e-3}},
+        "project.blur": {"samples": 2},                              # posterior samples
         "degrade.old": {"type": "grayscale", "observed": True},     # photos that are already degraded
         "project.old": {"init": "blur"},                             # starts from the blur mode's results
         "project.starts.old": "data/projected/blur",
@@ -29,7 +32,9 @@ def project(tmp_path_factory):
         "project.starts.grayscale": "inits/start.npz",
         "benchmark.seeds": [0], "benchmark.tasks": ["upsample", "noise", "jpeg", "inpaint_brush"],
         "benchmark.levels": ["M"], "benchmark.budget": 6,
-        "benchmark.methods": {"official": {}, "robust": {"method": "robust", "robust": {"min_loss_res": 4}}},
+        "benchmark.methods": {"official": {}, "robust": {"method": "robust", "robust": {"min_loss_res": 4}},
+                              "robust_tune": {"method": "robust", "robust": {"min_loss_res": 4}, "tune": {"steps": 2}},
+                              "samples": {"samples": 2}},
     })
 
 
@@ -79,14 +84,30 @@ def test_repro_report_rerun_and_experiments(project):
     assert set(metrics["old"]) == {"lpips_consistency"}
     assert set(detail["old"]["mean"]) == {"consistency_psnr", "identity", "lpips_consistency"}
     assert "Observed photo" in page and page.count("Pasted back into the photos") == 4
-    # the mask mode ran the robust method: three phases, their images kept
-    assert (repo / "data" / "projected" / "mask" / "luciano_0" / "image_W+.png").is_file()
-    assert "W++" in (repo / "data" / "projected" / "mask" / "luciano_0" / "loss.csv").read_text()
+    # the mask mode ran the robust method: three phases, their images kept; then the tuning phase,
+    # its factors stored with the latents
+    mask_dir = repo / "data" / "projected" / "mask" / "luciano_0"
+    assert (mask_dir / "image_W+.png").is_file() and (mask_dir / "image_W++.png").is_file()
+    losses = (mask_dir / "loss.csv").read_text()
+    assert "W++" in losses and losses.count(",tune,") == 10
+    with np.load(mask_dir / "latents.npz") as z:
+        assert any(k.startswith("tune/") for k in z.files) and "wpp" in z.files
+    # the blur mode drew two posterior samples: the best kept, their mean and uncertainty shown
+    blur_dir = repo / "data" / "projected" / "blur" / "luciano_0"
+    assert {"mean.png", "uncertainty.png", "samples.json"} <= {p.name for p in blur_dir.iterdir()}
+    assert len(list((blur_dir / "samples").glob("sample*.png"))) == 2
+    assert "Uncertainty (samples" in page and "PSNR, worst sample" in page
+    assert detail["blur"]["mean"]["psnr_samples_max"] >= detail["blur"]["mean"]["psnr_samples_min"]
     # the benchmark: each method at the same budget on every task, scored against the sampled truth
     bench = json.loads((repo / "data" / "benchmark" / "results.json").read_text())
     assert set(bench["table"]) == {"upsample-M", "noise-M", "jpeg-M", "inpaint_brush-M"}
     assert bench["methods"]["official"]["num_steps"] == 6 and bench["methods"]["robust"]["num_steps"] == 6
-    for method in ("official", "robust"):
+    # equal budgets in generator passes: 2 samples of 3 steps; 4 robust steps and a tuning step of 2 passes
+    assert bench["methods"]["samples"]["num_steps"] == 3 and bench["methods"]["robust_tune"]["tune"]["steps"] == 1
+    assert bench["methods"]["robust_tune"]["num_steps"] == 4
+    assert bench["rows"] == ["official", "robust", "robust_tune", "samples", "samples mean"]
+    assert all(c["samples mean"]["psnr"] > 0 for c in bench["table"].values())
+    for method in ("official", "robust", "robust_tune", "samples"):
         m = study["benchmark"][method]
         assert set(m) == {"psnr", "lpips"} and 0 < m["psnr"] < 60 and m["lpips"] > 0
         for cell in bench["table"].values():
@@ -99,11 +120,11 @@ def test_repro_report_rerun_and_experiments(project):
     assert table[0] == "step,face,phase,loss,dist" and len(table) == 1 + 2 * 12
     # the experiment table stays small; the plots are one per mode plus the study
     # the quick profile ran every method's steps scaled: 600 -> 12 (official), 450 -> 10 (robust)
-    assert len((repo / "reports" / "losses" / "mask.csv").read_text().splitlines()) == 1 + 2 * 10
+    assert len((repo / "reports" / "losses" / "mask.csv").read_text().splitlines()) == 1 + 2 * (10 + 10)
     assert sum(len((repo / "reports" / "losses" / f"{m}.csv").read_text().splitlines()) - 1
-               for m in ("blur", "grayscale", "mask", "old")) == 2 * (12 + 12 + 10 + 12)
-    # the experiment table stays small: the headline metrics are few (13 columns for the default
-    # params' three modes; 14 here with a fourth, observed, mode)
+               for m in ("blur", "grayscale", "mask", "old")) == 2 * (12 + 12 + 20 + 12)
+    # the experiment table stays small: the headline metrics are few (17 columns for the default
+    # params' three modes and four benchmark methods; 18 here with a fourth, observed, mode)
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env).stdout)
     columns = set()
 
@@ -115,8 +136,8 @@ def test_repro_report_rerun_and_experiments(project):
             columns.add(prefix)
     for path, data in shown[0]["data"]["metrics"].items():          # the workspace
         flat(path, data["data"])
-    assert len(columns) == 14, sorted(columns)
-    assert {f"reports/metrics_study.json.benchmark.{m}.{k}" for m in ("official", "robust")
+    assert len(columns) == 18, sorted(columns)
+    assert {f"reports/metrics_study.json.benchmark.{m}.{k}" for m in ("official", "robust", "robust_tune", "samples")
             for k in ("psnr", "lpips")} <= columns
     plots = json.loads(sh(["dvc", "plots", "show", "--json", "--split"], repo, env).stdout)["data"]
     assert sorted(plots) == sorted(f"reports/losses/{m}.csv" for m in ("blur", "grayscale", "mask", "old", "synthetic")), \

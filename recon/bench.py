@@ -1,8 +1,8 @@
 """Benchmark the projector against what NVIDIA's projector does, one table.
 
     python -m recon.bench [--shapes 128:8192:256 256:16384:512] [--batch 1 4] [--compile off on]
-                          [--ops auto ref] [--steps 6] [--repeats 3] [--vgg vgg16.pt]
-                          [--device cpu] [--timeout 600]
+                          [--ops auto ref] [--precision fp32 bf16] [--steps 6] [--repeats 3]
+                          [--vgg vgg16.pt] [--device cpu] [--timeout 600]
 
 Contenders per shape (resolution:channel_base:channel_max, random-weight generators of the
 official config-f layout):
@@ -10,9 +10,11 @@ official config-f layout):
 * ``official``: what NVIDIA's ``projector.py`` does: the reference ops (no compiled kernels),
   fused modulated convolutions, one target at a time, no compilation, and the host reads of its
   per-step log line (``float(dist)``, ``float(loss)``) that synchronise a GPU at every step.
-* ``recon``: recon's projector at each ``--batch``, ``--compile`` and ``--ops`` setting (``ref``:
-  the pure-PyTorch reference ops everywhere; ``auto``: the CUDA kernels for large tensors as
-  recon runs by default; the two are the same on CPU).
+* ``recon``: recon's projector at each ``--batch``, ``--compile``, ``--ops`` and ``--precision``
+  setting (``ref``: the pure-PyTorch reference ops everywhere; ``auto``: the CUDA kernels for
+  large tensors as recon runs by default; the two are the same on CPU; precision modes as
+  ``project.runtime.precision``, :mod:`recon.restore.precision`). ``official`` runs with torch's
+  default math flags (which let cuDNN use TF32 on Ampere and later GPUs).
 
 A step's time is the difference between a run of ``--steps`` + 1 steps and one of 1 step
 (:func:`time_steps`: each run's fixed set-up and final-image costs, paid once per projection,
@@ -21,7 +23,11 @@ cancel). Every
 reported as failed, and the others go on), rounds alternate the contenders, and the table
 gives medians over rounds: seconds per step, target-steps per second, peak memory, the time of
 the first two (untimed) steps (compilation shows there), and the speed-up over ``official`` in
-target-steps per second. On CPU the time is the process's CPU time
+target-steps per second. The distance to the hardware's limit is two columns: the FLOPs of one
+image-step (counted by ``torch.utils.flop_counter`` over a step of the same configuration run
+eagerly: convolutions and matrix products, forward and backward) times the target-steps per
+second, and the device's peak in that precision, measured as the rate of a large matrix product
+(:func:`gemm_peak`). On CPU the time is the process's CPU time
 (the machines are shared: wall time measures the neighbours); run it with ``OMP_NUM_THREADS=1``.
 Without ``--vgg`` (and without weights/vgg16.pt) a random-weight VGG16 of the real architecture
 and cost stands in.
@@ -177,7 +183,41 @@ def time_steps(go, steps: int, device) -> tuple:
     return warmup, (timed(steps + 1) - short) / steps
 
 
-def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, steps, vgg, device) -> dict:
+def step_flops(go) -> float:
+    """FLOPs of one step of ``go(n)`` (a run of n steps, eager): the count of a 3-step run minus
+    a 1-step run's, halved (each run's set-up and final image cancel)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(n):
+        with FlopCounterMode(display=False) as counter:
+            go(n)
+        return counter.get_total_flops()
+    return (count(3) - count(1)) / 2
+
+
+def gemm_peak(device, precision: str = "fp32") -> float:
+    """The device's attainable FLOP/s in ``precision``: the best of 3 timed products of two
+    square matrices (4096 on CUDA, 2048 on CPU) in that arithmetic."""
+    device = torch.device(device)
+    n = 4096 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device).to(dtype)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        best = float("inf")
+        for _ in range(4):
+            sync(device)
+            t0 = _clock(device)
+            a @ a
+            sync(device)
+            best = min(best, _clock(device) - t0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    return 2 * n ** 3 / best
+
+
+def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, precision, steps, vgg, device) -> dict:
     from .config import ProjectorConfig
     from .model.perceptual import VGGFeatures
     from .restore import make_method
@@ -188,19 +228,24 @@ def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, ste
     G = random_generator(res, channel_base, channel_max, device)
     vgg_net, vgg_name = vgg_module(vgg, device)
     targets = torch.rand(batch, 3, res, res, device=device, generator=None) * 2 - 1
+    cfg = ProjectorConfig(w_avg_samples=1000, snapshot_every=0)
     if contender == "official":
         features = VGGFeatures(vgg_net)
 
         def go(n):
             official_steps(G, features, targets, n)
+        eager = go
     else:
-        method = make_method(G, vgg_net, ProjectorConfig(w_avg_samples=1000, snapshot_every=0),
-                             compile=compile_ == "on")
-        go = projection_run(method, targets)
+        go = projection_run(make_method(G, vgg_net, cfg, compile=compile_ == "on", precision=precision), targets)
+        eager = go if compile_ == "off" else projection_run(make_method(G, vgg_net, cfg, precision=precision),
+                                                            targets[:1])
     warmup, per_step = time_steps(go, steps, device)
+    flops = step_flops(eager) / (batch if eager is go else 1)       # per image-step
     return dict(device=str(device), res=res, batch=batch, contender=contender, compile=compile_, ops=ops,
-                s_per_step=per_step, target_steps_per_s=batch / per_step, warmup_s=warmup,
-                peak_mib=_peak_mib(device), vgg=vgg_name, threads=torch.get_num_threads())
+                precision=precision, s_per_step=per_step, target_steps_per_s=batch / per_step, warmup_s=warmup,
+                peak_mib=_peak_mib(device), vgg=vgg_name, threads=torch.get_num_threads(),
+                gflop_per_image_step=flops / 1e9, achieved_tflops=flops * batch / per_step / 1e12,
+                peak_tflops=gemm_peak(device, "fp32" if contender == "official" else precision) / 1e12)
 
 
 def _plain(doc: str) -> str:
@@ -219,6 +264,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", nargs="+", choices=("auto", "ref"), default=["auto"],
                     help="recon's ops: auto (the CUDA kernels for large tensors, where they build and verify) "
                          "or the pure-PyTorch reference")
+    ap.add_argument("--precision", nargs="+", choices=("fp32", "tf32", "bf16"), default=["fp32"],
+                    help="recon's arithmetic (project.runtime.precision)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3, help="rounds; the table gives medians")
     ap.add_argument("--vgg", default="", help="NVIDIA's vgg16.pt (default: the pipeline's, when download_weights "
@@ -230,9 +277,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.one:
-        shape, batch, contender, compile_, ops = args.one.split(",")
+        shape, batch, contender, compile_, ops, precision = args.one.split(",")
         res, cb, cm = (int(v) for v in shape.split(":"))
-        print(json.dumps(run_one(res, cb, cm, int(batch), contender, compile_, ops, args.steps, args.vgg,
+        print(json.dumps(run_one(res, cb, cm, int(batch), contender, compile_, ops, precision, args.steps, args.vgg,
                                  args.device)))
         return 0
 
@@ -241,8 +288,9 @@ def main(argv=None) -> int:
         args.vgg = str(resolve_weights("weights").vgg16)
     configs = []
     for shape in args.shapes:
-        configs.append((shape, 1, "official", "off", "ref"))
-        configs += [(shape, b, "recon", c, o) for b in args.batch for c in args.compile for o in args.ops]
+        configs.append((shape, 1, "official", "off", "ref", "fp32"))
+        configs += [(shape, b, "recon", c, o, p) for b in args.batch for c in args.compile for o in args.ops
+                    for p in args.precision]
     runs: Dict[tuple, List[dict]] = {c: [] for c in configs}
     failures = {}
     for r in range(args.repeats):
@@ -275,7 +323,7 @@ def _medians(runs: dict) -> dict:
     for c, rs in runs.items():
         if rs:
             row = dict(rs[0])
-            for k in ("s_per_step", "target_steps_per_s", "peak_mib", "warmup_s"):
+            for k in ("s_per_step", "target_steps_per_s", "peak_mib", "warmup_s", "achieved_tflops", "peak_tflops"):
                 row[k] = statistics.median(r[k] for r in rs)
             row["rounds"] = len(rs)
             rows[c] = row
@@ -292,23 +340,26 @@ def _print_table(args, runs: dict, failures: dict) -> None:
     clock = "wall time" if first["device"].startswith("cuda") else "process CPU time"
     print(f"\nprojector benchmark: {first['device']}, {first['threads']} threads, VGG: {first['vgg']}, "
           f"{args.steps} steps, medians of up to {args.repeats} rounds ({clock})\n")
-    head = ("| device | res | channel_base/max | batch | contender | compile | ops | s/step | target-steps/s "
-            "| peak MiB | first 2 steps s | vs official |")
+    head = ("| device | res | channel_base/max | batch | contender | compile | ops | precision | s/step "
+            "| target-steps/s | peak MiB | first 2 steps s | GFLOP/image-step | TFLOP/s | GEMM peak TFLOP/s "
+            "| % of peak | vs official |")
     print(head)
     print("|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|")
     for c in runs:
-        shape, batch, contender, compile_, ops = c
+        shape, batch, contender, compile_, ops, precision = c
         cb, cm = shape.split(":")[1:]
         row = rows.get(c)
         if row is None:
             print(f"| {args.device} | {shape.split(':')[0]} | {cb}/{cm} | {batch} | {contender} | {compile_} | {ops} "
-                  f"| failed: {failures.get(c, '?')} | | | | |")
+                  f"| {precision} | failed: {failures.get(c, '?')} |" + " |" * 8)
             continue
-        base = rows.get((shape, 1, "official", "off", "ref"))
+        base = rows.get((shape, 1, "official", "off", "ref", "fp32"))
         speed = f"{row['target_steps_per_s'] / base['target_steps_per_s']:.2f}x" if base else "n/a"
         print(f"| {row['device']} | {row['res']} | {cb}/{cm} | {row['batch']} | {row['contender']} | "
-              f"{row['compile']} | {ops} | {row['s_per_step']:.4f} | {row['target_steps_per_s']:.2f} | "
-              f"{row['peak_mib']:.0f} | {row['warmup_s']:.1f} | {speed} |", flush=True)
+              f"{row['compile']} | {ops} | {precision} | {row['s_per_step']:.4f} | {row['target_steps_per_s']:.2f} | "
+              f"{row['peak_mib']:.0f} | {row['warmup_s']:.1f} | {row['gflop_per_image_step']:.1f} | "
+              f"{row['achieved_tflops']:.3f} | {row['peak_tflops']:.3f} | "
+              f"{100 * row['achieved_tflops'] / row['peak_tflops']:.0f} % | {speed} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def _cmd_project(args) -> int:
                     "command line")
     runtime = params.project.runtime
     runtime = validated(Runtime, dict(runtime.model_dump(), device=args.device or runtime.device,
-                                      batch_size=args.batch if args.batch is not None else runtime.batch_size),
+                                      batch_size=args.batch if args.batch is not None else runtime.batch_size,
+                                      precision=args.precision or runtime.precision),
                         "command line")
     device = resolve_device(runtime.device, key="--device")
 
@@ -164,6 +165,9 @@ def _cmd_doctor(args) -> int:
     sync(torch.device(device))
     per_step = (time.perf_counter() - t0) / args.steps
     print(f"one projection step (batch 1, official settings, uncompiled) with {what}: {per_step * 1000:.1f} ms")
+    if args.gate:
+        from .pipeline.gate import cached_gate, verdict_table
+        print(verdict_table(cached_gate(G, vgg, say=print)))
     return 0
 
 
@@ -229,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, help="targets per forward pass (default: the params' "
                    "project.runtime.batch_size; auto = as many as fit the free memory on CUDA, at most 16; 1 on CPU)")
     p.add_argument("--seed", type=non_negative_int, help="random seed (default 303)")
+    p.add_argument("--precision", choices=("auto", "fp32", "tf32", "bf16"),
+                   help="the step's arithmetic (default: the params' project.runtime.precision, fp32)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--force", action="store_true",
                    help="replace results in --out that were made with other settings")
@@ -249,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=positive_int, default=256, help="of the random generator (default 256)")
     p.add_argument("--steps", type=positive_int, default=5, help="steps to time (default 5)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--gate", action="store_true", help="also check the precision modes against fp32 on these "
+                   "weights and device (the quality gate that precision: auto consults; cached) and print the verdict")
     p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("info", help="print a generator checkpoint's configuration")

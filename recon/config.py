@@ -374,6 +374,8 @@ class Runtime(_Model):
     workers: Union[int, str] = 1         # processes (one per GPU); auto = the visible GPUs (1 on CPU)
     max_restarts: Annotated[int, Field(ge=0, le=100)] = 3   # of a failed worker group, by the launcher
     compile: Literal["auto", "on", "off"] = "auto"   # torch.compile the step (auto: CPU, 256+ px, 500+ steps)
+    # the step's arithmetic: fp32 (exact) | tf32 (CUDA) | bf16 | auto (the fastest that passes the quality gate)
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "fp32"
     # seconds after which a silent worker's unit (killed, preempted) is taken over by another
     lease_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] = 300.0
 

@@ -12,19 +12,26 @@ import pytest
 def test_bench_table():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-m", "recon.bench", "--shapes", "16:256:32", "--batch", "1", "2",
-                          "--ops", "auto", "ref", "--steps", "2", "--repeats", "1", "--device", "cpu", "--vgg", ""],
-                         capture_output=True, text=True, timeout=600, env=env)
+                          "--ops", "ref", "--precision", "fp32", "bf16", "--steps", "2", "--repeats", "1", "--device",
+                          "cpu", "--vgg", ""], capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| cpu")]
-    assert [(r[3].strip(), r[4].strip(), r[6].strip()) for r in rows] == [
-        ("1", "official", "ref"), ("1", "recon", "auto"), ("1", "recon", "ref"), ("2", "recon", "auto"),
-        ("2", "recon", "ref")]
-    assert rows[0][-1].strip() == "1.00x"
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in res.stdout.splitlines() if line.startswith("| cpu")]
+    assert [(r[3], r[4], r[6], r[7]) for r in rows] == [
+        ("1", "official", "ref", "fp32"), ("1", "recon", "ref", "fp32"), ("1", "recon", "ref", "bf16"),
+        ("2", "recon", "ref", "fp32"), ("2", "recon", "ref", "bf16")]
+    assert rows[0][-1] == "1.00x"
     for r in rows:
-        s_per_step, tps, peak, first = float(r[7]), float(r[8]), float(r[9]), float(r[10])
+        s_per_step, tps, peak, first = float(r[8]), float(r[9]), float(r[10]), float(r[11])
+        gflop, tflops, gemm_tflops = float(r[12]), float(r[13]), float(r[14])
         assert first > 0
         assert s_per_step > 0 and peak > 100
-        assert tps == __import__("pytest").approx(int(r[3]) / s_per_step, rel=0.02)
+        assert tps == pytest.approx(int(r[3]) / s_per_step, rel=0.02)
+        assert tflops == pytest.approx(gflop * tps / 1000, rel=0.02, abs=2e-3)
+        assert gemm_tflops > 0 and 0 <= float(r[15].rstrip(" %")) <= 150
+    # FLOPs per image-step are the architecture's: the same at any batch and precision; the
+    # official loop does no less arithmetic than recon's step
+    recon_gflop = {float(r[12]) for r in rows[1:]}
+    assert len(recon_gflop) == 1 and 0 < recon_gflop.pop() <= float(rows[0][12])
     assert re.search(r"process CPU time", res.stdout)
 
 

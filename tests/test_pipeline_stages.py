@@ -119,6 +119,12 @@ def test_project_stage_skips_done_faces_and_resumes_after_failure(setup, monkeyp
     from recon.config import Runtime
     assert len(project_stage("blur", ProjectorConfig(**dict(CFG, num_steps=7)), tmp / "deg", out, weights,
                              Runtime(batch_size=3, compile="off"))) == 3
+    # so does the precision (the one runtime setting results depend on), recorded in the receipt
+    from recon.restore.precision import cpu_has_bf16
+    if cpu_has_bf16():
+        assert len(project_stage("blur", ProjectorConfig(**dict(CFG, num_steps=7)), tmp / "deg", out, weights,
+                                 Runtime(batch_size=3, compile="off", precision="bf16"))) == 3
+        assert json.loads((first / "done.json").read_text())["precision"] == "bf16"
     # a face that is no longer a target is removed
     t = json.loads((tmp / "deg" / "targets.json").read_text())
     t["faces"] = t["faces"][:2]

@@ -74,10 +74,13 @@ class _Work:
 
 
 def face_fingerprint(cfg: ProjectorConfig, targets: Targets, face: Target, degraded_dir, weights_digest: str,
-                     start: Optional[Path]) -> str:
+                     start: Optional[Path], precision: str = "fp32") -> str:
     """Everything a face's result depends on: the method's settings, the weights, the mode's ops,
-    the target and mask files, and the starting latent's file."""
+    the target and mask files, the starting latent's file, and the precision setting (absent for
+    fp32, so exact results keep their fingerprints)."""
     h = hashlib.sha256()
+    if precision != "fp32":
+        h.update(f"precision={precision}".encode())
     if start is not None and start.is_file():
         h.update(sha256_of(start).encode())
     h.update(method_class(cfg).fingerprint(cfg).encode())
@@ -117,8 +120,8 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     R = G_config["img_resolution"]
     faces = targets.faces
     start_paths = {f.name: init_path(cfg, f.name, out_dir) for f in faces}
-    fingerprints = {f.name: face_fingerprint(cfg, targets, f, degraded_dir, files.digest, start_paths[f.name])
-                    for f in faces}
+    fingerprints = {f.name: face_fingerprint(cfg, targets, f, degraded_dir, files.digest, start_paths[f.name],
+                                             runtime.precision) for f in faces}
     finished = finished_faces(mode, faces, out_dir, fingerprints, replace, say=main)
     starts, tunings = _read_starts(mode, cfg, faces, start_paths, latent_shapes(G_config))
     work = _Work(targets, degraded_dir, R, starts, tunings, fingerprints, finished)
@@ -154,7 +157,11 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
                 log(f"project {mode}: compiling the projection step (project.runtime.compile: {runtime.compile}); "
                     "the first step waits for it, minutes the first time")
             G, vgg = models or load_models(files, device)
-            made["method"] = make_method(G, vgg, cfg, compile=compiled)
+            from .gate import resolve_precision
+
+            chosen = resolve_precision(runtime.precision, G, vgg, say=lambda s: log(f"project {mode}: {s}") if main
+                                       else None)
+            made["method"] = make_method(G, vgg, cfg, compile=compiled, precision=chosen)
         batch = [by_name[n] for n in unit.data["faces"]]
         restored.extend(_restore_batch(mode, made["method"], work, batch, out_dir, progress))
     restored: List[str] = []
@@ -281,7 +288,8 @@ def _restore_batch(mode, method, work: _Work, batch: List[Target], out_dir: Path
         files = res.save(folder)
         save_png(folder / "target.png", to_uint8(images[face.name])[0])
         write_receipt(folder, RECEIPT, dict(fingerprint=work.fingerprints[face.name], mode=mode,
-                                            config=method.cfg.model_dump(), target=asdict(face)),
+                                            config=method.cfg.model_dump(), precision=method.precision,
+                                            target=asdict(face)),
                       files + ["target.png"])
         last = res.history[-1]
         progress.write(f"{face.name} done: distance {last['dist']:.4g}, loss {last['loss']:.4g}")

@@ -23,12 +23,19 @@ def method_class(which: Union[str, "ProjectorConfig"]) -> Type["Method"]:
     return getattr(importlib.import_module(module), cls)
 
 
-def make_method(G, vgg, cfg: "ProjectorConfig", compile: bool = False) -> "Method":
+def make_method(G, vgg, cfg: "ProjectorConfig", compile: bool = False, precision: str = "fp32") -> "Method":
     """The method ``cfg.method`` on generator ``G`` with NVIDIA's VGG16 module ``vgg``;
-    ``compile``: ``torch.compile`` its step where the method supports it."""
+    ``compile``: ``torch.compile`` its step where the method supports it; ``precision``: the
+    arithmetic of its steps (:mod:`recon.restore.precision`: fp32, tf32 or bf16, resolved)."""
+    from .precision import unavailable
+
     cls = method_class(cfg)
     kwargs = dict(compile=compile) if cls.compilable else {}
     method = cls(G, cls.perceptual_from_vgg(vgg), cfg, **kwargs)
+    problem = unavailable(precision, method.device)
+    if problem:
+        raise ValueError(f"precision {precision}: {problem}")
+    method.precision = precision
     if cfg.tune.steps:
         from recon.model.perceptual import VGGFeatures
         method.tune_features = VGGFeatures(vgg)

@@ -35,6 +35,8 @@ from recon.config import ProjectorConfig
 from recon.data.imageio import from_uint8, load_photo, save_npz, save_png, to_uint8, write_atomic
 from recon.errors import ProjectionError
 
+from .precision import forward as precision_forward
+from .precision import numerics
 from .randomness import RandomSource, TorchRandom, step_draws
 
 HISTORY_FLUSH_STEPS = 32     # loss terms stay on the device this many steps between host copies
@@ -199,6 +201,8 @@ class Method(ABC):
     compilable: ClassVar[bool] = False
     # the tuning phase's LPIPS features (img [-1, 1] -> [B, D]); make_method sets it when tuning
     tune_features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    # the arithmetic of every step (recon.restore.precision); make_method sets it
+    precision: str = "fp32"
 
     def __init__(self, G, perceptual: Callable, cfg: ProjectorConfig):
         self.G, self.perceptual, self.cfg = G, perceptual, cfg
@@ -336,8 +340,16 @@ class Method(ABC):
         z = torch.stack([r.normal(-1, "samples.z", (self.G.z_dim,)) for r in rngs]).to(self.device)
         return self.G.mapping(z, None, truncation_psi=self.cfg.samples.truncation_psi)[:, 0].float()
 
-    def _restore(self, targets, degradation, names, rngs, init, snapshot_path, on_step, on_snapshot, record,
-                 desc) -> List[Restoration]:
+    def _restore(self, *args) -> List[Restoration]:
+        with numerics(self.precision, self.device):
+            return self._restore_in(*args)
+
+    def forward_precision(self):
+        """The context a step's forward pass runs in (:func:`recon.restore.precision.forward`)."""
+        return precision_forward(self.precision, self.device)
+
+    def _restore_in(self, targets, degradation, names, rngs, init, snapshot_path, on_step, on_snapshot, record,
+                    desc) -> List[Restoration]:
         from tqdm import tqdm
 
         B = targets.shape[0]
@@ -350,7 +362,8 @@ class Method(ABC):
             if self.tune_features is None:
                 raise ValueError("tuning needs the method's tune_features (make the method with make_method)")
             from .tune import TunedRun
-            run = TunedRun(run, self.G, self.tune_features, self.cfg.tune, targets, degradation, rngs)
+            run = TunedRun(run, self.G, self.tune_features, self.cfg.tune, targets, degradation, rngs,
+                           self.forward_precision)
         history: List[List[dict]] = [[] for _ in range(B)]
         trajectory: List[Dict[str, List[torch.Tensor]]] = [{} for _ in range(B)]
         if snapshot_path is not None:

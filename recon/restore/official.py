@@ -172,7 +172,7 @@ class OfficialMethod(Method):
         float that changes every step would make the compiled step recompile every step)."""
         synth = self.synthesize(w_opt + w_noise, noise)
         degraded = degradation(synth, draws=draws) if degradation is not None else synth
-        dist = (target_features - self.perceptual(degraded)).square().sum(dim=1)
+        dist = (target_features - self.perceptual(degraded).float()).square().sum(dim=1)   # fp32 in any precision
         reg = noise_regularization(noise)
         latent = (w_opt - self.w_avg).square().sum(dim=[1, 2]) * latent_weight
         return dict(loss=dist + reg * noise_weight + latent, dist=dist, noise_reg=reg, latent_reg=latent)
@@ -260,8 +260,9 @@ class OfficialRun(Run):
         lr = learning_rate(step, self.cfg)
         scale = w_noise_scale(step, m.w_std, self.cfg)
         stochastic = self.degradation is not None and self.degradation.stochastic
-        terms = m.terms(self.w_opt, self.noise, self.target_features, self.degradation, self._unit(step) * scale,
-                        draws if stochastic else None, *m.loss_weights())
+        with m.forward_precision():
+            terms = m.terms(self.w_opt, self.noise, self.target_features, self.degradation,
+                            self._unit(step) * scale, draws if stochastic else None, *m.loss_weights())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)

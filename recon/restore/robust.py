@@ -183,11 +183,13 @@ class RobustRun(Run):
     def advance(self, draws):
         self._goto(self.step)
         phase, _, lr = self.plan[self.k]
-        image = self.m.render(self.param)
-        if self.degradation is not None:
-            image = (self.degradation(image * 2 - 1, draws=draws) + 1) / 2
-        noise = (lambda level, shape: draws(f"hole.{level}", shape)) if self.mask is not None else None
-        loss, terms = multiscale_loss(self.lpips, image, self.target, self.cfg, self.mask, noise)
+        with self.m.forward_precision():
+            image = self.m.render(self.param)
+            if self.degradation is not None:
+                image = (self.degradation(image * 2 - 1, draws=draws) + 1) / 2
+            noise = (lambda level, shape: draws(f"hole.{level}", shape)) if self.mask is not None else None
+            loss, terms = multiscale_loss(self.lpips, image, self.target, self.cfg, self.mask, noise)
+        loss, terms = loss.float(), terms.float()
         self.param.grad = None
         loss.sum().backward()
         ngd_step(self.param, lr)

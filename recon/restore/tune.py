@@ -113,8 +113,9 @@ class TunedRun(Run):
     ``features``: ``img [-1, 1] -> [B, D]`` (the LPIPS distance is the squared L2 of features)."""
 
     def __init__(self, inner: Run, G, features: Callable[[torch.Tensor], torch.Tensor], cfg: TuneConfig,
-                 targets: torch.Tensor, degradation, rngs):
+                 targets: torch.Tensor, degradation, rngs, forward: Callable = contextlib.nullcontext):
         self.inner, self.G, self.features, self.cfg = inner, G, features, cfg
+        self.forward = forward          # the context of a forward pass (the run's precision)
         self.degradation, self.rngs = degradation, list(rngs)
         self.targets = targets
         self.device = targets.device
@@ -147,7 +148,8 @@ class TunedRun(Run):
         return per_target_weights(self.G.synthesis, deltas(self.G, a or self.a, b or self.b))
 
     def _lpips_l2(self, x: torch.Tensor, y_features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (x - y).square().mean(dim=[1, 2, 3]) + (self.features(x) - y_features).square().sum(dim=1)
+        return ((x.float() - y.float()).square().mean(dim=[1, 2, 3])
+                + (self.features(x).float() - y_features.float()).square().sum(dim=1))
 
     def nearby(self, pivot: torch.Tensor, draws) -> torch.Tensor:
         """Latents around the pivot, shaped like it: ``pivot + reach * (w_z - pivot)``, ``w_z`` the
@@ -169,7 +171,7 @@ class TunedRun(Run):
             self._begin()
         assert self.optimizer is not None
         pivot = self.inner.latent().detach()
-        with self._weights():
+        with self._weights(), self.forward():
             image = self.inner.synthesize(pivot)
             degraded = self.degradation(image, draws=draws) if self.degradation is not None else image
             dist = self._lpips_l2(degraded, self.target_features, self.targets)
@@ -178,10 +180,11 @@ class TunedRun(Run):
                 near = self.nearby(pivot, draws)
                 tuned_near = self.inner.synthesize(near)
         if self.cfg.locality_weight > 0:
-            with torch.no_grad():
+            with torch.no_grad(), self.forward():
                 original = self.inner.synthesize(near)
                 original_features = self.features(original)
-            locality = self._lpips_l2(tuned_near, original_features, original)
+            with self.forward():
+                locality = self._lpips_l2(tuned_near, original_features, original)
         loss = dist + self.cfg.locality_weight * locality
         self.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()

@@ -1,0 +1,173 @@
+"""Precision modes (project.runtime.precision) and the quality gate that decides which of them may
+be called equivalent to fp32: the golden official run in bf16, the gate over the benchmark's tasks
+on the test generator with its stated tolerances, auto's choice and its cache, and the lines a
+user sees."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import recon
+from recon.config import ProjectorConfig, Runtime
+from recon.data.imageio import from_uint8, to_uint8
+from recon.metrics import psnr
+from recon.model.perceptual import load_vgg16
+from recon.pipeline import gate
+from recon.restore import make_method
+from recon.restore.official import OfficialMethod
+from recon.restore.precision import candidates, cpu_has_bf16, forward, unavailable
+
+bf16_cpu = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+
+
+@pytest.fixture(scope="module")
+def G(golden_dir):
+    return recon.load_generator(golden_dir / "G_ema.safetensors")
+
+
+@pytest.fixture(scope="module")
+def vgg(tmp_path_factory):
+    from tiny_vgg import write_tiny_vgg
+    path = tmp_path_factory.mktemp("vgg") / "tiny_vgg.pt"
+    write_tiny_vgg(path)
+    return load_vgg16(path)
+
+
+def test_modes_and_where_they_run():
+    assert unavailable("fp32", "cpu") is None and unavailable("bf16", "cpu") is None
+    assert unavailable("tf32", "cpu") == "tf32 is a CUDA tensor-core mode"
+    assert candidates("cpu") == (["fp32", "bf16"] if cpu_has_bf16() else ["fp32"])
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, tf32, bf16, got 'fp16'"):
+        unavailable("fp16", "cpu")
+    with pytest.raises(ValueError, match="precision"):
+        Runtime(precision="fp16")
+    with forward("bf16", "cpu"):
+        assert torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 1, 1)).dtype == torch.bfloat16
+    with forward("fp32", "cpu"):
+        assert torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 1, 1)).dtype == torch.float32
+
+
+@bf16_cpu
+def test_the_golden_official_run_in_bf16(golden_dir, G):
+    """The official run replayed in bf16: different arithmetic (the latents move apart), the same
+    outcome (final loss within 1 % of the recorded fp32 run's, PSNR within 0.1 dB of fp32's)."""
+    from helpers import RecordedRandom
+    from test_projector import standin_features
+
+    P = load_file(str(golden_dir / "projector.safetensors"))
+    prefix = "noise_init.synthesis."
+    target = from_uint8(P["target_uint8"].permute(1, 2, 0).numpy())
+    out = {}
+    for mode in ("fp32", "bf16"):
+        method = OfficialMethod(G, standin_features, ProjectorConfig(num_steps=30, snapshot_every=0))
+        method.precision = mode
+        rng = RecordedRandom({k[len(prefix):]: v for k, v in P.items() if k.startswith(prefix)}, P["w_noise_unit"])
+        (out[mode],) = method.restore(target, rngs=[rng])
+    golden_loss = float(P["loss"][-1])
+    assert out["fp32"].history[-1]["loss"] == pytest.approx(golden_loss, rel=1e-5)       # fp32 is the exact path
+    assert out["bf16"].history[-1]["loss"] == pytest.approx(golden_loss, rel=gate.TOLERANCE["loss"])
+    assert (out["bf16"].latents["ws"] - out["fp32"].latents["ws"]).abs().max() > 1e-3   # it did run in bf16
+    truth = P["target_uint8"].permute(1, 2, 0).numpy()
+    p32, p16 = (psnr(to_uint8(out[m].image[None])[0], truth) for m in ("fp32", "bf16"))
+    assert abs(p16 - p32) <= gate.TOLERANCE["psnr"]
+
+
+@pytest.fixture(scope="module")
+def vgg16_arch():
+    """A random-weight VGG16 of the real architecture, LPIPS taps and call signature."""
+    from recon.bench import RandomVGG16
+    return RandomVGG16().eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def verdict(G, vgg16_arch):
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    return gate.run_gate(G, vgg16_arch, modes=["fp32", "bf16"])
+
+
+def test_bf16_passes_the_gate_on_the_benchmark_tasks(verdict):
+    """The gate's own numbers with VGG16's architecture: bf16 within the stated tolerances of
+    fp32 in every task."""
+    assert verdict["tasks"] == ["clean", "upsample-M", "inpaint_center-M", "blur-M"] and verdict["steps"] == 100
+    ref, bf16 = verdict["modes"]["fp32"]["tasks"], verdict["modes"]["bf16"]["tasks"]
+    for task in verdict["tasks"]:
+        assert bf16[task]["loss"] == pytest.approx(ref[task]["loss"], rel=0.01), task
+        assert bf16[task]["psnr"] == pytest.approx(ref[task]["psnr"], abs=0.1), task
+        assert bf16[task]["lpips"] == pytest.approx(ref[task]["lpips"], abs=0.005), task
+        assert bf16[task] != ref[task]                 # a different computation, not the same one twice
+    assert verdict["modes"]["bf16"]["passed"] and verdict["modes"]["bf16"]["problems"] == []
+    faster = min(("fp32", "bf16"), key=lambda m: verdict["modes"][m]["seconds_per_step"])
+    assert verdict["choice"] == faster
+    table = gate.verdict_table(verdict)
+    assert "| bf16" in table and "passed" in table and "| fp32" in table and "reference" in table
+
+
+@bf16_cpu
+def test_the_gate_fails_bf16_where_the_loss_needs_more_bits(G, vgg):
+    """The tests' small feature network weighs the raw pixels 30x: a bfloat16 image (8 bits of
+    mantissa) moves that loss out of tolerance, and the gate says so, task by task; auto then
+    keeps fp32."""
+    v = gate.run_gate(G, vgg, modes=["fp32", "bf16"], tasks=("clean", "blur-M"), steps=60)
+    assert not v["modes"]["bf16"]["passed"] and v["choice"] == "fp32"
+    problems = v["modes"]["bf16"]["problems"]
+    assert problems and all(p.split(":")[0] in ("clean", "blur-M") for p in problems)
+    assert f"failed: {problems[0]}" in gate.verdict_table(v)
+
+
+def test_a_mode_out_of_tolerance_fails_and_says_where(verdict):
+    modes = verdict["modes"]
+    problems = gate.judge(modes["fp32"], modes["bf16"], dict(loss=0.0, psnr=0.0, lpips=0.0))
+    assert len(problems) >= len(verdict["tasks"])
+    assert any(p.startswith("clean: final loss") and "> 0%" in p for p in problems)
+    assert gate.judge(modes["fp32"], modes["fp32"], dict(loss=0.0, psnr=0.0, lpips=0.0)) == []
+
+
+def test_auto_runs_the_gate_once_and_follows_its_verdict(G, vgg, verdict, monkeypatch, tmp_path):
+    monkeypatch.setenv("RECON_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def fake_gate(G, vgg, say=print):
+        calls.append(1)
+        return json.loads(json.dumps(failing))
+    failing = dict(verdict, choice="fp32")
+    failing["modes"] = dict(verdict["modes"], bf16=dict(verdict["modes"]["bf16"], passed=False,
+                                                        problems=["blur-M: PSNR 10.1 vs 10.4 dB"]))
+    monkeypatch.setattr(gate, "run_gate", fake_gate)
+    said = []
+    assert gate.resolve_precision("auto", G, vgg, say=said.append) == "fp32"
+    assert gate.resolve_precision("auto", G, vgg, say=said.append) == "fp32"
+    assert len(calls) == 1 and (tmp_path / "precision-gate.json").is_file()     # cached
+    assert said[-1] == "precision auto: fp32 (no faster mode passed the quality gate)"
+    # a mode asked for by name still runs, and says it failed the gate
+    assert gate.resolve_precision("bf16", G, vgg, say=said.append) == "bf16"
+    assert said[-1] == ("precision bf16: FAILED the quality gate on this device, results are not equivalent to "
+                        "fp32's: blur-M: PSNR 10.1 vs 10.4 dB")
+    # a verdict where bf16 passed: auto takes it
+    (tmp_path / "precision-gate.json").write_text("{damaged")
+    monkeypatch.setattr(gate, "run_gate", lambda G, vgg, say=print: json.loads(json.dumps(verdict)))
+    assert gate.resolve_precision("auto", G, vgg, say=said.append) == verdict["choice"]
+    with pytest.raises(ValueError, match="project.runtime.precision: tf32: tf32 is a CUDA tensor-core mode"):
+        gate.resolve_precision("tf32", G, vgg)
+
+
+@bf16_cpu
+def test_every_method_runs_in_bf16_close_to_fp32(G, vgg):
+    """The robust method (and its tuning phase) under autocast: the loss stays float32 and ends
+    within the gate's loss tolerance of the fp32 run's."""
+    target = G.synthesis(G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(3)), None,
+                                   truncation_psi=0.5), noise_mode="const")
+    cfg = ProjectorConfig(method="robust", num_steps=30, snapshot_every=0, robust=dict(min_loss_res=8),
+                          tune=dict(steps=4))
+    final = {}
+    for mode in ("fp32", "bf16"):
+        (res,) = make_method(G, vgg, cfg, precision=mode).restore(target.detach())
+        final[mode] = res.history
+        assert all(isinstance(row["loss"], float) for row in res.history)
+    phases = {row["phase"] for row in final["bf16"]}
+    assert "tune" in phases
+    for phase in phases:
+        last = [r for r in final["fp32"] if r["phase"] == phase][-1]["loss"]
+        got = [r for r in final["bf16"] if r["phase"] == phase][-1]["loss"]
+        assert got == pytest.approx(last, rel=0.02), phase

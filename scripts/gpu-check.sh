@@ -3,6 +3,8 @@
 # time each kernel against its reference, run the projector bench at 1024 and 256 px (config-f
 # shapes) with batch 1, 4, 8, 16 (kernels for large tensors, and the reference ops alone), run the
 # CUDA tests, then (as the budget allows: compiling took minutes on an H200) the compiled step.
+# The 1024 px bench runs every precision mode (fp32, tf32, bf16) at batch 1, 8, 16 and 32, with
+# FLOPs per image-step and TFLOP/s beside a measured GEMM peak; the precision gate runs at 256 px.
 #
 #   bash scripts/gpu-check.sh [OUT]
 #
@@ -64,8 +66,9 @@ step() {   # step NAME SECONDS COMMAND...: at most SECONDS, and never past the b
 
 step doctor 240 "$PY" -m recon.cli doctor --resolution 1024 --device cuda
 step ops-timing 60 "$PY" -m recon.model.ops.timing --batch 1 8 --reps 20
-step bench-1024 150 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 4 8 16 --compile off --ops auto ref \
-    --steps 10 --repeats 1 --device cuda --timeout 60 --json "$OUT/bench-1024.json"
+step bench-1024 200 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 8 16 32 --compile off --ops auto \
+    --precision fp32 tf32 bf16 --steps 10 --repeats 1 --device cuda --timeout 60 --json "$OUT/bench-1024.json"
+step precision-gate 120 "$PY" -m recon.cli doctor --gate --resolution 256 --device cuda
 step cuda-tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_selfcheck.py \
     -k "cuda or self or wrong or crash or cached"
 step compile-test 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_compiled.py -k "compiled_step and cuda"
@@ -79,7 +82,7 @@ step compile-test-graphs 90 env RECON_COMPILE_MODE=reduce-overhead "$PY" -m pyte
     tests/test_compiled.py -k "compiled_step and cuda"
 
 {
-    for name in doctor ops-timing cuda-tests compile-test compile-test-graphs; do
+    for name in doctor ops-timing precision-gate cuda-tests compile-test compile-test-graphs; do
         [ -f "$OUT/$name.log" ] || continue
         echo; echo "## $name"; echo; echo '```'
         grep -v -E '^\s*$|Warning|warn\(' "$OUT/$name.log" | tail -n 30

@@ -82,3 +82,17 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.fixture(scope="module")
+def G(golden_dir):
+    """The golden tiny generator (32 px), one per test module."""
+    import recon
+    return recon.load_generator(golden_dir / "G_ema.safetensors")
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    """The tests' small feature network with NVIDIA's VGG16 call signature (tiny_vgg.py)."""
+    from tiny_vgg import TinyLPIPS
+    return torch.jit.script(TinyLPIPS(0).eval())

@@ -6,9 +6,7 @@ the target and the step."""
 import numpy as np
 import pytest
 import torch
-from tiny_vgg import TinyLPIPS
 
-import recon
 from recon.config import ProjectorConfig, RobustConfig
 from recon.errors import ProjectionError
 from recon.restore import METHODS, make_method, method_class
@@ -33,16 +31,6 @@ VARIANTS = dict(SETTINGS, **{
 
 def test_every_registered_method_is_tested():
     assert set(SETTINGS) == set(METHODS)
-
-
-@pytest.fixture(scope="module")
-def G(golden_dir):
-    return recon.load_generator(golden_dir / "G_ema.safetensors")
-
-
-@pytest.fixture(scope="module")
-def vgg():
-    return torch.jit.script(TinyLPIPS(0).eval())
 
 
 @pytest.fixture(scope="module")

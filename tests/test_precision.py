@@ -8,30 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import recon
 from recon.config import ProjectorConfig, Runtime
 from recon.data.imageio import from_uint8, to_uint8
 from recon.metrics import psnr
-from recon.model.perceptual import load_vgg16
 from recon.pipeline import gate
 from recon.restore import make_method
 from recon.restore.official import OfficialMethod
 from recon.restore.precision import candidates, cpu_has_bf16, forward, unavailable
 
 bf16_cpu = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
-
-
-@pytest.fixture(scope="module")
-def G(golden_dir):
-    return recon.load_generator(golden_dir / "G_ema.safetensors")
-
-
-@pytest.fixture(scope="module")
-def vgg(tmp_path_factory):
-    from tiny_vgg import write_tiny_vgg
-    path = tmp_path_factory.mktemp("vgg") / "tiny_vgg.pt"
-    write_tiny_vgg(path)
-    return load_vgg16(path)
 
 
 def test_modes_and_where_they_run():

@@ -19,11 +19,6 @@ from recon.restore.official import OfficialMethod, learning_rate, w_stats
 
 
 @pytest.fixture(scope="module")
-def G(golden_dir):
-    return recon.load_generator(golden_dir / "G_ema.safetensors")
-
-
-@pytest.fixture(scope="module")
 def features(tmp_path_factory):
     path = tmp_path_factory.mktemp("vgg") / "tiny_vgg.pt"
     write_tiny_vgg(path)

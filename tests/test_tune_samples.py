@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import psnr_torch
-from tiny_vgg import TinyLPIPS
 
-import recon
 from recon.config import ProjectorConfig, RobustConfig
 from recon.restore import make_method
 from recon.restore.degrade import Degradation, centre_mask
@@ -20,16 +18,6 @@ ROBUST = dict(method="robust", num_steps=21, robust=RobustConfig(min_loss_res=4)
 # the bound the locality term keeps (stated in README, Restoration methods): on the test generator,
 # 30 steps at lr 3e-3, outputs at latents a quarter of the way to random faces stay above 28 dB
 NEARBY_PSNR_BOUND = 28.0
-
-
-@pytest.fixture(scope="module")
-def G(golden_dir):
-    return recon.load_generator(golden_dir / "G_ema.safetensors")
-
-
-@pytest.fixture(scope="module")
-def vgg():
-    return torch.jit.script(TinyLPIPS(0).eval())
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,10 @@ def test_bf16_passes_the_gate_on_the_benchmark_tasks(verdict):
     assert verdict["choice"] == faster
     table = gate.verdict_table(verdict)
     assert "| bf16" in table and "passed" in table and "| fp32" in table and "reference" in table
+    # beside it, how far fp32 moves with other random draws (the same faces and tasks)
+    spread = verdict["spread"]["tasks"]
+    assert set(spread) == set(ref) and all(spread[t] != ref[t] for t in ref)
+    assert "| fp32, other random draws |" in table and "fp32's own spread (not a verdict)" in table
 
 
 @bf16_cpu

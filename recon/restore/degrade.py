@@ -345,8 +345,11 @@ class Degradation:
         """Degrade generated images (differentiable). ``draws(tag, shape)`` gives the fresh
         randomness of a stochastic operator, ``[N or 1, *shape]``, one row per image (a
         projector passes each target's own draws for the step); without it the draws are fixed
-        by the seed."""
-        return self._apply(img, target=False, batch_index=batch_index, draws=draws)
+        by the seed. The observation model runs in float32 whatever the step's precision: it is
+        cheap, and what the loss compares with the target (a bfloat16 filter moved the loss of a
+        downsampled observation out of the precision gate's tolerance)."""
+        with torch.autocast(img.device.type, enabled=False):
+            return self._apply(img.float(), target=False, batch_index=batch_index, draws=draws)
 
     def target(self, img: torch.Tensor, batch_index=None) -> torch.Tensor:
         """Degrade clean targets once (adds observation noise where configured)."""

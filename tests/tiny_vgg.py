@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 
 class TinyLPIPS(torch.nn.Module):
-    def __init__(self, seed: int = 0, width: int = 16):
+    def __init__(self, seed: int = 0, width: int = 16, pixel_weight: float = 30.0):
         super().__init__()
+        self.pixel_weight = pixel_weight
         g = torch.Generator().manual_seed(seed)
         self.c1 = torch.nn.Conv2d(3, width, 3, padding=1)
         self.c2 = torch.nn.Conv2d(width, 2 * width, 3, padding=1)
@@ -27,7 +28,7 @@ class TinyLPIPS(torch.nn.Module):
         taps: List[torch.Tensor] = [h1, h2]
         # The pixels themselves, not normalised and weighted up: a test loss that pins exact values
         # (random features alone leave a tiny random generator's inversion far from its target).
-        out: List[torch.Tensor] = [(x * 30.0).flatten(1)]
+        out: List[torch.Tensor] = [(x * self.pixel_weight).flatten(1)]
         for t in taps:
             n = t / (t.square().sum(1, keepdim=True).sqrt() + 1e-10)
             out.append((n / float(t.shape[2] * t.shape[3]) ** 0.5).flatten(1))

@@ -139,6 +139,11 @@ def test_auto_runs_the_gate_once_and_follows_its_verdict(G, vgg, verdict, monkey
     assert gate.resolve_precision("auto", G, vgg, say=said.append) == verdict["choice"]
     with pytest.raises(ValueError, match="project.runtime.precision: tf32: tf32 is a CUDA tensor-core mode"):
         gate.resolve_precision("tf32", G, vgg)
+    # a device with no faster mode: auto is fp32 without a gate
+    monkeypatch.setattr(gate, "candidates", lambda device: ["fp32"])
+    monkeypatch.setattr(gate, "run_gate", None)
+    assert gate.resolve_precision("auto", G, vgg, say=said.append) == "fp32"
+    assert said[-1] == "precision auto: fp32 (this device has no faster mode to check)"
 
 
 @bf16_cpu

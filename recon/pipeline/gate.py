@@ -208,6 +208,9 @@ def resolve_precision(setting: str, G, vgg, say: Callable[[str], None] = lambda 
         raise ValueError(f"precision must be one of {', '.join(SETTINGS)}, got {setting!r}")
     device = next(G.parameters()).device
     if setting == "auto":
+        if candidates(device) == ["fp32"]:
+            say("precision auto: fp32 (this device has no faster mode to check)")
+            return "fp32"
         verdict = cached_gate(G, vgg, say=say)
         choice = verdict["choice"]
         r = verdict["modes"][choice]

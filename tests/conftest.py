@@ -1,11 +1,18 @@
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# The tests' networks are tiny: a second thread per process (and per stage process the tests
+# start, which inherit this) costs more CPU than it saves. A value set by the caller wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__import__("os").environ.get("RECON_SHARED", ROOT.parent / "shared"))
+SHARED = Path(os.environ.get("RECON_SHARED", ROOT.parent / "shared"))
 GOLDEN_G = SHARED / "golden" / "stylegan2-tiny-a"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -15,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def _recon_cache(tmp_path_factory):
     """recon's per-user cache (downloads, the weights store) in a folder of this test session,
     for this process and every stage it starts, so no test reads or fills the real one."""
-    import os
     old = os.environ.get("RECON_CACHE_DIR")
     os.environ["RECON_CACHE_DIR"] = str(tmp_path_factory.mktemp("recon-cache"))
     yield

@@ -2,12 +2,13 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 # The tests' networks are tiny: a second thread per process (and per stage process the tests
 # start, which inherit this) costs more CPU than it saves. A value set by the caller wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import torch  # noqa: E402  (after the thread count is set)
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

@@ -35,6 +35,7 @@ and cost stands in.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -43,7 +44,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -51,36 +52,56 @@ import torch.nn.functional as F
 VGG_STAGES = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
 
 
+class _VGGStage(torch.nn.Module):
+    """One stage of VGG16: an optional 2x max-pool, then 3x3 convolutions with ReLU."""
+
+    def __init__(self, cin: int, couts: List[int], pool: bool, g: torch.Generator):
+        super().__init__()
+        self.pool = pool
+        convs = []
+        for cout in couts:
+            c = torch.nn.Conv2d(cin, cout, 3, padding=1)
+            with torch.no_grad():
+                c.weight.copy_(torch.randn(c.weight.shape, generator=g) * (2 / (cin * 9)) ** 0.5)
+                c.bias.zero_()
+            convs.append(c)
+            cin = cout
+        self.convs = torch.nn.ModuleList(convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool:
+            x = F.max_pool2d(x, 2)
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return x
+
+
 class RandomVGG16(torch.nn.Module):
-    """VGG16 conv stack with LPIPS-style taps and random weights: the cost of vgg16.pt, not its values."""
+    """VGG16 conv stack with LPIPS-style taps and random weights: the cost of vgg16.pt, not its
+    values; TorchScript-able, with ``vgg16.pt``'s call signature (:func:`write_standin_vgg`)."""
 
     def __init__(self, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        convs, cin = [], 3
-        for stage in VGG_STAGES:
-            block = []
-            for cout in stage:
-                c = torch.nn.Conv2d(cin, cout, 3, padding=1)
-                with torch.no_grad():
-                    c.weight.copy_(torch.randn(c.weight.shape, generator=g) * (2 / (cin * 9)) ** 0.5)
-                    torch.nn.init.zeros_(c.bias)  # type: ignore[arg-type]   # a Conv2d made with bias
-                block.append(c)
-                cin = cout
-            convs.append(torch.nn.ModuleList(block))
-        self.stages = torch.nn.ModuleList(convs)
+        cins = [3] + [stage[-1] for stage in VGG_STAGES[:-1]]
+        self.stages = torch.nn.ModuleList([_VGGStage(cin, stage, i > 0, g)
+                                           for i, (cin, stage) in enumerate(zip(cins, VGG_STAGES))])
 
-    def forward(self, img: torch.Tensor, resize_images: bool = True, return_lpips: bool = False):
+    def forward(self, img: torch.Tensor, resize_images: bool = True, return_lpips: bool = False) -> torch.Tensor:
         x = img / 127.5 - 1
-        feats = []
-        for i, stage in enumerate(self.stages):
-            if i:
-                x = F.max_pool2d(x, 2)
-            for conv in stage:  # type: ignore[attr-defined]   # a ModuleList
-                x = F.relu(conv(x))
+        feats: List[torch.Tensor] = []
+        for stage in self.stages:
+            x = stage(x)
             n = x / (x.square().sum(1, keepdim=True).sqrt() + 1e-10)
             feats.append((n / float(x.shape[2] * x.shape[3]) ** 0.5).flatten(1))
         return torch.cat(feats, 1)
+
+
+def write_standin_vgg(path, seed: int = 0) -> Path:
+    """Save :class:`RandomVGG16` as a TorchScript file, as NVIDIA's ``vgg16.pt`` is one (what
+    NVIDIA's own projector loads in the side-by-side bench)."""
+    torch.jit.save(torch.jit.script(RandomVGG16(seed).eval().requires_grad_(False)), str(path))
+    return Path(path)
 
 
 def random_generator(res: int, channel_base: int, channel_max: int, device):
@@ -147,6 +168,103 @@ def official_steps(G, features, targets: torch.Tensor, steps: int) -> None:
                 for buf in noise.values():
                     buf -= buf.mean()
                     buf *= buf.square().mean().rsqrt()
+
+
+OFFICIAL_SRC_ENV = "RECON_OFFICIAL_SRC"
+OFFICIAL_FILES = ("projector.py", "legacy.py", "dnnlib/util.py", "training/networks.py", "torch_utils/ops/bias_act.py")
+
+
+def official_source(path) -> Path:
+    """A checkout of NVlabs/stylegan2-ada-pytorch (``--official-src`` or ``$RECON_OFFICIAL_SRC``),
+    checked for the files the bench imports; :class:`ParamsError` naming what is missing."""
+    from .errors import ParamsError
+    src = Path(path).expanduser().resolve()
+    missing = [f for f in OFFICIAL_FILES if not (src / f).is_file()]
+    if missing:
+        raise ParamsError(f"--official-src {src}: not a checkout of NVlabs/stylegan2-ada-pytorch "
+                          f"(no {', '.join(missing)})")
+    return src
+
+
+class NvidiaProjector:
+    """NVIDIA's own ``projector.project()``, imported from a checkout at run time (its licence
+    keeps its code out of recon), on recon's generator's weights (its state_dict, whose names are
+    NVIDIA's, loaded into NVIDIA's ``training.networks.Generator``) and the same VGG16 file (served
+    to the projector's ``dnnlib.util.open_url``, which would download it). On a CPU the official
+    generator is built with ``num_fp16_res=0``: NVIDIA's blocks would otherwise run in float16,
+    which a CPU emulates at a fraction of float32's speed, and recon computes in float32 there."""
+
+    def __init__(self, src, G, vgg_path, device):
+        src = official_source(src)
+        if str(src) not in sys.path:
+            sys.path.insert(0, str(src))
+        import dnnlib  # noqa: F401   (NVIDIA's, from the checkout)
+        import projector
+        from training import networks
+
+        cfg = G.config
+        synthesis = dict(cfg["synthesis_kwargs"], **({} if torch.device(device).type == "cuda" else
+                                                    dict(num_fp16_res=0)))
+        official = networks.Generator(z_dim=cfg["z_dim"], c_dim=cfg["c_dim"], w_dim=cfg["w_dim"],
+                                      img_resolution=cfg["img_resolution"], img_channels=cfg["img_channels"],
+                                      mapping_kwargs=cfg["mapping_kwargs"], synthesis_kwargs=synthesis)
+        official.load_state_dict({k: v.detach().cpu() for k, v in G.state_dict().items()})
+        self.G = official.eval().requires_grad_(False).to(device)
+        self.device = torch.device(device)
+        data = Path(vgg_path).read_bytes()
+        projector.dnnlib.util.open_url = lambda url, *args, **kwargs: io.BytesIO(data)
+        self.project = projector.project
+
+    def run(self, targets: torch.Tensor, steps: int, w_avg_samples: int, seed: Optional[int] = None,
+            verbose: bool = False):
+        """``project()`` for each target in turn (``[N, 3, R, R]`` in [-1, 1]; NVIDIA's takes one
+        ``[3, R, R]`` in [0, 255]); returns the per-step w of each (``[steps, num_ws, w_dim]``).
+        ``seed``: ``torch.manual_seed`` before each, so its draws are :class:`TorchRandom`'s."""
+        out = []
+        for target in targets:
+            if seed is not None:
+                torch.manual_seed(seed)
+            out.append(self.project(self.G, (target + 1) * (255 / 2), num_steps=steps, w_avg_samples=w_avg_samples,
+                                    device=self.device, verbose=verbose))
+        return out
+
+
+AGREE_STEPS = 3
+AGREE_TOL = 1e-4
+
+
+def agreement(src, res: int, channel_base: int, channel_max: int, vgg_path, device, steps: int = AGREE_STEPS,
+              seed: int = 303) -> dict:
+    """Do NVIDIA's projector and recon's (fp32, its official method) compute the same steps? Both
+    restore one random target from the same weights, VGG16 file and random draws (recon's
+    :class:`TorchRandom` draws what NVIDIA's takes from torch's global generator after
+    ``manual_seed``) for ``steps`` steps; returns the largest difference of the latent after each
+    step, and of the losses NVIDIA's projector prints (2 decimals), against recon's."""
+    import contextlib
+
+    from .config import ProjectorConfig
+    from .model.perceptual import load_vgg16
+    from .restore import make_method
+    from .restore.randomness import TorchRandom
+
+    device = torch.device(device)
+    G = random_generator(res, channel_base, channel_max, device)
+    target = torch.rand(1, 3, res, res, generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1
+    nvidia = NvidiaProjector(src, G, vgg_path, device)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        (w_nvidia,) = nvidia.run(target, steps, 1000, seed=seed, verbose=True)
+    losses = [float(v) for v in re.findall(r"loss (\S+)", printed.getvalue())]
+    method = make_method(G, load_vgg16(vgg_path, device), ProjectorConfig(num_steps=steps, w_avg_samples=1000,
+                                                                          snapshot_every=0))
+    (res_recon,) = method.restore(target, rngs=[TorchRandom(seed)], record=True)
+    w_recon = torch.stack(res_recon.trajectory["W"]).expand_as(w_nvidia.cpu())
+    w_diff = float((w_recon.cpu() - w_nvidia.cpu()).abs().max())
+    scale = float(w_nvidia.abs().max())
+    loss_diff = max((abs(a - round(h["loss"], 2)) for a, h in zip(losses, res_recon.history)), default=float("nan"))
+    ok = w_diff <= AGREE_TOL * (1 + scale) and len(losses) == steps and loss_diff <= 0.011
+    return dict(res=res, steps=steps, w_max_diff=w_diff, w_max=scale, loss_max_diff=loss_diff,
+                losses_nvidia=losses, losses_recon=[h["loss"] for h in res_recon.history], agree=ok)
 
 
 def projection_run(method, targets):
@@ -217,19 +335,26 @@ def gemm_peak(device, precision: str = "fp32") -> float:
     return 2 * n ** 3 / best
 
 
-def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, precision, steps, vgg, device) -> dict:
+def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, precision, steps, vgg, device,
+            official_src=None) -> dict:
     from .config import ProjectorConfig
     from .model.perceptual import VGGFeatures
     from .restore import make_method
 
     device = torch.device(device)
-    if contender == "official" or ops == "ref":
+    if contender in ("official", "nvidia") or ops == "ref":
         os.environ["RECON_NO_CUDA_OPS"] = "1"      # the reference ops
     G = random_generator(res, channel_base, channel_max, device)
     vgg_net, vgg_name = vgg_module(vgg, device)
     targets = torch.rand(batch, 3, res, res, device=device, generator=None) * 2 - 1
     cfg = ProjectorConfig(w_avg_samples=1000, snapshot_every=0)
-    if contender == "official":
+    if contender == "nvidia":
+        nvidia = NvidiaProjector(official_src, G, vgg, device)
+
+        def go(n):
+            nvidia.run(targets, n, 1000)
+        eager = go
+    elif contender == "official":
         features = VGGFeatures(vgg_net)
 
         def go(n):
@@ -245,7 +370,11 @@ def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, pre
                 precision=precision, s_per_step=per_step, target_steps_per_s=batch / per_step, warmup_s=warmup,
                 peak_mib=_peak_mib(device), vgg=vgg_name, threads=torch.get_num_threads(),
                 gflop_per_image_step=flops / 1e9, achieved_tflops=flops * batch / per_step / 1e12,
-                peak_tflops=gemm_peak(device, "fp32" if contender == "official" else precision) / 1e12)
+                peak_tflops=gemm_peak(device, "fp32" if contender != "recon" else precision) / 1e12)
+
+
+BASELINES = ("nvidia", "official")      # NVIDIA's own projector.py, or recon's re-implementation of its loop
+CONTENDER_NAMES = {"nvidia": "NVIDIA projector.py", "official": "official-equivalent (recon's copy)"}
 
 
 def _plain(doc: str) -> str:
@@ -270,51 +399,89 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="rounds; the table gives medians")
     ap.add_argument("--vgg", default="", help="NVIDIA's vgg16.pt (default: the pipeline's, when download_weights "
                                               "has run; else a random-weight VGG16 of the same architecture)")
+    ap.add_argument("--official-src", default=os.environ.get(OFFICIAL_SRC_ENV, ""),
+                    help="a checkout of NVlabs/stylegan2-ada-pytorch: the baseline is then NVIDIA's own "
+                         f"projector.project() (default ${OFFICIAL_SRC_ENV}; without one, recon's re-implementation "
+                         "of its loop)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one configuration may take")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--agree", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    if args.one:
-        shape, batch, contender, compile_, ops, precision = args.one.split(",")
+    if args.one or args.agree:
+        shape, *rest = (args.one or args.agree).split(",")
         res, cb, cm = (int(v) for v in shape.split(":"))
-        print(json.dumps(run_one(res, cb, cm, int(batch), contender, compile_, ops, precision, args.steps, args.vgg,
-                                 args.device)))
+        if args.agree:
+            print(json.dumps(agreement(args.official_src, res, cb, cm, args.vgg, args.device)))
+        else:
+            batch, contender, compile_, ops, precision = rest
+            print(json.dumps(run_one(res, cb, cm, int(batch), contender, compile_, ops, precision, args.steps,
+                                     args.vgg, args.device, args.official_src)))
         return 0
 
-    if not args.vgg and Path("weights/weights.json").is_file():
-        from .model.weights import resolve_weights
-        args.vgg = str(resolve_weights("weights").vgg16)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.official_src:
+            args.official_src = str(official_source(args.official_src))
+        if not args.vgg and Path("weights/weights.json").is_file():
+            from .model.weights import resolve_weights
+            args.vgg = str(resolve_weights("weights").vgg16)
+        if not args.vgg:            # one stand-in file for every contender, NVIDIA's projector included
+            args.vgg = str(write_standin_vgg(Path(tmp) / STANDIN_VGG))
+        return _rounds(args)
+
+
+STANDIN_VGG = "random-vgg16-standin.pt"
+
+
+def _subprocess(args, flag: str, value: str):
+    """``(ok, json or reason, log)`` of one ``python -m recon.bench`` child."""
+    cmd = [sys.executable, "-m", "recon.bench", flag, value, "--steps", str(args.steps), "--vgg", args.vgg,
+           "--device", args.device, "--official-src", args.official_src]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=args.timeout)
+    except subprocess.TimeoutExpired as exc:
+        log = (exc.stderr or b"")[-3000:].decode(errors="replace") if isinstance(exc.stderr, bytes) \
+            else (exc.stderr or "")[-3000:]
+        return False, f"ran past --timeout {args.timeout:g} s", log
+    if out.returncode != 0:
+        return False, (out.stderr.strip().splitlines() or ["?"])[-1][:200], out.stderr[-3000:]
+    return True, json.loads(out.stdout.strip().splitlines()[-1]), out.stderr[-3000:]
+
+
+def _rounds(args) -> int:
+    baseline = "nvidia" if args.official_src else "official"
+    agreements = {}
+    if args.official_src:               # the two compute the same steps before they are timed
+        for shape in args.shapes:
+            ok, got, log = _subprocess(args, "--agree", shape)
+            agreements[shape] = got if ok else dict(agree=False, error=got)
+            if not ok:
+                print(f"{log}\n  agreement {shape}: FAILED: {got}", file=sys.stderr)
     configs = []
     for shape in args.shapes:
-        configs.append((shape, 1, "official", "off", "ref", "fp32"))
+        configs.append((shape, 1, baseline, "off", "ref", "fp32"))
         configs += [(shape, b, "recon", c, o, p) for b in args.batch for c in args.compile for o in args.ops
                     for p in args.precision]
     runs: Dict[tuple, List[dict]] = {c: [] for c in configs}
     failures = {}
     for r in range(args.repeats):
         for c in configs:                          # alternate the contenders within each round
-            cmd = [sys.executable, "-m", "recon.bench", "--one", ",".join(map(str, c)), "--steps", str(args.steps),
-                   "--vgg", args.vgg, "--device", args.device]
-            try:
-                out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=args.timeout)
-                ok, why = out.returncode == 0, (out.stderr.strip().splitlines() or ["?"])[-1][:200]
-                log = out.stderr[-3000:]
-            except subprocess.TimeoutExpired as exc:
-                ok, why = False, f"ran past --timeout {args.timeout:g} s"
-                log = (exc.stderr or b"")[-3000:].decode(errors="replace") if isinstance(exc.stderr, bytes) \
-                    else (exc.stderr or "")[-3000:]
+            ok, got, log = _subprocess(args, "--one", ",".join(map(str, c)))
             if not ok:
-                failures[c] = why
-                print(f"{log}\n  round {r + 1}/{args.repeats} {c}: FAILED: {why}", file=sys.stderr)
+                failures[c] = got
+                print(f"{log}\n  round {r + 1}/{args.repeats} {c}: FAILED: {got}", file=sys.stderr)
                 continue
-            runs[c].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"  round {r + 1}/{args.repeats} {c}: {runs[c][-1]['s_per_step']:.4f} s/step", file=sys.stderr)
+            runs[c].append(got)
+            print(f"  round {r + 1}/{args.repeats} {c}: {got['s_per_step']:.4f} s/step", file=sys.stderr)
             if args.json:       # kept current, so a bench stopped from outside leaves what it measured
-                Path(args.json).write_text(json.dumps(list(_medians(runs).values()), indent=1))
-        _print_table(args, runs, failures)
-    return 1 if failures else 0
+                Path(args.json).write_text(json.dumps(dict(rows=list(_medians(runs).values()),
+                                                           agreement=agreements, baseline=baseline), indent=1))
+        _print_table(args, runs, failures, baseline, agreements)
+    disagree = [s for s, a in agreements.items() if not a.get("agree")]
+    return 1 if failures or disagree else 0
 
 
 def _medians(runs: dict) -> dict:
@@ -330,32 +497,46 @@ def _medians(runs: dict) -> dict:
     return rows
 
 
-def _print_table(args, runs: dict, failures: dict) -> None:
-    """Print the table of the rounds so far (medians)."""
+def _print_table(args, runs: dict, failures: dict, baseline: str, agreements: dict) -> None:
+    """Print the table of the rounds so far (medians), the baseline named, and whether NVIDIA's
+    projector and recon's agreed on their first steps."""
     rows = _medians(runs)
     if not rows:
         print("\nprojector benchmark: every configuration failed", file=sys.stderr)
         return
     first = next(iter(rows.values()))
     clock = "wall time" if first["device"].startswith("cuda") else "process CPU time"
-    print(f"\nprojector benchmark: {first['device']}, {first['threads']} threads, VGG: {first['vgg']}, "
-          f"{args.steps} steps, medians of up to {args.repeats} rounds ({clock})\n")
+    vgg = "random-weight VGG16 stand-in" if first["vgg"] == STANDIN_VGG else first["vgg"]
+    print(f"\nprojector benchmark: {first['device']}, {first['threads']} threads, VGG: {vgg}, "
+          f"{args.steps} steps, medians of up to {args.repeats} rounds ({clock}); baseline: "
+          + ("NVIDIA's own projector.project() from " + args.official_src if baseline == "nvidia" else
+             "recon's re-implementation of NVIDIA's projector loop (give --official-src for NVIDIA's own code)"))
+    for shape, a in agreements.items():
+        if "error" in a:
+            print(f"agreement at {shape}: could not be checked: {a['error']}")
+        else:
+            print(f"agreement at {shape}: NVIDIA's projector and recon's, same weights, VGG16 and draws, "
+                  f"{a['steps']} steps: latents within {a['w_max_diff']:.2g} (tolerance {AGREE_TOL:g} x (1 + "
+                  f"{a['w_max']:.3g})), printed losses within {a['loss_max_diff']:.3g}: "
+                  + ("agree" if a["agree"] else "DISAGREE"))
+    print()
     head = ("| device | res | channel_base/max | batch | contender | compile | ops | precision | s/step "
             "| target-steps/s | peak MiB | first 2 steps s | GFLOP/image-step | TFLOP/s | GEMM peak TFLOP/s "
-            "| % of peak | vs official |")
+            f"| % of peak | vs {'NVIDIA' if baseline == 'nvidia' else 'official-equivalent'} |")
     print(head)
     print("|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|")
     for c in runs:
         shape, batch, contender, compile_, ops, precision = c
         cb, cm = shape.split(":")[1:]
         row = rows.get(c)
+        name = CONTENDER_NAMES.get(contender, contender)
         if row is None:
-            print(f"| {args.device} | {shape.split(':')[0]} | {cb}/{cm} | {batch} | {contender} | {compile_} | {ops} "
+            print(f"| {args.device} | {shape.split(':')[0]} | {cb}/{cm} | {batch} | {name} | {compile_} | {ops} "
                   f"| {precision} | failed: {failures.get(c, '?')} |" + " |" * 8)
             continue
-        base = rows.get((shape, 1, "official", "off", "ref", "fp32"))
+        base = rows.get((shape, 1, baseline, "off", "ref", "fp32"))
         speed = f"{row['target_steps_per_s'] / base['target_steps_per_s']:.2f}x" if base else "n/a"
-        print(f"| {row['device']} | {row['res']} | {cb}/{cm} | {row['batch']} | {row['contender']} | "
+        print(f"| {row['device']} | {row['res']} | {cb}/{cm} | {row['batch']} | {name} | "
               f"{row['compile']} | {ops} | {precision} | {row['s_per_step']:.4f} | {row['target_steps_per_s']:.2f} | "
               f"{row['peak_mib']:.0f} | {row['warmup_s']:.1f} | {row['gflop_per_image_step']:.1f} | "
               f"{row['achieved_tflops']:.3f} | {row['peak_tflops']:.3f} | "
@@ -363,4 +544,5 @@ def _print_table(args, runs: dict, failures: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .runner import run
+    sys.exit(run("python -m recon.bench", main))

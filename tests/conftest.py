@@ -13,10 +13,50 @@ import torch  # noqa: E402  (after the thread count is set)
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RECON_SHARED", ROOT.parent / "shared"))
-GOLDEN_G = SHARED / "golden" / "stylegan2-tiny-a"
+# Every fixture lives in the repository (tests/fixtures/README.md says how each was made).
+FIXTURES = ROOT / "tests" / "fixtures"
+GOLDEN_G = FIXTURES / "stylegan2-tiny-a"
+GOLDEN_ALIGN = FIXTURES / "align"
+GOLDEN_ROBUST = FIXTURES / "robust-tiny-a"
+FACES = FIXTURES / "faces"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+# A test may skip only for what this machine lacks, and says which with one of these prefixes.
+# Under RECON_CI=1 (.ci/run) any other skip (a missing fixture, Chromium, git) fails the run.
+ALLOWED_SKIPS = ("needs CUDA", "needs native bfloat16", "needs NVIDIA's checkout")
+_skips: dict = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        _skips[report.nodeid] = reason
+
+
+def _disallowed_skips() -> dict:
+    return {k: r for k, r in _skips.items() if not r.startswith(ALLOWED_SKIPS)}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _skips:
+        return
+    counts: dict = {}
+    for reason in _skips.values():
+        kind = next((a for a in ALLOWED_SKIPS if reason.startswith(a)), "other")
+        counts[kind] = counts.get(kind, 0) + 1
+    terminalreporter.write_line("skips by cause: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    bad = _disallowed_skips()
+    if bad and os.environ.get("RECON_CI"):
+        terminalreporter.write_line(f"RECON_CI: {len(bad)} test(s) skipped for something CI must have:", red=True)
+        for nodeid, reason in sorted(bad.items()):
+            terminalreporter.write_line(f"  {nodeid}: {reason}", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("RECON_CI") and _disallowed_skips() and exitstatus == 0:
+        session.exitstatus = 1
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -51,15 +91,9 @@ def make_weights(folder: Path, generator, vgg16=None, resolution: int = 32) -> P
     return folder
 
 
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared fixture {path} is not available")
-    return path
-
-
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    return need(GOLDEN_G)
+    return GOLDEN_G
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """A scratch copy of the project as a git + DVC repository, with tiny weights in the official
-formats served through file:// URLs and some of the shared sample photos: what the end-to-end
+formats served through file:// URLs and some of the sample photos: what the end-to-end
 tests run `dvc repro` and the stage commands in."""
 import os
 import re

@@ -1,4 +1,4 @@
-"""FFHQ alignment against the official outputs in shared/golden/align, paste-back, and bad input."""
+"""FFHQ alignment against the official outputs in tests/fixtures/align, paste-back, and bad input."""
 import io
 import json
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SHARED, need
+from conftest import FACES, GOLDEN_ALIGN
 from PIL import Image
 
 from recon.config import Align
@@ -14,14 +14,11 @@ from recon.data.align import AlignError, align_face, align_paths, detect_faces, 
 from recon.data.imageio import PhotoError, load_photo
 from recon.metrics import psnr
 
-GOLDEN = SHARED / "golden" / "align"
-FACES = SHARED / "data" / "faces"
+GOLDEN = GOLDEN_ALIGN
 
 
 @pytest.fixture(scope="module")
 def golden():
-    need(GOLDEN)
-    need(FACES)
     return json.loads((GOLDEN / "landmarks.json").read_text())
 
 
@@ -50,7 +47,7 @@ def test_alignment_math_matches_official(golden):
     assert checked == 11
 
 
-def test_end_to_end_on_the_shared_photos(golden, tmp_path):
+def test_end_to_end_on_the_fixture_photos(golden, tmp_path):
     """Own decoding + detection + landmarks: the same faces (bar the false positive that the score
     threshold drops), the same integer landmarks, the same 45 dB bar; no-face photos recorded."""
     manifest = align_paths([FACES], tmp_path, Align(min_score=0.5), progress=False)
@@ -123,7 +120,7 @@ def test_degenerate_landmarks_are_refused():
 
 @pytest.fixture(scope="module")
 def hopper():
-    rgb, _ = load_photo(need(FACES / "grace_hopper.jpg"))
+    rgb, _ = load_photo(FACES / "grace_hopper.jpg")
     return rgb
 
 
@@ -228,7 +225,7 @@ def test_no_face_reported_and_others_go_on(hopper, tmp_path, capfd):
     src = tmp_path / "src"
     src.mkdir()
     _save(Image.fromarray(hopper), src / "hopper.png")
-    coffee = need(FACES / "no_face_coffee.png")
+    coffee = FACES / "no_face_coffee.png"
     (src / "coffee.png").write_bytes(coffee.read_bytes())
     manifest = align_paths([src], tmp_path / "out", Align(resolution=256), progress=False)
     assert manifest["no_face"] == ["coffee.png"]
@@ -237,7 +234,7 @@ def test_no_face_reported_and_others_go_on(hopper, tmp_path, capfd):
 
 
 def test_several_faces_left_to_right_and_selection(tmp_path):
-    path = need(FACES / "group_meeting.jpg")
+    path = FACES / "group_meeting.jpg"
     m = align_paths([path], tmp_path / "all", Align(resolution=128), progress=False)
     faces = m["images"]["group_meeting.jpg"]["faces"]
     assert [f["file"] for f in faces] == [f"group_meeting_{k}.png" for k in range(3)]
@@ -253,14 +250,14 @@ def test_several_faces_left_to_right_and_selection(tmp_path):
 
 
 def test_cnn_detector_finds_the_profile_the_hog_misses():
-    rgb, _ = load_photo(need(FACES / "gray_cameraman_profile.png"))
+    rgb, _ = load_photo(FACES / "gray_cameraman_profile.png")
     assert detect_faces(rgb, "hog") == []
     dets = detect_faces(rgb, "cnn", min_score=0.0)
     assert len(dets) == 1 and 50 < dets[0].box[2] - dets[0].box[0] < 100
 
 
 def test_cli_align(tmp_path):
-    path = need(FACES / "luciano.png")
+    path = FACES / "luciano.png"
     res = subprocess.run([sys.executable, "-m", "recon.cli", "align", str(path), "--out", str(tmp_path),
                           "--size", "256"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

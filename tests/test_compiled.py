@@ -23,7 +23,7 @@ def tiny(tmp_path_factory, golden_dir):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
+    not torch.cuda.is_available(), reason="needs CUDA: no CUDA device"))])
 def test_compiled_step_equals_eager(tiny, device, no_tf32):
     """On CUDA the ops inside the compiled step are the reference ones (the compiler fuses them)."""
     files = resolve_weights(tiny)

@@ -4,7 +4,7 @@ a Gaussian approximation with fresh draws per step for generated images)."""
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, need
+from conftest import FACES
 from helpers import RecordedRandom
 from PIL import Image
 
@@ -16,7 +16,7 @@ from recon.restore.randomness import TorchRandom, step_draws
 
 @pytest.fixture(scope="module")
 def face():
-    path = need(SHARED / "data" / "faces" / "obama.jpg")
+    path = FACES / "obama.jpg"
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB").resize((256, 256), Image.Resampling.LANCZOS))
 

@@ -1,4 +1,4 @@
-"""The generator reproduces NVIDIA's official outputs and gradients (shared/golden/stylegan2-tiny-a)."""
+"""The generator reproduces NVIDIA's official outputs and gradients (tests/fixtures/stylegan2-tiny-a)."""
 import copy
 
 import pytest

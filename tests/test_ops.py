@@ -114,7 +114,7 @@ def test_upfirdn2d_separable_equals_2d():
 # ---------------------------------------------------------------------------------------------
 # CUDA path (runs only where a GPU is present; the device tool lends one to some tasks)
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: no CUDA device")
 
 
 @cuda
@@ -163,7 +163,7 @@ def test_generator_cuda_matches_golden(golden_G, golden_cases, no_tf32):
 # Compile-only check of the kernels (nvcc is installed even without a GPU)
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs CUDA: nvcc (the CUDA toolkit) is not installed")
 @pytest.mark.parametrize("source", sorted(p.name for p in CUDA_DIR.glob("*.cu")))
 def test_cuda_kernels_compile(source, tmp_path):
     include = Path(torch.__file__).resolve().parent / "include"

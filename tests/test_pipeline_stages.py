@@ -227,8 +227,7 @@ def test_ssim_and_psnr():
 
 
 def test_identity_distance_separates_people(golden_dir):
-    from conftest import SHARED, need
-    g = need(SHARED / "golden" / "align")
+    from conftest import GOLDEN_ALIGN as g
     hopper = np.asarray(Image.open(g / "grace_hopper_0.png").convert("RGB"))
     luciano = np.asarray(Image.open(g / "luciano_0.png").convert("RGB"))
     blurred = np.asarray(Image.fromarray(hopper).resize((256, 256)).resize((1024, 1024)))

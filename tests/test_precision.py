@@ -16,7 +16,7 @@ from recon.restore import make_method
 from recon.restore.official import OfficialMethod
 from recon.restore.precision import candidates, cpu_has_bf16, forward, unavailable
 
-bf16_cpu = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+bf16_cpu = pytest.mark.skipif(not cpu_has_bf16(), reason="needs native bfloat16: this CPU has no AVX512-BF16 or AMX")
 
 
 def test_modes_and_where_they_run():
@@ -68,7 +68,7 @@ def lpips_only():
 @pytest.fixture(scope="module")
 def verdict(G, lpips_only):
     if not cpu_has_bf16():
-        pytest.skip("this CPU has no native bfloat16")
+        pytest.skip("needs native bfloat16: this CPU has no AVX512-BF16 or AMX")
     return gate.run_gate(G, lpips_only, modes=["fp32", "bf16"])
 
 

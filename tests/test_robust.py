@@ -1,10 +1,10 @@
 """The robust method (W -> W+ -> W++, normalized gradient descent, multiscale loss) replays the
-reference code's recorded run on the tiny-a generator: ../shared/golden/robust-tiny-a."""
+reference code's recorded run on the tiny-a generator: tests/fixtures/robust-tiny-a."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED, need
+from conftest import GOLDEN_ROBUST
 from helpers import RecordedRandom
 
 from recon.config import ProjectorConfig, RobustConfig
@@ -46,7 +46,7 @@ def robust(G, lpips, robust_cfg: RobustConfig, num_steps: int, **kw) -> RobustMe
 @pytest.fixture(scope="module")
 def golden():
     from safetensors.torch import load_file
-    return load_file(str(need(SHARED / "golden" / "robust-tiny-a") / "robust.safetensors"))
+    return load_file(str(GOLDEN_ROBUST / "robust.safetensors"))
 
 
 def test_replays_the_reference_run(golden_G, golden):

@@ -63,7 +63,7 @@ class _VGGStage(torch.nn.Module):
             c = torch.nn.Conv2d(cin, cout, 3, padding=1)
             with torch.no_grad():
                 c.weight.copy_(torch.randn(c.weight.shape, generator=g) * (2 / (cin * 9)) ** 0.5)
-                c.bias.zero_()
+                torch.nn.init.zeros_(c.bias)  # type: ignore[arg-type]   # a Conv2d made with bias
             convs.append(c)
             cin = cout
         self.convs = torch.nn.ModuleList(convs)
@@ -163,7 +163,8 @@ def official_steps(G, features, targets: torch.Tensor, steps: int) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            _log_line = f"step {step + 1:>4d}/{steps}: dist {float(dist):<4.2f} loss {float(loss):<5.2f}"  # noqa: F841
+            dist_, loss_ = float(dist.detach()), float(loss.detach())      # the log line's host reads
+            _log_line = f"step {step + 1:>4d}/{steps}: dist {dist_:<4.2f} loss {loss_:<5.2f}"  # noqa: F841
             with torch.no_grad():
                 for buf in noise.values():
                     buf -= buf.mean()
@@ -220,12 +221,16 @@ class NvidiaProjector:
         """``project()`` for each target in turn (``[N, 3, R, R]`` in [-1, 1]; NVIDIA's takes one
         ``[3, R, R]`` in [0, 255]); returns the per-step w of each (``[steps, num_ws, w_dim]``).
         ``seed``: ``torch.manual_seed`` before each, so its draws are :class:`TorchRandom`'s."""
+        import warnings
+
         out = []
         for target in targets:
             if seed is not None:
                 torch.manual_seed(seed)
-            out.append(self.project(self.G, (target + 1) * (255 / 2), num_steps=steps, w_avg_samples=w_avg_samples,
-                                    device=self.device, verbose=verbose))
+            with warnings.catch_warnings():     # its log line reads a tensor that requires grad
+                warnings.simplefilter("ignore", UserWarning)
+                out.append(self.project(self.G, (target + 1) * (255 / 2), num_steps=steps,
+                                        w_avg_samples=w_avg_samples, device=self.device, verbose=verbose))
         return out
 
 
@@ -335,12 +340,13 @@ def gemm_peak(device, precision: str = "fp32") -> float:
     return 2 * n ** 3 / best
 
 
-def run_one(res, channel_base, channel_max, batch, contender, compile_, ops, precision, steps, vgg, device,
-            official_src=None) -> dict:
+def run_one(shape: str, batch, contender, compile_, ops, precision, steps, vgg, device, official_src=None) -> dict:
+    """One contender's row: ``shape`` is ``resolution:channel_base:channel_max``."""
     from .config import ProjectorConfig
     from .model.perceptual import VGGFeatures
     from .restore import make_method
 
+    res, channel_base, channel_max = (int(v) for v in shape.split(":"))
     device = torch.device(device)
     if contender in ("official", "nvidia") or ops == "ref":
         os.environ["RECON_NO_CUDA_OPS"] = "1"      # the reference ops
@@ -417,8 +423,8 @@ def main(argv=None) -> int:
             print(json.dumps(agreement(args.official_src, res, cb, cm, args.vgg, args.device)))
         else:
             batch, contender, compile_, ops, precision = rest
-            print(json.dumps(run_one(res, cb, cm, int(batch), contender, compile_, ops, precision, args.steps,
-                                     args.vgg, args.device, args.official_src)))
+            print(json.dumps(run_one(shape, int(batch), contender, compile_, ops, precision, args.steps, args.vgg,
+                                     args.device, args.official_src)))
         return 0
 
     import tempfile

@@ -1,5 +1,6 @@
-"""The ``recon`` command: ``convert``, ``info``, ``align``, ``project`` (the pipeline's steps, for direct use)
-and ``doctor`` (what this machine gives recon)."""
+"""The ``recon`` command: ``convert``, ``info``, ``align``, ``project`` (the pipeline's steps, for direct use),
+``work`` (one more worker of a stage), ``doctor`` (what this machine gives recon) and ``verify`` (this install
+against the repository's fixtures)."""
 from __future__ import annotations
 
 import argparse
@@ -86,7 +87,9 @@ def _cmd_project(args) -> int:
 
 def _cmd_work(args) -> int:
     """One more worker of a DVC stage whose work is shared (project@<mode>, synthetic, benchmark):
-    the stage's own command, as dvc.yaml gives it, run in this process's environment."""
+    the stage's own command, as dvc.yaml gives it, run in the project folder with this process's
+    environment, from wherever it is started (a Ray or Dask task starts in its own directory)."""
+    import os
     import shlex
     import subprocess
 
@@ -95,17 +98,24 @@ def _cmd_work(args) -> int:
 
     from .errors import ParamsError
 
+    root = Path(args.repo).resolve()
+    if not (root / "dvc.yaml").is_file():
+        raise ParamsError(f"--repo {root}: no dvc.yaml there (the project folder that holds the stage)")
+    here = os.getcwd()
+    os.chdir(root)                  # DVC resolves a stage's name against the working directory
     try:
-        with Repo(args.repo) as repo:
+        with Repo(str(root)) as repo:
             (stage,) = repo.stage.collect(args.stage)
     except (DvcException, ValueError) as exc:
-        raise ParamsError(f"{args.stage}: not a stage of {Path(args.repo).resolve()}/dvc.yaml ({exc})") from None
+        raise ParamsError(f"{args.stage}: not a stage of {root}/dvc.yaml ({exc})") from None
+    finally:
+        os.chdir(here)
     cmd = shlex.split(stage.cmd)
     if cmd[0] == "python":
         cmd[0] = sys.executable
     if not args.wait:
         cmd.append("--no-wait")
-    return subprocess.run(cmd, cwd=args.repo).returncode
+    return subprocess.run(cmd, cwd=root).returncode
 
 
 def _cmd_doctor(args) -> int:
@@ -169,6 +179,17 @@ def _cmd_doctor(args) -> int:
         from .pipeline.gate import cached_gate, verdict_table
         print(verdict_table(cached_gate(G, vgg, say=print)))
     return 0
+
+
+def _cmd_verify(args) -> int:
+    """Check this install against the repository's fixtures; a report with every check's verdict."""
+    import os
+
+    from .verify import run_verify
+
+    return run_verify(args.device, args.out, quick=args.quick, fixtures=args.fixtures,
+                      official_src=args.official_src or os.environ.get("RECON_OFFICIAL_SRC", ""),
+                      weights=args.weights)
 
 
 def _number(kind, minimum, what: str):
@@ -258,6 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", action="store_true", help="also check the precision modes against fp32 on these "
                    "weights and device (the quality gate that precision: auto consults; cached) and print the verdict")
     p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("verify", help="check that this install computes what the README says, against the "
+                                      "fixtures in the repository (NVIDIA's and the robust method's recorded "
+                                      "outputs); writes a report, exits 1 if a check fails")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--out", default="verify", help="folder for report.md, report.html and report.json "
+                                                   "(default verify)")
+    p.add_argument("--quick", action="store_true", help="fewer faces and steps (the test suite's variant)")
+    p.add_argument("--fixtures", help="the fixtures folder (default: tests/fixtures of this checkout)")
+    p.add_argument("--official-src", default="", help="a checkout of NVlabs/stylegan2-ada-pytorch: the speed check "
+                                                      "then times NVIDIA's own projector (default $RECON_OFFICIAL_SRC)")
+    p.add_argument("--weights", default="weights", help="a download_weights folder: its VGG16 is used by the "
+                                                        "precision gate and the bench (default weights; without "
+                                                        "it a random-weight stand-in)")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("info", help="print a generator checkpoint's configuration")
     p.add_argument("path")

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One command for a CUDA machine: build the CUDA ops (and their self-check) with `recon doctor`,
+# One command for a CUDA machine: first `recon verify --device cuda` (this install against the
+# repository's fixtures: the generator, ops, kernels, recorded runs, alignment, precision gate and a
+# short bench, one verdict), then the timings: build the CUDA ops (and their self-check) with `recon doctor`,
 # time each kernel against its reference, run the projector bench at 1024 and 256 px (config-f
 # shapes) with batch 1, 4, 8, 16 (kernels for large tensors, and the reference ops alone), run the
 # CUDA tests, then (as the budget allows: compiling took minutes on an H200) the compiled step.
@@ -13,8 +15,8 @@
 # what matters most and share one time budget (BUDGET seconds, default 470: under 8 minutes on
 # one H100/H200); a step that would start past it is skipped and named in the report, and a step
 # that fails does not stop the others. Environment: PYTHON (default .venv/bin/python, else
-# python3); ONLY, the names of the steps to run (default all); RECON_SHARED (the shared
-# fixtures, for the golden CUDA test); WHEELS, a folder of
+# python3); ONLY, the names of the steps to run (default all); RECON_OFFICIAL_SRC (a checkout of
+# stylegan2-ada-pytorch: the benches then time NVIDIA's own projector); WHEELS, a folder of
 # wheels installed first into a temporary site when pydantic or ruamel.yaml are missing (a
 # machine with no package index).
 set -u
@@ -64,6 +66,7 @@ step() {   # step NAME SECONDS COMMAND...: at most SECONDS, and never past the b
     echo '```'
 } > "$REPORT"
 
+step verify 150 "$PY" -m recon.cli verify --device cuda --out "$OUT/verify"
 step doctor 240 "$PY" -m recon.cli doctor --resolution 1024 --device cuda
 step ops-timing 60 "$PY" -m recon.model.ops.timing --batch 1 8 --reps 20
 step bench-1024 200 "$PY" -m recon.bench --shapes 1024:32768:512 --batch 1 8 16 32 --compile off --ops auto \
@@ -82,6 +85,7 @@ step compile-test-graphs 90 env RECON_COMPILE_MODE=reduce-overhead "$PY" -m pyte
     tests/test_compiled.py -k "compiled_step and cuda"
 
 {
+    [ -f "$OUT/verify/report.md" ] && { echo; sed 's/^# /## /' "$OUT/verify/report.md"; }
     for name in doctor ops-timing precision-gate cuda-tests compile-test compile-test-graphs; do
         [ -f "$OUT/$name.log" ] || continue
         echo; echo "## $name"; echo; echo '```'

@@ -1,33 +1,6 @@
-"""Test-only helpers: replaying recorded random draws, PSNR on tensors."""
-from typing import Dict, Optional
-
+"""Test-only helpers: PSNR on tensors, the CUDA gradient formula in PyTorch; recorded draws are
+replayed with :class:`recon.restore.randomness.RecordedRandom`."""
 import torch
-
-
-class RecordedRandom:
-    """Replays recorded draws (``noise_init[name]``, ``w_noise_unit[step]`` and keyed ``normal``
-    draws), e.g. an official run's, through recon's random-source interface."""
-
-    def __init__(self, noise_init: Dict[str, torch.Tensor], w_noise_unit: torch.Tensor,
-                 normals: Optional[Dict[tuple, torch.Tensor]] = None):
-        self.noise = noise_init
-        self.w_noise = w_noise_unit
-        self.normals = normals or {}
-
-    def normal(self, step: int, tag: str, shape) -> torch.Tensor:
-        return self.normals[int(step), tag].reshape(shape).clone()
-
-    def noise_init(self, name: str, shape) -> torch.Tensor:
-        return self.noise[name].reshape(shape).clone()
-
-    def w_noise_unit(self, step: int, shape) -> torch.Tensor:
-        return self.w_noise[step].reshape(shape).clone()
-
-    def get_state(self):
-        return torch.zeros(0, dtype=torch.uint8)
-
-    def set_state(self, state) -> None:
-        pass
 
 
 def psnr_torch(a, b, mask=None):

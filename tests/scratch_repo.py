@@ -45,6 +45,8 @@ def make_repo(work: Path, photos, params: dict):
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\n")
     for f in filter(None, files):
+        if f.startswith("tests/"):              # the project needs no tests (nor their 15 MB of fixtures)
+            continue
         src = ROOT / f
         if src.is_file():
             (repo / f).parent.mkdir(parents=True, exist_ok=True)

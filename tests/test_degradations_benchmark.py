@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import FACES
-from helpers import RecordedRandom
 from PIL import Image
 
 from recon.data.imageio import from_uint8
 from recon.restore import jpeg
 from recon.restore.degrade import Degradation, SurrogateClamp, normal_cdf, poisson_approx, poisson_target
-from recon.restore.randomness import TorchRandom, step_draws
+from recon.restore.randomness import RecordedRandom, TorchRandom, step_draws
 
 
 @pytest.fixture(scope="module")

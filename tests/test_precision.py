@@ -37,8 +37,9 @@ def test_modes_and_where_they_run():
 def test_the_golden_official_run_in_bf16(golden_dir, G):
     """The official run replayed in bf16: different arithmetic (the latents move apart), the same
     outcome (final loss within 1 % of the recorded fp32 run's, PSNR within 0.1 dB of fp32's)."""
-    from helpers import RecordedRandom
     from test_projector import standin_features
+
+    from recon.restore.randomness import RecordedRandom
 
     P = load_file(str(golden_dir / "projector.safetensors"))
     prefix = "noise_init.synthesis."

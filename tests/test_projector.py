@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import RecordedRandom, psnr_torch
+from helpers import psnr_torch
 from tiny_vgg import write_tiny_vgg
 
 import recon
@@ -16,6 +16,8 @@ from recon.data.imageio import from_uint8, to_uint8
 from recon.model.perceptual import VGGFeatures, load_vgg16
 from recon.restore.degrade import Degradation, DegradationError, centre_mask
 from recon.restore.official import OfficialMethod, learning_rate, w_stats
+from recon.restore.randomness import RecordedRandom
+from recon.verify.standins import projector_features as standin_features
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +36,6 @@ def clean(G):
 
 # ---------------------------------------------------------------------------------------------
 # The official run
-
-def standin_features(img):
-    """The golden run's feature function, on [-1, 1] images (it maps to [0, 255] like VGG's input)."""
-    x = (img + 1) * (255 / 2)
-    return torch.tanh(F.avg_pool2d(x / 127.5 - 1, 2)).flatten(1)
-
 
 def test_reproduces_the_official_projector(golden_dir, G):
     from safetensors.torch import load_file

@@ -5,37 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import GOLDEN_ROBUST
-from helpers import RecordedRandom
 
 from recon.config import ProjectorConfig, RobustConfig
-from recon.restore.randomness import TorchRandom, step_draws
+from recon.restore.randomness import RecordedRandom, TorchRandom, step_draws
 from recon.restore.robust import RobustMethod, multiscale_loss, ngd_step
+from recon.verify.standins import Pool
+from recon.verify.standins import robust_lpips as standin_lpips
 
 TOL = dict(atol=1e-4, rtol=1e-4)
-
-
-def standin_lpips(x, y):
-    """The golden run's weight-free LPIPS stand-in: mean((f(2x-1) - f(2y-1))^2), f = tanh(avgpool2)."""
-    def f(z):
-        return torch.tanh(F.avg_pool2d(z * 2 - 1, 2))
-    return (f(x) - f(y)).square().mean(dim=[1, 2, 3])
-
-
-class Pool:
-    """The fixture's degradation, 2x2 average pooling of the 32 px image to the 16 px observation,
-    as the restoration contract takes a degradation; with ``masks`` (1 = known, at the
-    observation's size) the holes are black, as the reference's masking makes them."""
-    size, observed_size, stochastic = 32, 16, False
-
-    def __init__(self, masks=None):
-        self.masks = masks
-
-    def known(self, device):
-        return None if self.masks is None else self.masks.to(device)
-
-    def __call__(self, x, draws=None):
-        x = F.avg_pool2d(x, 2)
-        return x if self.masks is None else (x + 1) * self.masks - 1
 
 
 def robust(G, lpips, robust_cfg: RobustConfig, num_steps: int, **kw) -> RobustMethod:

@@ -11,7 +11,7 @@ or another batch gets the same values.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Dict, Optional, Protocol, Sequence
 
 import torch
 
@@ -57,6 +57,36 @@ class TorchRandom:
 
     def set_state(self, state: torch.Tensor) -> None:
         self.gen.set_state(state)
+
+
+class RecordedRandom:
+    """Replays recorded draws (``noise_init[name]``, ``w_noise_unit[step]`` and keyed ``normal``
+    draws ``normals[step, tag]``), an official run's for example, through the random-source
+    interface: what the fixtures' recorded runs are replayed with."""
+
+    def __init__(self, noise_init: Dict[str, torch.Tensor], w_noise_unit: torch.Tensor,
+                 normals: Optional[Dict[tuple, torch.Tensor]] = None):
+        self.noise = noise_init
+        self.w_noise = w_noise_unit
+        self.normals = normals or {}
+
+    def normal(self, step: int, tag: str, shape) -> torch.Tensor:
+        return self.normals[int(step), tag].reshape(shape).clone()
+
+    def noise_init(self, name: str, shape) -> torch.Tensor:
+        return self.noise[name].reshape(shape).clone()
+
+    def w_noise_unit(self, step: int, shape) -> torch.Tensor:
+        return self.w_noise[step].reshape(shape).clone()
+
+    def child(self, tag: str) -> "RecordedRandom":
+        raise ValueError("recorded draws have no child sources")
+
+    def get_state(self) -> torch.Tensor:
+        return torch.zeros(0, dtype=torch.uint8)
+
+    def set_state(self, state) -> None:
+        pass
 
 
 def step_draws(rngs: Sequence[RandomSource], step: int) -> Draws:

@@ -386,6 +386,13 @@ class Runtime(_Model):
             raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
         return v
 
+    @model_validator(mode="after")
+    def _precision_on_device(self):
+        if self.precision == "tf32" and self.device == "cpu":
+            raise _OpError("precision", "tf32 is a CUDA tensor-core mode, and project.runtime.device is cpu "
+                           "(use fp32, bf16 or auto there)")
+        return self
+
     @field_validator("batch_size", "workers")
     @classmethod
     def _auto_or_positive(cls, v):
@@ -630,7 +637,8 @@ class Params(_Model):
     def ops(self, mode: str) -> List[Op]:
         """The flat op list of a degradation mode."""
         if mode not in self.degrade:
-            raise ParamsError(f"params.yaml: degrade.{mode}: no such mode; modes: {', '.join(self.degrade) or 'none'}")
+            modes = ", ".join(self.degrade) or "none"
+            raise ParamsError(f"{params_key(f'degrade.{mode}')}: no such mode; modes: {modes}")
         return flatten_ops(self.degrade[mode].op)
 
     def observed(self, mode: str) -> bool:
@@ -641,8 +649,19 @@ class Params(_Model):
 # ----------------------------------------------------------------------------------------------
 # Reading and error messages
 
+# The params file this process read (a stage's --params): what run-time messages name.
+_PARAMS_FILE = ["params.yaml"]
+
+
+def params_key(dotted: str) -> str:
+    """``<params file>: <dotted key>``, naming the params file this process read, for messages
+    about a setting that only the run itself can find wrong."""
+    return f"{_PARAMS_FILE[0]}: {dotted}"
+
+
 def load_params(path="params.yaml") -> Params:
-    """Read and validate ``params.yaml``; :class:`ParamsError` names the file and the dotted key."""
+    """Read and validate ``params.yaml``; :class:`ParamsError` names the file and the dotted key.
+    Run-time messages name this file from then on (:func:`params_key`)."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
@@ -654,7 +673,9 @@ def load_params(path="params.yaml") -> Params:
         raise ParamsError(f"{path}: params file not found") from None
     except YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    return parse_params(data if data is not None else {}, str(path))
+    params = parse_params(data if data is not None else {}, str(path))
+    _PARAMS_FILE[0] = str(path)
+    return params
 
 
 def parse_params(data, source: str = "params.yaml") -> Params:

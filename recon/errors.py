@@ -37,6 +37,10 @@ class DownloadError(ReconError, RuntimeError):
     """A file could not be fetched or failed verification; the message says what to do."""
 
 
+class DownloadInterrupted(DownloadError):
+    """A transfer stopped part-way; its partial file is kept and the next run resumes it."""
+
+
 class ProjectionError(ReconError, RuntimeError):
     """The optimization cannot go on (non-finite loss); the last good snapshot is kept."""
 

@@ -115,6 +115,15 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _params_file():
+    """The params file run-time messages name is the last one this process read (one per stage
+    process); a test that reads another does not leave it to the next."""
+    from recon import config
+    yield
+    config._PARAMS_FILE[0] = "params.yaml"
+
+
 @pytest.fixture
 def no_tf32():
     """CUDA convolutions in full float32 (cuDNN's default TF32 rounds inputs to 10 bits): for

@@ -144,6 +144,8 @@ class TestMethodContract:
         files = res.save(tmp_path / "f")
         assert sorted(files) == sorted(str(p.relative_to(tmp_path / "f")) for p in (tmp_path / "f").rglob("*")
                                        if p.is_file())
+        cfg = self.method(G, vgg, name).cfg
+        assert sorted(files) == sorted(method_class(cfg).result_files(cfg))   # what a receipt must vouch for
         back = Restoration.load(tmp_path / "f")
         assert back.history == res.history and set(back.latents) == set(res.latents)
         assert all(torch.equal(back.latents[k], res.latents[k]) for k in res.latents)

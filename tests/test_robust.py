@@ -135,6 +135,7 @@ def test_init_starts_the_phase_the_latent_belongs_to(golden_G, golden):
     again = proj.restore(target, Pool(), init=wp, record=True)[0]
     assert [h["phase"] for h in again.history] == ["W+"] * 2 + ["W++"] * 2
     assert "W" not in again.phase_images and "w" not in again.latents
+    assert list(again.phase_images) == RobustMethod.phase_images(proj.cfg, wp[0]) == ["W+"]
     assert (again.trajectory["W+"][0] - wp).norm(dim=-1).max() <= 0.02 + 1e-6    # one NGD step from it
     # from W: the same as a normal run started at that w
     w = golden_G.mapping.w_avg[None].float()

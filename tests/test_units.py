@@ -19,15 +19,15 @@ def units(n):
 
 def test_the_plan_is_made_once_and_replaced_only_for_other_inputs(tmp_path):
     a = WorkQueue(tmp_path, worker="a")
-    assert a.open("key1", units(4), dict(batch_size=2)) == dict(batch_size=2)
+    assert a.open("key1", lambda meta: units(4), dict(batch_size=2)) == dict(batch_size=2)
     b = WorkQueue(tmp_path, worker="b")
-    assert b.open("key1", units(9), dict(batch_size=7)) == dict(batch_size=2)     # the first plan holds
+    assert b.open("key1", lambda meta: units(4), dict(batch_size=7)) == dict(batch_size=2)     # the first plan holds
     assert b.recorded("key1", "batch_size") == 2 and b.recorded("other", "batch_size") is None
     assert [u.id for u in b.units] == ["u00", "u01", "u02", "u03"]
     with b.working_on(b.claim_next()):
         pass
     c = WorkQueue(tmp_path, worker="c")
-    assert c.open("key2", units(3), dict(batch_size=5)) == dict(batch_size=5)      # new inputs: a new plan
+    assert c.open("key2", lambda meta: units(3), dict(batch_size=5)) == dict(batch_size=5)      # new inputs: a new plan
     assert c.done_ids() == [] and len(c.units) == 3
 
 
@@ -37,7 +37,7 @@ def test_every_unit_is_done_exactly_once_by_concurrent_workers(tmp_path):
 
     def worker(name):
         q = WorkQueue(tmp_path, worker=name)
-        q.open("k", units(40), {})
+        q.open("k", lambda meta: units(40), {})
 
         def do(unit):
             time.sleep(0.002)
@@ -57,7 +57,7 @@ def test_every_unit_is_done_exactly_once_by_concurrent_workers(tmp_path):
 
 def test_the_costliest_units_go_first_and_done_ones_are_skipped(tmp_path):
     q = WorkQueue(tmp_path, worker="a")
-    q.open("k", units(6), {}, done=["u04"])                          # u04 costs 5: already done
+    q.open("k", lambda meta: units(6), {}, done=["u04"])                          # u04 costs 5: already done
     order = []
     drive(q, lambda unit: order.append(unit.id))
     assert order == ["u03", "u02", "u01", "u00", "u05"]
@@ -65,7 +65,7 @@ def test_the_costliest_units_go_first_and_done_ones_are_skipped(tmp_path):
 
 def test_a_dead_or_silent_workers_claim_is_taken_over(tmp_path):
     q = WorkQueue(tmp_path, lease_s=60, worker="a")
-    q.open("k", units(2), {})
+    q.open("k", lambda meta: units(2), {})
     first = q.claim_next()
     assert first.id == "u01" and q.claim_next().id == "u00" and q.claim_next() is None
     # a claim of a process that is gone (same host) is taken over at once
@@ -77,7 +77,7 @@ def test_a_dead_or_silent_workers_claim_is_taken_over(tmp_path):
     os.waitpid(child, 0)
     claim.write_text(json.dumps(dict(data, pid=child)))
     b = WorkQueue(tmp_path, lease_s=60, worker="b")
-    b.open("k", units(2), {})
+    b.open("k", lambda meta: units(2), {})
     assert b.claim_next().id == "u01"
     # a live claim is left alone until its heartbeat is older than the lease
     q2 = WorkQueue(tmp_path, lease_s=0.5, worker="c")
@@ -90,7 +90,7 @@ def test_a_dead_or_silent_workers_claim_is_taken_over(tmp_path):
 
 def test_a_heartbeat_keeps_a_long_unit_claimed(tmp_path):
     q = WorkQueue(tmp_path, lease_s=0.4, worker="a")
-    q.open("k", units(1), {})
+    q.open("k", lambda meta: units(1), {})
     other = WorkQueue(tmp_path, lease_s=0.4, worker="b")
     other.plan = q.plan
     unit = q.claim_next()
@@ -102,7 +102,7 @@ def test_a_heartbeat_keeps_a_long_unit_claimed(tmp_path):
 
 def test_a_failed_unit_is_released_for_another_worker(tmp_path):
     q = WorkQueue(tmp_path, worker="a")
-    q.open("k", units(1), {})
+    q.open("k", lambda meta: units(1), {})
     with pytest.raises(RuntimeError):
         with q.working_on(q.claim_next()):
             raise RuntimeError("out of memory")

@@ -10,7 +10,7 @@ Value ranges: ``z`` is standard normal; ``ws`` is ``[N, num_ws, w_dim]``; images
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -354,6 +354,27 @@ def latent_shapes(config: dict) -> Dict[str, List[int]]:
     num_ws = 2 * log2 - 2           # one conv at 4 px, two per block above, and the last toRGB
     filters = max(config["img_channels"], min(sk.get("channel_base", 32768) // 4, sk.get("channel_max", 512)))
     return dict(w=[w_dim], wp=[num_ws, w_dim], wpp=[num_ws, filters, w_dim])
+
+
+def modulated_shapes(config: dict) -> Dict[str, Tuple[int, int]]:
+    """Per modulated convolution (its name under ``synthesis``, as :func:`modulated_layers` gives
+    it), the weight as a matrix ``(out_channels, in_channels * k * k)``, from a generator config
+    without building it (what tuning factors must fit)."""
+    sk = config.get("synthesis_kwargs", {})
+    R, rgb = config["img_resolution"], config["img_channels"]
+    base, cmax = sk.get("channel_base", 32768), sk.get("channel_max", 512)
+    skip = sk.get("architecture", "skip") == "skip"
+    out: Dict[str, Tuple[int, int]] = {}
+    res = 4
+    while res <= R:
+        c, c_in = min(base // res, cmax), min(base // (res // 2), cmax)
+        if res > 4:
+            out[f"b{res}.conv0"] = (c, c_in * 9)
+        out[f"b{res}.conv1"] = (c, c * 9)
+        if res == R or skip:
+            out[f"b{res}.torgb"] = (rgb, c)
+        res *= 2
+    return out
 
 
 class SynthesisNetwork(nn.Module):

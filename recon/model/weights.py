@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from recon.errors import DownloadError
+from recon.errors import DownloadError, DownloadInterrupted
 
 OFFICIAL_URLS = {
     "ffhq": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
@@ -192,8 +192,8 @@ def fetch(url: str, dest, sha256: str = "", progress: bool = True, timeout: floa
         except _Interrupted as exc:
             have = part.stat().st_size if part.exists() else 0
             if attempt == retries:
-                raise DownloadError(f"{url}: download interrupted {attempt + 1} times ({exc}); {part} keeps "
-                                    f"the {have} bytes received: run again to resume") from None
+                raise DownloadInterrupted(f"{url}: download interrupted {attempt + 1} times ({exc}); {part} keeps "
+                                          f"the {have} bytes received: run again to resume") from None
             time.sleep(backoff * 2 ** attempt)
     digest = _verify(part, sha256, url)
     os.replace(part, dest)
@@ -239,6 +239,7 @@ def _download(url: str, part: Path, dest: Path, timeout: float, progress: bool, 
 
 
 def _offline_message(url: str, dest: Path, hint: str, reason: str) -> str:
-    where = f"{hint} in params.yaml" if hint else "the source"
+    from recon.config import params_key
+    where = params_key(hint) if hint else "the source"
     return (f"could not download {url} ({reason}): if this machine is offline, download it elsewhere and copy it "
             f"to {dest}, or set {where} to a local path or a file:// URL")

@@ -38,6 +38,7 @@ from recon.config import (
     Runtime,
 )
 from recon.data.imageio import from_uint8, save_png, to_uint8, write_json
+from recon.data.ownfiles import own_dir, read_record, remove
 from recon.metrics import at_size, identity_distance, psnr, ssim
 from recon.restore import make_method, method_class
 from recon.restore.degrade import Degradation, brush_mask, centre_mask
@@ -46,7 +47,7 @@ from recon.restore.randomness import TorchRandom
 
 from .distributed import is_main
 from .progress import StageProgress
-from .records import check_receipt, write_receipt
+from .records import ReceiptRecord, check_receipt, write_receipt
 from .runtime import resolve_batch
 from .synthetic import sample_faces
 from .units import Unit, WorkQueue, check_batch, drive
@@ -152,7 +153,7 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
     seeds = list(cfg.seeds)
     truth = dict(zip(seeds, sample_faces(G, seeds, cfg.truncation_psi)))
     for s, img in truth.items():
-        save_png(out_dir / "truth" / f"seed{s:04d}.png", img)
+        save_png(own_dir(out_dir / "truth") / f"seed{s:04d}.png", img)
     targets = {c.name: {s: to_uint8(task_degradation(c, R, s).target(from_uint8(truth[s])))[0] for s in seeds}
                for c in cells(cfg)}
     by_name = {c.name: c for c in cells(cfg)}
@@ -164,15 +165,18 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
                                                     cfg.truncation_psi, weights_digest,
                                                     [hashlib.sha256(targets[cell][s].tobytes()).hexdigest()
                                                      for s in seeds])
-    finished = _finished_cells(out_dir, fingerprints)
+    required = {name: [f"seed{s:04d}{suffix}.png" for s in seeds
+                       for suffix in ("", "_mean")[:1 + (m.samples.count > 1)]] for name, m in methods_budgeted.items()}
+    finished = _finished_cells(out_dir, fingerprints, required)
     units = [Unit(f"{cell}.{name}", float(cfg.budget * len(seeds)), dict(cell=cell, method=name))
              for cell in by_name for name in methods_budgeted]
-    queue = WorkQueue(out_dir, lease_s)
+    queue = WorkQueue(out_dir, lease_s, say=lambda s: print(f"benchmark: {s}", file=sys.stderr, flush=True))
     key = hashlib.sha256(json.dumps(sorted(fingerprints.values())).encode()).hexdigest()
     batch = queue.recorded(key, "batch_size")
     if batch is None:
         batch = resolve_batch(Runtime(batch_size=batch_size), str(next(G.parameters()).device), G, vgg)
-    batch = queue.open(key, units, dict(batch_size=batch), done=finished)["batch_size"]
+    batch = queue.open(key, lambda meta: units if "batch_size" in meta else [], dict(batch_size=batch),
+                       done=finished)["batch_size"]
     queue.reopen([u.id for u in units if u.id not in finished])
     if not queue.all_done():
         check_batch(batch, batch_size)
@@ -183,9 +187,10 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
     def do(unit: Unit) -> None:
         cell, name = by_name[unit.data["cell"]], unit.data["method"]
         mcfg = methods_budgeted[name]
-        cdir = out_dir / cell.name
+        cdir = own_dir(out_dir / cell.name)
+        remove(cdir / name)
         for s in seeds:
-            save_png(cdir / "target" / f"seed{s:04d}.png", targets[cell.name][s])
+            save_png(own_dir(cdir / "target") / f"seed{s:04d}.png", targets[cell.name][s])
         method = made.get(name) or made.setdefault(name, make_method(G, vgg, mcfg))
         per_seed: Dict[int, dict] = {}
         per_seed_mean: Dict[int, dict] = {}
@@ -212,8 +217,7 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
         record = dict(fingerprint=fingerprints[cell.name, name], method=name,
                       passes=method_class(mcfg).passes(mcfg), seconds_per_restoration=seconds / len(seeds),
                       per_seed=per_seed, **(dict(per_seed_mean=per_seed_mean) if per_seed_mean else {}))
-        write_receipt(cdir / name, CELL_RECEIPT, _finite(record),
-                      [f"seed{s:04d}{suffix}.png" for s in seeds for suffix in ("", "_mean")[:1 + bool(per_seed_mean)]])
+        write_receipt(cdir / name, CELL_RECEIPT, _finite(record), required[name])
         progress.item_done(f"{cell.name} {name} done")
     drive(queue, do, wait=wait, on_poll=progress.update)
     progress.close()
@@ -222,11 +226,15 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
     return _results(cfg, list(methods_budgeted), methods_budgeted, truth, targets, lpips, out_dir, R)
 
 
-def _finished_cells(out_dir: Path, fingerprints: Dict[Tuple[str, str], str]) -> List[str]:
-    """The units whose receipt vouches for them; a line for each one that runs again and why."""
+def _finished_cells(out_dir: Path, fingerprints: Dict[Tuple[str, str], str],
+                    required: Dict[str, List[str]]) -> List[str]:
+    """The units whose receipt vouches for them (every image its method makes: ``required``); a
+    line for each one that runs again and why."""
     finished = []
     for (cell, name), fp in fingerprints.items():
-        _, problem = check_receipt(out_dir / cell / name, CELL_RECEIPT, fp)
+        if (out_dir / cell).is_symlink():
+            remove(out_dir / cell)
+        _, problem = check_receipt(out_dir / cell / name, CELL_RECEIPT, fp, required[name])
         if problem is None:
             finished.append(f"{cell}.{name}")
         elif problem != "missing" and is_main():
@@ -244,7 +252,7 @@ def _results(cfg: BenchmarkConfig, names: List[str], methods_budgeted, truth, ta
         results[cell] = {"input": dict(per_seed={s: score(at_size(targets[cell][s], R), truth[s], lpips,
                                                           cfg.identity) for s in seeds})}
         for name in names:
-            receipt = json.loads((out_dir / cell / name / CELL_RECEIPT).read_text())
+            receipt = read_record(out_dir / cell / name / CELL_RECEIPT, ReceiptRecord).model_dump()
             results[cell][name] = {k: v for k, v in receipt.items() if k not in ("files", "per_seed_mean")}
             if "per_seed_mean" in receipt:
                 results[cell][f"{name}{MEAN_ROW}"] = dict(results[cell][name], per_seed=receipt["per_seed_mean"])

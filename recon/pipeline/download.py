@@ -5,8 +5,9 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from recon.config import params_key
 from recon.data.imageio import write_json
-from recon.errors import CheckpointError, DownloadError, ParamsError
+from recon.errors import CheckpointError, DownloadError, DownloadInterrupted, ParamsError
 from recon.model.checkpoint import convert, read_config
 from recon.model.perceptual import load_vgg16
 from recon.model.weights import RECORD, cache_dir, obtain, resolve_source, sha256_of, store
@@ -18,7 +19,7 @@ def check_resolution(params, generator_path, name: Optional[str] = None) -> None
     to call the generator in the message (default: its path)."""
     R = read_config(generator_path)["img_resolution"]
     if params.align.resolution != R:
-        raise ParamsError(f"params.yaml: align.resolution: {params.align.resolution}, but the generator "
+        raise ParamsError(f"{params_key('align.resolution')}: {params.align.resolution}, but the generator "
                           f"({name or generator_path}) makes {R}x{R} images; set align.resolution: {R}")
 
 
@@ -33,11 +34,16 @@ def weights_stage(params, out_dir) -> dict:
         try:
             paths[key], digest = obtain(spec.source, spec.sha256, hint=f"weights.{key}.source")
         except DownloadError as exc:
-            failures.append(str(exc))
+            failures.append(exc)
             continue
         record[key] = dict(source=resolve_source(spec.source), sha256=digest, verified=bool(spec.sha256))
     if failures:
-        raise DownloadError(f"{len(failures)} of {len(files)} weights files are missing:\n  " + "\n  ".join(failures))
+        cut = sum(isinstance(e, DownloadInterrupted) for e in failures)
+        head = [f"{len(failures) - cut} of {len(files)} weights files are missing"] if len(failures) > cut else []
+        if cut:
+            head.append(f"{cut} download{'s were' if cut > 1 else ' was'} interrupted (the next run resumes "
+                        f"{'them' if cut > 1 else 'it'} where {'they' if cut > 1 else 'it'} stopped)")
+        raise DownloadError("; ".join(head) + ":\n  " + "\n  ".join(str(e) for e in failures))
 
     (cache_dir() / "weights").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir() / "weights") as tmp:

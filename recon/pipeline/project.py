@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,8 +21,9 @@ from typing import Dict, List, Optional
 
 import torch
 
-from recon.config import ProjectorConfig, Runtime, observed_size
+from recon.config import ProjectorConfig, Runtime, observed_size, params_key
 from recon.data.imageio import PhotoError, from_uint8, load_photo, save_png, to_uint8
+from recon.data.ownfiles import own_dir, remove
 from recon.errors import ParamsError
 from recon.model import load_models
 from recon.model.checkpoint import read_config
@@ -36,6 +36,7 @@ from recon.restore.randomness import TorchRandom
 
 from . import distributed
 from .degrade import degradation_for
+from .faults import fault_point
 from .progress import StageProgress, slow_settings_warning
 from .records import OTHER_SETTINGS, Target, Targets, check_receipt, write_receipt
 from .runtime import resolve_batch
@@ -59,6 +60,7 @@ class _Work:
     tunings: Dict[str, Optional[dict]]         # face -> the tuning its starting latent was found with
     fingerprints: Dict[str, str]
     finished: set                              # faces whose receipt vouches for their result
+    required: Dict[str, List[str]]             # face -> the files its receipt must vouch for
 
     def image(self, face: Target) -> torch.Tensor:
         """The face's target ``[1, 3, h, h]`` in [-1, 1], as its 8-bit file holds it (``h``: the
@@ -69,7 +71,8 @@ class _Work:
             raise PhotoError(f"{self.degraded_dir / face.degraded}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
                              f"generator makes {self.R}x{self.R}" + (f" and this mode observes {h}x{h}" if h != self.R
                                                                     else "")
-                             + f" (align faces at {self.R} px: align.resolution in params.yaml, --size of recon align)")
+                             + f" (align faces at {self.R} px: {params_key('align.resolution')}, --size of "
+                             "recon align)")
         return from_uint8(rgb)
 
 
@@ -114,6 +117,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     """
     degraded_dir, out_dir = Path(degraded_dir), Path(out_dir)
     main = distributed.is_main()
+    check_precision(runtime.precision, device)
     targets = Targets.load(degraded_dir)
     files = resolve_weights(weights)
     G_config = read_config(files.generator)
@@ -122,16 +126,17 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     start_paths = {f.name: init_path(cfg, f.name, out_dir) for f in faces}
     fingerprints = {f.name: face_fingerprint(cfg, targets, f, degraded_dir, files.digest, start_paths[f.name],
                                              runtime.precision) for f in faces}
-    finished = finished_faces(mode, faces, out_dir, fingerprints, replace, say=main)
-    starts, tunings = _read_starts(mode, cfg, faces, start_paths, latent_shapes(G_config))
-    work = _Work(targets, degraded_dir, R, starts, tunings, fingerprints, finished)
+    starts, tunings = _read_starts(mode, cfg, faces, start_paths, G_config)
+    cls = method_class(cfg)
+    required = {f.name: cls.result_files(cfg, starts[f.name]) + ["target.png"] for f in faces}
+    finished = finished_faces(mode, faces, out_dir, fingerprints, replace, say=main, required=required)
+    work = _Work(targets, degraded_dir, R, starts, tunings, fingerprints, finished, required)
     for face in faces:                          # every target readable and the right size, before any work
         if face.name not in finished:
             work.image(face)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    queue = WorkQueue(out_dir, runtime.lease_s)
-    cls = method_class(cfg)
+    queue = WorkQueue(out_dir, runtime.lease_s, say=lambda s: log(f"project {mode}: {s}"))
     steps = cls.total_steps(cfg)
     key = hashlib.sha256("|".join(fingerprints[f.name] for f in faces).encode()).hexdigest()
     models = _plan(queue, key, faces, finished, runtime, device, files, steps, workers)
@@ -148,7 +153,15 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     progress = StageProgress(f"project {mode}", len(faces), int(count_done()), enabled=main, count_done=count_done)
     made = {}
 
-    def do(unit: Unit) -> None:
+    def do(unit: Unit):
+        batch = [by_name[n] for n in unit.data["faces"]]
+        # faces another worker finished since this one started (or before it was killed, between
+        # writing their receipts and marking the unit done) are done: never projected twice
+        work.finished.update(f.name for f in batch if f.name not in work.finished and check_receipt(
+            out_dir / f.name, RECEIPT, fingerprints[f.name], required[f.name])[1] is None)
+        if all(f.name in work.finished for f in batch):
+            log(f"project {mode}: {unit.id}: every face is already done (their receipts vouch for them)")
+            return _snapshot_remover(work, batch, out_dir)
         if "method" not in made:
             from recon.restore.compiled import resolve_compile
 
@@ -162,18 +175,36 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
             chosen = resolve_precision(runtime.precision, G, vgg, say=lambda s: log(f"project {mode}: {s}") if main
                                        else None)
             made["method"] = make_method(G, vgg, cfg, compile=compiled, precision=chosen)
-        batch = [by_name[n] for n in unit.data["faces"]]
         restored.extend(_restore_batch(mode, made["method"], work, batch, out_dir, progress))
+        return _snapshot_remover(work, batch, out_dir)      # once the unit is marked done, not before
     restored: List[str] = []
     drive(queue, do, wait=wait, on_poll=progress.update)
     progress.close()
     if queue.all_done():                       # whoever sees the last unit done tidies up
         if replace:
             _remove_stale(out_dir, set(by_name))
-        snap_dir = out_dir / ".snapshots"
-        if snap_dir.is_dir() and not any(snap_dir.iterdir()):
-            snap_dir.rmdir()
+        remove(out_dir / ".snapshots")         # every batch is done: what is left there is nobody's
     return restored
+
+
+def _snapshot_key(work: "_Work", batch: List[Target]) -> str:
+    return hashlib.sha256("|".join(work.fingerprints[f.name] for f in batch).encode()).hexdigest()[:16]
+
+
+def _snapshot_remover(work: "_Work", batch: List[Target], out_dir: Path):
+    """What removes a batch's snapshot: called once its unit is marked done, so that a worker killed
+    in between leaves the unit to be taken over with its snapshot (and its faces' receipts)."""
+    return lambda: (out_dir / ".snapshots" / f"{_snapshot_key(work, batch)}.pt").unlink(missing_ok=True)
+
+
+def check_precision(precision: str, device: str) -> None:
+    """A precision mode this device cannot run is refused before any work, naming the key."""
+    from recon.restore.precision import unavailable
+
+    problem = unavailable(precision, device) if precision != "auto" else None
+    if problem:
+        raise ParamsError(f"{params_key('project.runtime.precision')}: {precision}: {problem} (this stage runs on "
+                          f"{device})")
 
 
 def _plan(queue: WorkQueue, key: str, faces: List[Target], finished: set, runtime: Runtime, device: str, files,
@@ -189,21 +220,30 @@ def _plan(queue: WorkQueue, key: str, faces: List[Target], finished: set, runtim
         batch_size = resolve_batch(runtime, device, *(models or ()))
         if runtime.batch_size == "auto" and workers > 1:   # a batch for every worker, where the faces allow
             batch_size = max(1, min(batch_size, -(-len(faces) // workers)))
-    batches = [faces[i:i + batch_size] for i in range(0, len(faces), batch_size)]
-    units = [Unit(f"batch{k:05d}", float(len(b) * steps), dict(faces=[f.name for f in b]))
-             for k, b in enumerate(batches)]
-    done_units = [u.id for u, b in zip(units, batches) if all(f.name in finished for f in b)]
-    batch_size = queue.open(key, units, dict(batch_size=batch_size), done=done_units)["batch_size"]
+
+    def cut(meta: dict) -> List[Unit]:
+        """The units of batches of ``meta["batch_size"]`` faces, in their fixed order."""
+        size = meta.get("batch_size")
+        if not isinstance(size, int) or size < 1:
+            return []
+        batches = [faces[i:i + size] for i in range(0, len(faces), size)]
+        return [Unit(f"batch{k:05d}", float(len(b) * steps), dict(faces=[f.name for f in b]))
+                for k, b in enumerate(batches)]
+    units = cut(dict(batch_size=batch_size))
+    done_units = [u.id for u in units if set(u.data["faces"]) <= finished]
+    batch_size = queue.open(key, cut, dict(batch_size=batch_size), done=done_units)["batch_size"]
     queue.reopen([u.id for u in queue.units if not set(u.data["faces"]) <= finished])
     if not queue.all_done():
         check_batch(batch_size, runtime.batch_size)
     return models
 
 
-def _read_starts(mode, cfg, faces, paths, shapes):
+def _read_starts(mode, cfg, faces, paths, G_config):
     """Every face's starting latent and the tuning it was found with (None: w_avg, untuned),
-    refused (naming the file and the keys) if they cannot be used."""
+    refused (naming the file and the keys) if they cannot be used by the generator of
+    ``G_config``; before any model is loaded."""
     cls = method_class(cfg)
+    shapes = latent_shapes(G_config)
     latents: Dict[str, Optional[torch.Tensor]] = {}
     tunings: Dict[str, Optional[dict]] = {}
     for face in faces:
@@ -214,19 +254,21 @@ def _read_starts(mode, cfg, faces, paths, shapes):
             latent = latents[face.name] = read_init(path, cls.init_keys, shapes, mode)
             problem = cls.start_problem(cfg, latent)
             if problem:
-                raise ParamsError(f"{path}: {problem} (params.yaml: project.{mode}.init and "
+                raise ParamsError(f"{path}: {problem} ({params_key(f'project.{mode}.init')} and "
                                   f"project.{mode}.latent_space)")
-            tunings[face.name] = read_tuning(path, mode)
+            tunings[face.name] = read_tuning(path, mode, G_config)
     return latents, tunings
 
 
 def finished_faces(mode: str, faces: List[Target], out_dir: Path, fingerprints: Dict[str, str], replace: bool,
-                   say: bool = True) -> set:
-    """The faces whose receipt vouches for their result; a line for each one that runs again and
-    why. A result made with other settings is refused unless ``replace``."""
+                   say: bool = True, required: Optional[Dict[str, List[str]]] = None) -> set:
+    """The faces whose receipt vouches for their result (``required``: per face, every file its
+    result must have); a line for each one that runs again and why. A result made with other
+    settings is refused unless ``replace``."""
     finished = set()
     for face in faces:
-        _, problem = check_receipt(out_dir / face.name, RECEIPT, fingerprints[face.name])
+        _, problem = check_receipt(out_dir / face.name, RECEIPT, fingerprints[face.name],
+                                   (required or {}).get(face.name))
         if problem is None:
             finished.add(face.name)
         elif problem == OTHER_SETTINGS and not replace:
@@ -238,10 +280,10 @@ def finished_faces(mode: str, faces: List[Target], out_dir: Path, fingerprints: 
 
 
 def _remove_stale(out_dir: Path, names: set) -> None:
-    """The results of faces that are no longer targets."""
+    """The results of faces that are no longer targets (a link is removed, not what it points to)."""
     for stale in out_dir.iterdir():
-        if stale.is_dir() and not stale.name.startswith(".") and stale.name not in names:
-            shutil.rmtree(stale)
+        if (stale.is_dir() or stale.is_symlink()) and not stale.name.startswith(".") and stale.name not in names:
+            remove(stale)
 
 
 def _prepare_face_dirs(out_dir: Path, batch: List[Target], start_step: int) -> None:
@@ -251,8 +293,9 @@ def _prepare_face_dirs(out_dir: Path, batch: List[Target], start_step: int) -> N
     for face in batch:
         folder = out_dir / face.name
         if start_step == 0:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove(folder)
             continue
+        own_dir(own_dir(folder) / "progress")
         for img in (folder / "progress").glob("step*.png"):
             if not img.stem[4:].isdigit() or int(img.stem[4:]) > start_step:
                 img.unlink()
@@ -266,15 +309,14 @@ def _restore_batch(mode, method, work: _Work, batch: List[Target], out_dir: Path
     d = degradation_for(work.targets, batch, work.degraded_dir, work.R)
     starts = [s for s in (work.starts[n] for n in names) if s is not None]
     init = stack_starts(starts, method.G.num_ws) if starts else None
-    key = hashlib.sha256("|".join(work.fingerprints[n] for n in names).encode()).hexdigest()[:16]
-    snap = out_dir / ".snapshots" / f"{key}.pt"
+    snap = own_dir(out_dir / ".snapshots") / f"{_snapshot_key(work, batch)}.pt"
     start_step = snapshot_step(snap)
     _prepare_face_dirs(out_dir, todo, start_step)
 
     def save_progress(step, imgs):
         for face, img in zip(batch, to_uint8(imgs)):
             if face.name not in work.finished:
-                save_png(out_dir / face.name / "progress" / f"step{step:05d}.png", img)
+                save_png(own_dir(own_dir(out_dir / face.name) / "progress") / f"step{step:05d}.png", img)
 
     results = method.restore(torch.cat([images[n] for n in names]), d, names=names,
                              rngs=[TorchRandom(method.cfg.seed) for _ in batch], init=init, snapshot_path=snap,
@@ -284,7 +326,10 @@ def _restore_batch(mode, method, work: _Work, batch: List[Target], out_dir: Path
     for face, res in zip(batch, results):
         if face.name in work.finished:
             continue
-        folder = out_dir / face.name
+        folder = own_dir(out_dir / face.name)
+        for sub in ("samples", "progress"):
+            if (folder / sub).is_symlink():
+                (folder / sub).unlink()
         files = res.save(folder)
         save_png(folder / "target.png", to_uint8(images[face.name])[0])
         write_receipt(folder, RECEIPT, dict(fingerprint=work.fingerprints[face.name], mode=mode,
@@ -293,5 +338,5 @@ def _restore_batch(mode, method, work: _Work, batch: List[Target], out_dir: Path
                       files + ["target.png"])
         last = res.history[-1]
         progress.write(f"{face.name} done: distance {last['dist']:.4g}, loss {last['loss']:.4g}")
-    snap.unlink(missing_ok=True)
+    fault_point("after-receipts")
     return [f.name for f in todo]

@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Annotated, Dict, List, Optional, Sequence, Tuple
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from recon.data.imageio import write_json
+from recon.data.ownfiles import OwnFileError, inside, read_record
 from recon.errors import MissingInputError
 from recon.model.weights import sha256_of
 
@@ -101,25 +104,51 @@ def write_receipt(folder, name: str, data: dict, files: List[str]) -> Path:
     return write_json(folder / name, dict(data, files={f: sha256_of(folder / f) for f in files}))
 
 
-def check_receipt(folder, name: str, fingerprint: str) -> Tuple[Optional[dict], Optional[str]]:
+class ReceiptRecord(BaseModel):
+    """What every receipt holds (the rest is the stage's own: the settings, the scores)."""
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    fingerprint: Annotated[str, Field(min_length=1, max_length=200)]
+    files: Dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
+
+
+MAX_RECEIPT_BYTES = 4 << 20
+
+
+def check_receipt(folder, name: str, fingerprint: str,
+                  required: Optional[Sequence[str]] = None) -> Tuple[Optional[dict], Optional[str]]:
     """``(receipt, problem)``: ``problem`` is None when the receipt ``folder/name`` vouches for
-    finished work made with ``fingerprint`` and every file it lists is there with its recorded
-    digest; else what is wrong (``"missing"``, unreadable, :data:`OTHER_SETTINGS`, or which file
-    is missing or differs)."""
-    path = Path(folder) / name
-    if not path.is_file():
-        return None, "missing"
+    finished work made with ``fingerprint``: every file of ``required`` (the set its result type
+    saves; None: the files it lists) and nothing else is listed, each a file of ``folder`` itself
+    (no link, no way out of the folder) with its recorded digest. Else what is wrong
+    (``"missing"``, unreadable and why, :data:`OTHER_SETTINGS`, or which file is missing, differs
+    or should not be there)."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        return None, f"{folder} is a link, not a folder recon made"
     try:
-        receipt = json.loads(path.read_text())
-        files: Dict[str, str] = receipt["files"]
-        made_with = receipt["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return None, f"{name} is unreadable ({type(exc).__name__}: {exc})"
-    if made_with != fingerprint:
+        record = read_record(folder / name, ReceiptRecord, max_bytes=MAX_RECEIPT_BYTES)
+    except FileNotFoundError:
+        return None, "missing"
+    except OwnFileError as exc:
+        return None, f"{name} is unreadable ({str(exc).split(': ', 1)[-1]})"
+    receipt = record.model_dump()
+    if record.fingerprint != fingerprint:
         return receipt, OTHER_SETTINGS
+    files = record.files
+    outside = next((f for f in files if not inside(f)), None)
+    if outside is not None:
+        return receipt, f"{name} lists {outside[:100]!r}, which is not a file of its own folder"
+    if required is not None:
+        missing = [f for f in required if f not in files]
+        if missing:
+            return receipt, f"{name} does not vouch for {missing[0]}"
+        extra = [f for f in files if f not in set(required)]
+        if extra:
+            return receipt, f"{name} lists {extra[0]}, which this result does not have"
     for f, digest in files.items():
-        if not (Path(folder) / f).is_file():
+        path = folder / f
+        if path.is_symlink() or not path.is_file():
             return receipt, f"{f} is missing"
-        if sha256_of(Path(folder) / f) != digest:
+        if sha256_of(path) != digest:
             return receipt, f"{f} differs from what {name} recorded (damaged or replaced)"
     return receipt, None

@@ -9,17 +9,17 @@ from typing import Optional, Union
 
 import torch
 
-from recon.config import ProjectorConfig, Runtime
+from recon.config import ProjectorConfig, Runtime, params_key
 from recon.errors import ParamsError
 
-DEVICE_KEY = "params.yaml: project.runtime.device"
 MAX_AUTO_BATCH = 16
 MEMORY_HEADROOM = 0.8     # of the free device memory, the rest for the allocator and other tenants
 
 
-def resolve_device(device: str = "auto", key: str = DEVICE_KEY) -> str:
+def resolve_device(device: str = "auto", key: Optional[str] = None) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device that this machine does not
-    have is refused (:class:`ParamsError` naming ``key``)."""
+    have is refused (:class:`ParamsError` naming ``key``, by default the params' device key)."""
+    key = key or params_key("project.runtime.device")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
@@ -105,10 +105,11 @@ def _cgroup_quota() -> Optional[int]:
     return None
 
 
-def resolve_workers(workers: Union[int, str], device: str, key: str = "params.yaml: project.runtime.workers") -> int:
+def resolve_workers(workers: Union[int, str], device: str, key: Optional[str] = None) -> int:
     """``auto`` -> one worker per visible GPU on CUDA, else 1. A number is refused when this
     machine cannot run that many: more than its GPUs on CUDA (one each), more than the CPUs this
     process may use on the CPU."""
+    key = key or params_key("project.runtime.workers")
     if workers == "auto":
         return max(torch.cuda.device_count(), 1) if device.startswith("cuda") else 1
     n = int(workers)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -20,6 +19,7 @@ import torch
 
 from recon.config import ProjectorConfig, Runtime, Synthetic
 from recon.data.imageio import from_uint8, save_png, to_uint8, write_json
+from recon.data.ownfiles import own_dir, remove
 from recon.model import load_models
 from recon.model.weights import resolve_weights
 from recon.restore import make_method, method_class
@@ -66,11 +66,14 @@ def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weigh
             for n, r in grid}
     fingerprints = {tag: hashlib.sha256(json.dumps([method_class(c).fingerprint(c), files.digest, seeds, psi])
                                         .encode()).hexdigest()[:24] for tag, c in cfgs.items()}
-    finished = {tag for tag in cfgs if check_receipt(out_dir / tag, RECEIPT, fingerprints[tag])[1] is None}
-    queue = WorkQueue(out_dir, runtime.lease_s)
+    required = {tag: [f"{name}/{f}" for name in names for f in method_class(c).result_files(c)]
+                for tag, c in cfgs.items()}
+    finished = {tag for tag in cfgs if check_receipt(out_dir / tag, RECEIPT, fingerprints[tag], required[tag])[1]
+                is None}
+    queue = WorkQueue(out_dir, runtime.lease_s, say=lambda s: print(f"synthetic: {s}", file=sys.stderr, flush=True))
     key = hashlib.sha256(json.dumps(sorted(fingerprints.items())).encode()).hexdigest()
     units = [Unit(cell_tag(n, r), float(n * len(seeds)), dict(num_steps=int(n), reg=float(r))) for n, r in grid]
-    queue.open(key, units, {}, done=sorted(finished))
+    queue.open(key, lambda meta: [] if meta else units, {}, done=sorted(finished))
     queue.reopen([t for t in cfgs if t not in finished])
     made: Dict[str, object] = {}
 
@@ -79,7 +82,7 @@ def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weigh
             G, vgg = load_models(files, device)
             truth = sample_faces(G, seeds, psi)
             for name, img in zip(names, truth):
-                save_png(out_dir / "truth" / f"{name}.png", img)
+                save_png(own_dir(out_dir / "truth") / f"{name}.png", img)
             made.update(G=G, vgg=vgg, targets=from_uint8(truth).to(device))
             warning = slow_settings_warning(device, G.img_resolution, len(seeds) * len(grid), max(params.num_steps))
             if warning and main:
@@ -93,14 +96,14 @@ def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weigh
         m = models()
         cfg = cfgs[unit.id]
         folder = out_dir / unit.id
-        shutil.rmtree(folder, ignore_errors=True)
+        remove(folder)
         steps = method_class(cfg).total_steps(cfg)
         results = make_method(m["G"], m["vgg"], cfg).restore(m["targets"], names=names,
                                                              rngs=[TorchRandom(cfg.seed) for _ in seeds],
                                                              on_step=progress.track(1, steps))
         saved: List[str] = []
         for res in results:
-            saved += [f"{res.name}/{f}" for f in res.save(folder / res.name)]
+            saved += [f"{res.name}/{f}" for f in res.save(own_dir(folder / res.name))]
         write_receipt(folder, RECEIPT, dict(fingerprint=fingerprints[unit.id], **unit.data), saved)
         progress.write(f"{unit.id} done: mean distance {np.mean([r.history[-1]['dist'] for r in results]):.4g}")
     drive(queue, do, wait=wait, on_poll=progress.update)
@@ -109,8 +112,8 @@ def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weigh
             for (n, r), tag in zip(grid, cfgs)}
     if queue.all_done():
         for stale in out_dir.iterdir():
-            if stale.is_dir() and stale.name not in runs and stale.name not in ("truth", ".work"):
-                shutil.rmtree(stale, ignore_errors=True)
+            if (stale.is_dir() or stale.is_symlink()) and stale.name not in {*runs, "truth", ".work"}:
+                remove(stale)
         if not (out_dir / "truth").is_dir():        # every cell was done before: the truth is still needed
             models()
         write_json(out_dir / "runs.json", dict(seeds=seeds, truncation_psi=psi, runs=runs))

@@ -245,6 +245,29 @@ class Method(ABC):
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
+    def phase_images(cls, cfg: ProjectorConfig, start: Optional[torch.Tensor] = None) -> List[str]:
+        """The earlier phases whose final image a result keeps (``image_<phase>.png``), for a run
+        from ``start`` (one target's starting latent; None: w_avg), untuned."""
+        return []
+
+    @classmethod
+    def last_phase(cls, cfg: ProjectorConfig, start: Optional[torch.Tensor] = None) -> str:
+        """The phase of a run's last step (a tuned result keeps that phase's image)."""
+        raise NotImplementedError
+
+    @classmethod
+    def result_files(cls, cfg: ProjectorConfig, start: Optional[torch.Tensor] = None) -> List[str]:
+        """The files :meth:`Restoration.save` writes for one target of a run with ``cfg`` from
+        ``start``: what a receipt of a finished result must vouch for, no more, no less."""
+        phases = cls.phase_images(cfg, start) + ([cls.last_phase(cfg, start)] if cfg.tune.steps else [])
+        files = ["image.png", "degraded.png", *(f"image_{p}.png" for p in dict.fromkeys(phases)), "latents.npz",
+                 "loss.csv"]
+        if cfg.samples.count > 1:
+            files += [f"samples/sample{k:02d}.png" for k in range(cfg.samples.count)]
+            files += ["mean.png", "uncertainty.png", "samples.json"]
+        return files
+
+    @classmethod
     def total_steps(cls, cfg: ProjectorConfig) -> int:
         """Steps of one restoration, the tuning phase's included (what a progress bar counts)."""
         return cls.steps(cfg) + cfg.tune.steps
@@ -357,17 +380,24 @@ class Method(ABC):
         snapshot_path = Path(snapshot_path) if snapshot_path else None
 
         targets = targets.to(self.device, torch.float32)
-        run = self.start(targets, degradation, rngs, init)
-        if self.cfg.tune.steps:
-            if self.tune_features is None:
-                raise ValueError("tuning needs the method's tune_features (make the method with make_method)")
-            from .tune import TunedRun
-            run = TunedRun(run, self.G, self.tune_features, self.cfg.tune, targets, degradation, rngs,
-                           self.forward_precision)
+        states = [r.get_state() for r in rngs]      # a run made twice draws the same starting values
+
+        def new_run() -> Run:
+            for r, state in zip(rngs, states):
+                r.set_state(state)
+            run = self.start(targets, degradation, rngs, init)
+            if self.cfg.tune.steps:
+                if self.tune_features is None:
+                    raise ValueError("tuning needs the method's tune_features (make the method with make_method)")
+                from .tune import TunedRun
+                run = TunedRun(run, self.G, self.tune_features, self.cfg.tune, targets, degradation, rngs,
+                               self.forward_precision)
+            return run
+        run = new_run()
         history: List[List[dict]] = [[] for _ in range(B)]
         trajectory: List[Dict[str, List[torch.Tensor]]] = [{} for _ in range(B)]
-        if snapshot_path is not None:
-            self._resume(run, snapshot_path, names, history, trajectory)
+        if snapshot_path is not None and not self._resume(run, snapshot_path, names, history, trajectory):
+            run = new_run()                 # a snapshot that failed half-way through loading: start clean
         pending: list = []
         bar = tqdm(total=run.total, initial=run.step, desc=desc, unit="step", disable=desc is None)
         while run.step < run.total:
@@ -422,27 +452,65 @@ class Method(ABC):
                     run=run.state_dict())
         write_atomic(path, lambda tmp: torch.save(data, tmp))
 
-    def _resume(self, run: Run, path: Path, names, history, trajectory) -> None:
-        """Continue ``run`` from the snapshot at ``path``. A snapshot that cannot be read (a
-        truncated file) is removed with a warning naming it, and the batch starts over; one made
-        by other settings or for other targets is refused (it belongs to another run)."""
-        if not path.is_file():
-            return
+    def _resume(self, run: Run, path: Path, names, history, trajectory) -> bool:
+        """Continue ``run`` from the snapshot at ``path``; False when ``run`` must be made anew. A
+        snapshot that cannot be read or whose contents are not a snapshot's (a truncated file,
+        a forged one: anything the run cannot load) is removed with a warning naming it, and the
+        batch starts over; one made by other settings or for other targets is refused (it belongs
+        to another run)."""
+        if not path.is_file() or path.is_symlink():
+            if path.is_symlink():
+                path.unlink()
+            return True
         try:
+            if path.stat().st_size > MAX_SNAPSHOT_BYTES:
+                raise ValueError(f"larger than {MAX_SNAPSHOT_BYTES >> 30} GB")
             data = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
                 raise ValueError("not a recon snapshot of this version")
+            if data.get("fingerprint") != self.fingerprint(self.cfg) or data.get("names") != list(names):
+                raise _OtherRun()
+            saved = _snapshot_history(data, len(names))
+            run.load_state_dict(data["run"])
+            step = data["step"]
+            if not isinstance(step, int) or step != run.step:
+                raise ValueError(f"its step {step!r} is not its run's ({run.step})")
+            history[:] = saved
+            for mine, kept in zip(trajectory, data.get("trajectory") or [{}] * len(names)):
+                mine.update({p: list(v.to(self.device)) for p, v in kept.items()})
+        except _OtherRun:
+            raise ProjectionError(f"{path}: snapshot was made with other settings or targets; delete it to start "
+                                  "over") from None
         except Exception as exc:            # any unreadable file: it holds nothing to resume
             warnings.warn(f"{path}: unreadable snapshot ({type(exc).__name__}: {str(exc).strip()[:200]}); "
                           "removed, the batch starts over", RuntimeWarning, stacklevel=3)
             path.unlink(missing_ok=True)
-            return
-        if data["fingerprint"] != self.fingerprint(self.cfg) or data["names"] != list(names):
-            raise ProjectionError(f"{path}: snapshot was made with other settings or targets; delete it to start over")
-        run.load_state_dict(data["run"])
-        history[:] = json.loads(data["history"])
-        for mine, saved in zip(trajectory, data["trajectory"]):
-            mine.update({p: list(v.to(self.device)) for p, v in saved.items()})
+            history[:] = [[] for _ in names]
+            for mine in trajectory:
+                mine.clear()
+            return False
+        return True
+
+
+MAX_SNAPSHOT_BYTES = 16 << 30
+
+
+class _OtherRun(Exception):
+    """A readable snapshot of another run's settings or targets."""
+
+
+def _snapshot_history(data: dict, targets: int) -> List[List[dict]]:
+    """A snapshot's history (JSON in a string), bounded in depth, one list of rows per target."""
+    from recon.data.ownfiles import MAX_DEPTH, json_depth
+
+    text = data.get("history")
+    if not isinstance(text, str) or json_depth(text) > MAX_DEPTH:
+        raise ValueError("its history is not a table of steps")
+    history = json.loads(text)
+    if not (isinstance(history, list) and len(history) == targets and all(isinstance(h, list) for h in history)
+            and all(isinstance(row, dict) for h in history for row in h)):
+        raise ValueError("its history is not a table of steps per target")
+    return history
 
 
 def gather_samples(name: str, runs: List[Restoration]) -> Restoration:
@@ -459,7 +527,10 @@ def snapshot_step(path) -> int:
     """The step a snapshot file was taken at (0 when there is none or it cannot be read)."""
     path = Path(path)
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["step"]) if path.is_file() else 0
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_SNAPSHOT_BYTES:
+            return 0
+        step = torch.load(path, map_location="cpu", weights_only=True)["step"]
+        return step if isinstance(step, int) and step >= 0 else 0
     except Exception:           # an unreadable snapshot is dealt with (and named) when the run starts
         return 0
 

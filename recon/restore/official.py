@@ -142,6 +142,11 @@ class OfficialMethod(Method):
                     "which starts from one w; use latent_space: w+")
         return None
 
+    @classmethod
+    def last_phase(cls, cfg: ProjectorConfig, start: Optional[torch.Tensor] = None) -> str:
+        switches = cfg.latent_space == "w->w+" and round(cfg.w_plus_switch * cfg.num_steps) < cfg.num_steps
+        return "W+" if cfg.latent_space == "w+" or switches else "W"
+
     def space_at(self, step: int) -> str:
         if self.cfg.latent_space == "w->w+":
             return "w" if step < round(self.cfg.w_plus_switch * self.cfg.num_steps) else "w+"

@@ -15,7 +15,7 @@ rows kept here follow the same trajectory).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,23 @@ class RobustMethod(Method):
     @classmethod
     def settings(cls, cfg: ProjectorConfig) -> Dict[str, Any]:
         return dict(robust=cfg.robust.model_dump(), num_steps=cfg.num_steps, seed=cfg.seed, init=cfg.init)
+
+    @classmethod
+    def planned_phases(cls, cfg: ProjectorConfig, start: Optional[torch.Tensor] = None) -> List[Tuple[str, int]]:
+        """``[(phase, steps)]`` of a run from ``start`` (one target's latent; None: w_avg): the phase
+        the latent belongs to and the ones after it."""
+        steps = phase_steps(cfg.num_steps, cfg.robust.phases)
+        first = init_phase(start) if start is not None else 0
+        return [(PHASES[i], steps[i]) for i in range(first, len(PHASES))]
+
+    @classmethod
+    def phase_images(cls, cfg: ProjectorConfig, start: Optional[torch.Tensor] = None) -> List[str]:
+        return [p for p, _ in cls.planned_phases(cfg, start)[:-1]]
+
+    @classmethod
+    def last_phase(cls, cfg: ProjectorConfig, start: Optional[torch.Tensor] = None) -> str:
+        phases = cls.planned_phases(cfg, start)
+        return next((p for p, n in reversed(phases) if n > 0), "latent")
 
     def render(self, latent: torch.Tensor) -> torch.Tensor:
         """W ``[B, w_dim]``, W+ ``[B, num_ws, w_dim]`` or W++ ``[B, num_ws, K, w_dim]`` -> image in [0, 1]."""

@@ -77,7 +77,8 @@ def _cmd_project(args) -> int:
     if len({f.name for f in faces}) != len(faces):
         raise ParamsError("targets: two images have the same name; results are written per name")
     out = Path(args.out)
-    degrade_stage(args.degrade, ops, faces, out / ".targets", seed=params.seeds.degrade)
+    observed = params.observed(args.degrade) if args.degrade in params.degrade else False
+    degrade_stage(args.degrade, ops, faces, out / ".targets", seed=params.seeds.degrade, observed=observed)
     done = project_stage(args.degrade, cfg, out / ".targets", out, (args.generator, args.vgg), runtime, device,
                          replace=args.force)
     print(f"projected {len(done)} of {len(faces)} images into {out}"

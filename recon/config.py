@@ -15,6 +15,7 @@ any depth, so changing one would restore stale outputs (``align.size`` became ``
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Type, Union
@@ -57,11 +58,35 @@ class NoneOp(_Model):
     type: Literal["none"] = "none"
 
 
+SIGMA_RANGE = (0.3, 12.0)     # sigma: auto, px at the generator's resolution (a 1024 px face: sharp to very blurry)
+
+
+def auto_kernel(sigma_max: float) -> int:
+    """The blur kernel that holds a Gaussian of ``sigma_max`` to three sigmas."""
+    return 2 * math.ceil(3 * sigma_max) + 1
+
+
 class BlurOp(_Model):
-    """Gaussian blur with reflect padding."""
+    """Gaussian blur with reflect padding. ``sigma: auto`` (an observed photo whose blur nobody
+    knows): each face's sigma is estimated with its latent, within ``sigma_range`` (px at the
+    generator's resolution; default 0.3 to 12), with a kernel wide enough for its upper bound
+    unless ``kernel`` says otherwise."""
     type: Literal["blur"] = "blur"
     kernel: Annotated[int, Field(ge=3)] = 21
-    sigma: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 6.0
+    sigma: Union[Annotated[float, Field(gt=0, allow_inf_nan=False)], Literal["auto"]] = 6.0
+    sigma_range: Optional[Annotated[List[Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]],
+                                    Field(min_length=2, max_length=2)]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto(cls, data):
+        if isinstance(data, dict) and data.get("sigma") == "auto":
+            data = dict(data)
+            lo_hi = data.setdefault("sigma_range", list(SIGMA_RANGE))
+            if isinstance(lo_hi, list) and len(lo_hi) == 2 and all(isinstance(v, (int, float)) for v in lo_hi):
+                data["sigma_range"] = [float(v) for v in lo_hi]
+                data.setdefault("kernel", auto_kernel(max(data["sigma_range"])))
+        return data
 
     @field_validator("kernel")
     @classmethod
@@ -69,6 +94,21 @@ class BlurOp(_Model):
         if v % 2 == 0:
             raise ValueError(f"must be odd, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.sigma_range is not None:
+            lo, hi = self.sigma_range
+            if self.sigma != "auto":
+                raise _OpError("sigma_range", "is for sigma: auto (a sigma to estimate); this blur's sigma is "
+                               f"{self.sigma}")
+            if not lo < hi:
+                raise _OpError("sigma_range", f"must be [low, high] with low < high, got {self.sigma_range}")
+        return self
+
+    @property
+    def estimated(self) -> bool:
+        return self.sigma == "auto"
 
 
 class GrayscaleOp(_Model):
@@ -99,10 +139,31 @@ class MaskOp(_Model):
 class DownsampleOp(_Model):
     """Super-resolution operator: the observation is ``factor`` times smaller (what a user has).
     ``filter`` is how the *target* is made smaller (a real camera or resizer is rarely a box);
-    the generated image is reduced by area averaging, as the robust method's reference does."""
+    the generated image is reduced by area averaging, as the robust method's reference does.
+    ``factor: auto`` (an observed photo): each face's own, from how many photo pixels its crop
+    covers (recorded by the alignment)."""
     type: Literal["downsample"] = "downsample"
-    factor: Annotated[int, Field(ge=2)] = 4
+    factor: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = 4
     filter: Literal["box", "bilinear", "bicubic", "lanczos"] = "box"
+
+    @field_validator("factor")
+    @classmethod
+    def _at_least_two(cls, v):
+        if v == 1:
+            raise ValueError("must be at least 2 (or auto), got 1")
+        return v
+
+
+class AutoOp(_Model):
+    """A photo whose degradation nobody knows (``observed`` modes): per photo, grayscale when its
+    channels agree within ``grayscale_tolerance`` levels, the observation at the photo's own
+    sampling (``downsample: {factor: auto}``) and, with ``blur``, a Gaussian blur estimated with
+    the face (``sigma: auto`` within ``sigma_range``). What was detected is recorded per face."""
+    type: Literal["auto"] = "auto"
+    blur: bool = True
+    sigma_range: Annotated[List[Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]],
+                           Field(min_length=2, max_length=2)] = list(SIGMA_RANGE)
+    grayscale_tolerance: Annotated[int, Field(ge=0, le=64)] = 3
 
 
 class NoiseOp(_Model):
@@ -139,10 +200,29 @@ class ChainOp(_Model):
         return [parse_op(item, str(i)) for i, item in enumerate(v)]
 
 
-Op = Union[NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, JpegOp, PoissonOp, ChainOp]
+Op = Union[NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, JpegOp, PoissonOp, ChainOp, AutoOp]
 OP_TYPES: Dict[str, Type[BaseModel]] = {m.model_fields["type"].default: m
                              for m in (NoneOp, BlurOp, GrayscaleOp, MaskOp, DownsampleOp, NoiseOp, JpegOp, PoissonOp,
-                                       ChainOp)}
+                                       ChainOp, AutoOp)}
+
+
+def op_record(op) -> dict:
+    """An op as plain data (``targets.json``, fingerprints): fields that only an estimated op has
+    are left out of the others', so their records are what they always were."""
+    return op.model_dump(exclude_none=True)
+
+
+def needs_observed(ops: List["Op"]) -> Optional[str]:
+    """What in ``ops`` only a photo that is already degraded can have (an unknown sigma or factor,
+    detection), or None."""
+    for op in ops:
+        if isinstance(op, AutoOp):
+            return "type: auto"
+        if isinstance(op, BlurOp) and op.sigma == "auto":
+            return "sigma: auto"
+        if isinstance(op, DownsampleOp) and op.factor == "auto":
+            return "factor: auto"
+    return None
 
 
 class _OpError(ValueError):
@@ -183,9 +263,12 @@ def flatten_ops(op: Op) -> List[Op]:
 
 def observed_size(ops: List[Op], resolution: int) -> int:
     """The side of the observation that ``ops`` make of a ``resolution`` px image: a downsample
-    divides it (the observation is what a user has: small)."""
+    divides it (the observation is what a user has: small). Ops resolved per face (no factor
+    auto) only."""
     for op in ops:
         if isinstance(op, DownsampleOp):
+            if op.factor == "auto":
+                raise ValueError("factor auto is resolved per face (targets.json), not here")
             resolution //= op.factor
     return resolution
 
@@ -195,8 +278,14 @@ def check_op_fits(ops: List[Op], resolution: int) -> None:
     naming the key); an op after a downsample works on the smaller image."""
     for op in ops:
         if isinstance(op, BlurOp) and op.kernel >= resolution:
-            raise ValueError(f"kernel {op.kernel} is not smaller than the {resolution} px image")
-        if isinstance(op, DownsampleOp):
+            hint = (f" (sigma auto up to {op.sigma_range[1]:g} px needs it; lower sigma_range's high end)"
+                    if op.sigma_range else "")
+            raise ValueError(f"kernel {op.kernel} is not smaller than the {resolution} px image{hint}")
+        if isinstance(op, AutoOp) and op.blur and auto_kernel(op.sigma_range[1]) >= resolution:
+            raise ValueError(f"a blur up to sigma {op.sigma_range[1]:g} px needs a kernel of "
+                             f"{auto_kernel(op.sigma_range[1])}, not smaller than the {resolution} px image "
+                             "(lower sigma_range's high end)")
+        if isinstance(op, DownsampleOp) and isinstance(op.factor, int):     # auto: each face's own
             if resolution % op.factor:
                 raise ValueError(f"factor {op.factor} does not divide the {resolution} px image")
             resolution //= op.factor
@@ -447,7 +536,8 @@ class Synthetic(_Model):
     latent_dist_reg_weight: Annotated[List[NonNegFloat], Field(min_length=1)] = [0.0, 0.001, 0.01]
 
 
-BENCHMARK_TASKS = ("upsample", "noise", "jpeg", "inpaint_brush", "inpaint_center", "blur", "grayscale")
+BENCHMARK_TASKS = ("upsample", "noise", "jpeg", "inpaint_brush", "inpaint_center", "blur", "grayscale", "blur_blind",
+                   "upsample_blind")
 BENCHMARK_LEVELS = ("XS", "S", "M", "L", "XL")
 
 
@@ -557,7 +647,12 @@ class Params(_Model):
                 observed = spec.pop("observed")
                 if not isinstance(observed, bool):
                     raise _OpError(f"{mode}.observed", f"must be true or false, got {observed!r}")
-            out[mode] = Mode(op=parse_op(spec, mode), observed=observed)
+            op = parse_op(spec, mode)
+            unknown = needs_observed(flatten_ops(op))
+            if unknown and not observed:
+                raise _OpError(mode, f"{unknown} is for a photo that is already degraded, whose degradation nobody "
+                               "knows: add observed: true (a mode that degrades sharp photos must say how)")
+            out[mode] = Mode(op=op, observed=observed)
         return out
 
     @model_validator(mode="after")

@@ -130,4 +130,12 @@ GLOSSARY = {
                     "(range [-1, 1]), averaged over the image: how much the observation leaves open"),
     "identity": ("identity distance", "", "lower", "distance of dlib face embeddings of result and original; "
                  f"below {IDENTITY_THRESHOLD} dlib calls them the same person"),
+    "sigma": ("blur found", "px", "–", "the Gaussian blur's sigma estimated with the face (sigma: auto), in pixels "
+              "at the generator's resolution"),
+    "face_px": ("face in the photo", "px", "–", "how many photo pixels the side of the face's crop covers (the "
+                "alignment's quad): the face's real resolution, before it was resampled to the generator's"),
+    "grayscale_found": ("grayscale found", "", "–", "1 when the photo's channels agree within the tolerance "
+                        "(type: auto added the grayscale operation), 0 when not"),
+    "observation_px": ("observed at", "px", "–", "the size the restoration compared the generated face at: the "
+                       "face's own sampling, a power of two at or below its size in the photo (factor: auto)"),
 }

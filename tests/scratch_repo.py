@@ -38,9 +38,9 @@ def set_params(path: Path, updates: dict):
         yaml.dump(data, f)
 
 
-def make_repo(work: Path, photos, params: dict):
+def make_repo(work: Path, photos, params: dict, resolution: int = 32):
     """``(repo, env)``: the checkout's tracked files, of its sample photos in data/raw only
-    ``photos``, tiny weights, ``params`` applied, committed."""
+    ``photos``, tiny weights (a ``resolution`` px generator), ``params`` applied, committed."""
     repo = work / "repo"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\n")
@@ -62,15 +62,16 @@ def make_repo(work: Path, photos, params: dict):
 
     from recon.model.networks import Generator
     torch.manual_seed(0)
-    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=256, channel_max=32)).eval()
+    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=resolution, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2),
+                  synthesis_kwargs=dict(channel_base=256 * resolution // 32, channel_max=32)).eval()
     served = work / "served"
     served.mkdir()
     write_official_pkl(served / "tiny-ffhq.pkl", G)
     write_tiny_vgg(served / "tiny-vgg16.pt")
     set_params(repo / "params.yaml", {"weights.generator.source": (served / "tiny-ffhq.pkl").as_uri(),
                                       "weights.vgg16.source": (served / "tiny-vgg16.pt").as_uri(),
-                                      "align.resolution": 32, **params})
+                                      "align.resolution": resolution, **params})
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
                RECON_NO_CUDA_OPS="1")

@@ -174,3 +174,22 @@ def test_downsample_filters_for_targets():
         assert not torch.equal(d.target(x), d(x))
         assert d(x).shape == (1, 3, 16, 16) and psnr_torch(d.target(x), d(x)).item() > 30, f
         torch.testing.assert_close(d(x), box(x))
+
+
+def test_a_mask_after_a_downsample_is_the_references():
+    """The reference's protocol: the images multiplied by the mask bicubic-resized to the
+    observation (no antialias, its overshoot kept), the hole noise of the loss on the area-resized
+    mask; the target made by the true downsample, then the bicubic-resized mask."""
+    import torch.nn.functional as F
+
+    from recon.config import DownsampleOp, MaskOp
+    mask = centre_mask(32, 0.4)
+    d = Degradation([DownsampleOp(factor=2, filter="bicubic"), MaskOp(source="center")], 32, masks=mask)
+    img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    resized = F.interpolate(mask, size=(16, 16), mode="bicubic", align_corners=False)
+    assert resized.max() > 1 and resized.min() < 0                       # bicubic overshoots, and it is kept
+    torch.testing.assert_close(d(img), (F.avg_pool2d(img, 2) + 1) * resized - 1, atol=1e-6, rtol=0)
+    torch.testing.assert_close(d.known("cpu"), F.interpolate(mask, size=(16, 16), mode="area"), atol=0, rtol=0)
+    small = downsample(img, 2, "bicubic")
+    torch.testing.assert_close(d.target(img), (small + 1) * resized - 1, atol=1e-6, rtol=0)
+    torch.testing.assert_close(apply_mask(small, mask), (small + 1) * resized - 1, atol=1e-6, rtol=0)

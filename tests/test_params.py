@@ -98,6 +98,8 @@ BAD = [
     ("project", "blur", {"degrade.sr4": {"type": "downsample", "factor": 4}},
      "params.yaml: project.starts.sr4: missing: every mode needs one, here data/degraded/sr4"),
     ("project", "blur", {"project.runtime.device": "gpu"}, "params.yaml: project.runtime.device: must be auto, cpu"),
+    ("project", "blur", {"project.runtime.device": "cpu", "project.runtime.precision": "tf32"},
+     "params.yaml: project.runtime.precision: tf32 is a CUDA tensor-core mode, and project.runtime.device is cpu"),
     ("project", "blur", {"project.default.batch_size": 2},
      "params.yaml: project.default.batch_size: unknown key"),
     ("synthetic", None, {"synthetic.num_steps": [10, 2.5]}, "params.yaml: synthetic.num_steps.1: must be an integer"),
@@ -124,6 +126,9 @@ BAD = [
 if not torch.cuda.is_available():
     BAD.append(("project", "blur", {"project.runtime.device": "cuda"},
                 "params.yaml: project.runtime.device: cuda is not available on this machine"))
+    BAD.append(("project", "blur", {"project.runtime.precision": "tf32"},      # device auto: the CPU here
+                "params.yaml: project.runtime.precision: tf32: tf32 is a CUDA tensor-core mode (this stage runs on "
+                "cpu)"))
 
 
 PATHS = {  # as dvc.yaml's cmd gives them

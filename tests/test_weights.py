@@ -262,3 +262,31 @@ def test_the_stage_stores_the_weights_by_digest_and_records_them(tmp_path, golde
     assert _stage(tmp_path, spec, resolution=32).returncode == 0
     assert json.loads((tmp_path / "weights" / "weights.json").read_text()) == record
     assert sha(files.generator.read_bytes()) == record["generator"]["converted_sha256"]
+
+
+def test_an_interrupted_download_is_named_as_one_the_next_run_resumes(tmp_path, monkeypatch):
+    """The stage's message for a transfer cut off every time: interrupted, resumed by the next run
+    (not "missing"), with the partial file kept; a file that is simply unreachable is missing."""
+    from tiny_vgg import write_tiny_vgg
+
+    import recon.model.weights as weights
+    from recon.config import parse_params
+    from recon.pipeline.download import weights_stage
+    monkeypatch.setenv("RECON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights.time, "sleep", lambda s: None)
+    write_tiny_vgg(tmp_path / "vgg16.pt")
+    handler = type("H", (FlakyHandler,), dict(requests=[], drops=100, cut=1000))
+    server, url = serve(handler)
+    try:
+        params = parse_params({"weights": {"generator": {"source": url}, "vgg16": {"source": str(tmp_path / "vgg16.pt")}}})
+        with pytest.raises(DownloadError) as err:
+            weights_stage(params, tmp_path / "weights")
+        lines = str(err.value).splitlines()
+        assert lines[0] == "1 download was interrupted (the next run resumes it where it stopped):"
+        assert "download interrupted 4 times" in lines[1] and "keeps the 4000 bytes received: run again to resume" in lines[1]
+        params = parse_params({"weights": {"generator": {"source": url},
+                                           "vgg16": {"source": "http://127.0.0.1:9/vgg16.pt"}}})
+        with pytest.raises(DownloadError, match=r"^1 of 2 weights files are missing; 1 download was interrupted "):
+            weights_stage(params, tmp_path / "weights")
+    finally:
+        server.shutdown()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from recon.config import (
+    SIGMA_RANGE,
     BenchmarkConfig,
     BlurOp,
     DownsampleOp,
@@ -36,6 +37,7 @@ from recon.config import (
     PoissonOp,
     ProjectorConfig,
     Runtime,
+    auto_kernel,
 )
 from recon.data.imageio import from_uint8, save_png, to_uint8, write_json
 from recon.data.ownfiles import own_dir, read_record, remove
@@ -62,8 +64,13 @@ HOLE = dict(XS=0.2, S=0.3, M=0.4, L=0.5, XL=0.6)
 BLUR_SIGMA = dict(XS=2.0, S=4.0, M=6.0, L=8.0, XL=10.0)
 # the reference draws one at random; here by seed
 FILTERS: Tuple[Literal["bilinear", "bicubic", "lanczos"], ...] = ("bilinear", "bicubic", "lanczos")
-TASKS = ("upsample", "noise", "jpeg", "inpaint_brush", "inpaint_center", "blur", "grayscale")
+TASKS = ("upsample", "noise", "jpeg", "inpaint_brush", "inpaint_center", "blur", "grayscale", "blur_blind",
+         "upsample_blind")
+# Blind tasks: the target made as the known task makes it, restored without knowing the parameter
+# (a blur's sigma estimated with the face; the factor found from the observation's size).
+BLIND = {"blur_blind": "blur", "upsample_blind": "upsample"}
 SCORES = ("psnr", "ssim", "lpips", "identity")
+FOUND = ("sigma", "sigma_true", "sigma_error", "factor", "factor_true")     # what a blind task estimated
 
 
 @dataclass(frozen=True)
@@ -84,12 +91,34 @@ def cells(cfg: BenchmarkConfig) -> List[Cell]:
     return out
 
 
+def blur_kernel(sigma: float, R: int) -> int:
+    """The known blur task's kernel: odd, 3.5 sigma, smaller than the image."""
+    return max(min(2 * round(1.75 * sigma) + 1, R - 1 if R % 2 == 0 else R - 2), 3)
+
+
+def restore_degradation(cell: Cell, R: int, seed: int, observed_size: int, draw_seed: Optional[int] = None
+                        ) -> Degradation:
+    """The degradation a method restores a cell's target through: the task's own, or for a blind
+    task the one it can know: ``blur_blind`` a blur whose sigma is estimated with the face (within
+    :data:`recon.config.SIGMA_RANGE`, the kernel held below the image's size), ``upsample_blind``
+    the downsample whose factor the observation's size (``observed_size``) gives."""
+    if cell.task == "blur_blind":
+        lo, hi = SIGMA_RANGE
+        kernel = min(auto_kernel(hi), R - 1 if R % 2 == 0 else R - 2)
+        return Degradation([BlurOp(sigma="auto", sigma_range=[lo, hi], kernel=kernel)], R,
+                           seed=seed if draw_seed is None else draw_seed)
+    if cell.task == "upsample_blind":
+        return Degradation([DownsampleOp(factor=R // observed_size)], R, seed=seed if draw_seed is None else draw_seed)
+    return task_degradation(cell, R, seed, draw_seed)
+
+
 def task_degradation(cell: Cell, R: int, seed: int, draw_seed: Optional[int] = None) -> Degradation:
     """The degradation of one task and level for one ground-truth face: ``seed`` picks the brush
     strokes and the downsampling filter, and (unless ``draw_seed`` is given) the target's noise
     and the holes' fill. Restoration uses one ``draw_seed`` for every face, so that a batch of
-    faces shares one fill, as a face alone would have it."""
-    t, lv = cell.task, cell.level
+    faces shares one fill, as a face alone would have it. A blind task's target is its known
+    task's."""
+    t, lv = BLIND.get(cell.task, cell.task), cell.level
     masks = None
     ops: List[Op]
     if t == "upsample":
@@ -105,14 +134,39 @@ def task_degradation(cell: Cell, R: int, seed: int, draw_seed: Optional[int] = N
         ops = [MaskOp(source="center", fraction=HOLE[lv])]
         masks = centre_mask(R, HOLE[lv])
     elif t == "blur":
-        sigma = BLUR_SIGMA[lv]
-        kernel = min(2 * round(1.75 * sigma) + 1, R - 1 if R % 2 == 0 else R - 2)   # odd, smaller than the image
-        ops = [BlurOp(kernel=max(kernel, 3), sigma=sigma)]
+        ops = [BlurOp(kernel=blur_kernel(BLUR_SIGMA[lv], R), sigma=BLUR_SIGMA[lv])]
     elif t == "grayscale":
         ops = [GrayscaleOp()]
     else:
         raise ValueError(f"unknown benchmark task {t!r}")
     return Degradation(ops, R, masks=masks, seed=seed if draw_seed is None else draw_seed)
+
+
+def blind_record(cell: Cell, R: int, res, degradation: Degradation) -> Dict[str, float]:
+    """What a blind restoration found against the truth: the sigma estimated and its error, or the
+    factor found and the one used."""
+    if cell.task == "blur_blind":
+        true = BLUR_SIGMA[cell.level]
+        return dict(sigma=res.estimates["sigma"], sigma_true=true, sigma_error=abs(res.estimates["sigma"] - true))
+    if cell.task == "upsample_blind":
+        found = next(op.factor for op in degradation.ops if isinstance(op, DownsampleOp))
+        return dict(factor=float(found), factor_true=float(min(UPSAMPLE[cell.level], R)))
+    return {}
+
+
+def blind_vs_known(table: Dict[str, Dict[str, dict]], methods: List[str]) -> List[dict]:
+    """Per blind task, level and method: its scores beside the known task's at the same level (the
+    same targets, the same budget), and what it estimated."""
+    rows = []
+    for cell, by in table.items():
+        task, _, level = cell.rpartition("-")
+        if task not in BLIND or f"{BLIND[task]}-{level}" not in table:
+            continue
+        known = table[f"{BLIND[task]}-{level}"]
+        for name in methods:
+            if name in by and name in known:
+                rows.append(dict(task=task, level=level, method=name, known=known[name], blind=by[name]))
+    return rows
 
 
 def budgeted(cfg: ProjectorConfig, budget: int) -> ProjectorConfig:
@@ -197,7 +251,7 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
         seconds = 0.0
         for i in range(0, len(seeds), batch):
             chunk = seeds[i:i + batch]
-            ds = [task_degradation(cell, R, s, draw_seed=0) for s in chunk]
+            ds = [restore_degradation(cell, R, s, targets[cell.name][s].shape[0], draw_seed=0) for s in chunk]
             d = ds[0]
             if d.masks is not None:
                 d = Degradation(d.ops, R, masks=torch.cat([x.masks for x in ds if x.masks is not None]), seed=0)
@@ -206,10 +260,10 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
                                       names=[f"seed{s:04d}" for s in chunk],
                                       rngs=[TorchRandom(mcfg.seed) for _ in chunk])
             seconds += time.perf_counter() - t0
-            for s, res in zip(chunk, restored):
+            for s, res, d_used in zip(chunk, restored, ds):
                 img = to_uint8(res.image[None])[0]
                 save_png(cdir / name / f"seed{s:04d}.png", img)
-                per_seed[s] = score(img, truth[s], lpips, cfg.identity)
+                per_seed[s] = dict(score(img, truth[s], lpips, cfg.identity), **blind_record(cell, R, res, d_used))
                 if res.samples is not None:          # the samples' mean is scored as a row of its own
                     mean = to_uint8(res.samples.mean[None])[0]
                     save_png(cdir / name / f"seed{s:04d}_mean.png", mean)
@@ -278,6 +332,8 @@ def summarize(results: Dict[str, Dict[str, dict]], methods: List[str]) -> dict:
         for name, rec in by_method.items():
             per_seed = list(rec["per_seed"].values())
             table[cell][name] = {k: _mean(p.get(k) for p in per_seed) for k in SCORES}
+            table[cell][name].update({k: _mean(p.get(k) for p in per_seed) for k in FOUND
+                                      if any(k in p for p in per_seed)})
             if "seconds_per_restoration" in rec:
                 table[cell][name]["seconds"] = rec["seconds_per_restoration"]
     headline = {}
@@ -292,7 +348,7 @@ def summarize(results: Dict[str, Dict[str, dict]], methods: List[str]) -> dict:
             wins[min(scored)[1]] += 1
     for name in methods:
         headline[name]["lpips_wins"] = wins[name]
-    return dict(table=table, headline=headline)
+    return dict(table=table, headline=headline, blind=blind_vs_known(table, methods))
 
 
 def _finite(obj):

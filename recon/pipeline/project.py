@@ -66,7 +66,7 @@ class _Work:
         """The face's target ``[1, 3, h, h]`` in [-1, 1], as its 8-bit file holds it (``h``: the
         observation's size, the generator's unless a downsample made it smaller)."""
         rgb, _ = load_photo(self.degraded_dir / face.degraded)
-        h = observed_size(parse_ops(self.targets.ops), self.R)
+        h = observed_size(parse_ops(self.targets.ops_of(face)), self.R)
         if rgb.shape[:2] != (h, h):
             raise PhotoError(f"{self.degraded_dir / face.degraded}: target is {rgb.shape[1]}x{rgb.shape[0]}, the "
                              f"generator makes {self.R}x{self.R}" + (f" and this mode observes {h}x{h}" if h != self.R
@@ -88,7 +88,7 @@ def face_fingerprint(cfg: ProjectorConfig, targets: Targets, face: Target, degra
         h.update(sha256_of(start).encode())
     h.update(method_class(cfg).fingerprint(cfg).encode())
     h.update(weights_digest.encode())
-    h.update(json.dumps(targets.ops, sort_keys=True).encode())
+    h.update(json.dumps(targets.ops_of(face), sort_keys=True).encode())
     h.update(sha256_of(Path(degraded_dir) / face.degraded).encode())
     if face.mask:
         h.update(sha256_of(Path(degraded_dir) / face.mask).encode())
@@ -139,7 +139,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     queue = WorkQueue(out_dir, runtime.lease_s, say=lambda s: log(f"project {mode}: {s}"))
     steps = cls.total_steps(cfg)
     key = hashlib.sha256("|".join(fingerprints[f.name] for f in faces).encode()).hexdigest()
-    models = _plan(queue, key, faces, finished, runtime, device, files, steps, workers)
+    models = _plan(queue, key, targets, finished, runtime, device, files, steps, workers)
     by_name = {f.name: f for f in faces}
     todo = [n for n in by_name if n not in finished]
     if main and len(todo) < len(faces):
@@ -207,12 +207,13 @@ def check_precision(precision: str, device: str) -> None:
                           f"{device})")
 
 
-def _plan(queue: WorkQueue, key: str, faces: List[Target], finished: set, runtime: Runtime, device: str, files,
+def _plan(queue: WorkQueue, key: str, targets: Targets, finished: set, runtime: Runtime, device: str, files,
           steps: int, workers: int):
     """Open the stage's plan: batches cut once from the fixed order of the faces, with the batch
     size recorded in the plan (or decided here when this worker makes it); units whose faces are
     no longer all done are reopened. Returns the models if deciding the batch size loaded them."""
     models = None
+    faces = targets.faces
     batch_size = queue.recorded(key, "batch_size")
     if batch_size is None:
         if runtime.batch_size == "auto" and device.startswith("cuda"):
@@ -222,11 +223,15 @@ def _plan(queue: WorkQueue, key: str, faces: List[Target], finished: set, runtim
             batch_size = max(1, min(batch_size, -(-len(faces) // workers)))
 
     def cut(meta: dict) -> List[Unit]:
-        """The units of batches of ``meta["batch_size"]`` faces, in their fixed order."""
+        """The units of batches of ``meta["batch_size"]`` faces, in their fixed order; faces whose
+        own ops differ (an observation of another size) in batches of their own."""
         size = meta.get("batch_size")
         if not isinstance(size, int) or size < 1:
             return []
-        batches = [faces[i:i + size] for i in range(0, len(faces), size)]
+        groups: Dict[str, List[Target]] = {}
+        for face in faces:
+            groups.setdefault(json.dumps(targets.ops_of(face), sort_keys=True), []).append(face)
+        batches = [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
         return [Unit(f"batch{k:05d}", float(len(b) * steps), dict(faces=[f.name for f in b]))
                 for k, b in enumerate(batches)]
     units = cut(dict(batch_size=batch_size))
@@ -334,9 +339,11 @@ def _restore_batch(mode, method, work: _Work, batch: List[Target], out_dir: Path
         save_png(folder / "target.png", to_uint8(images[face.name])[0])
         write_receipt(folder, RECEIPT, dict(fingerprint=work.fingerprints[face.name], mode=mode,
                                             config=method.cfg.model_dump(), precision=method.precision,
-                                            target=asdict(face)),
+                                            target=asdict(face), **({"estimates": res.estimates}
+                                                                    if res.estimates else {})),
                       files + ["target.png"])
         last = res.history[-1]
-        progress.write(f"{face.name} done: distance {last['dist']:.4g}, loss {last['loss']:.4g}")
+        found = "".join(f", {k} {v:.3g}" for k, v in res.estimates.items())
+        progress.write(f"{face.name} done: distance {last['dist']:.4g}, loss {last['loss']:.4g}{found}")
     fault_point("after-receipts")
     return [f.name for f in todo]

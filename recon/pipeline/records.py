@@ -62,6 +62,8 @@ class Target:
     quad: Optional[list] = None
     mask: Optional[str] = None
     mask_source: Optional[str] = None
+    ops: Optional[List[dict]] = None        # its own ops, where the mode resolves them per face (observed auto)
+    detected: Optional[dict] = None         # what was found out about it (its size in the photo, gray or not)
 
 
 @dataclass
@@ -89,6 +91,10 @@ class Targets:
 
     def save(self, folder) -> Path:
         return write_json(Path(folder) / self.FILE, asdict(self))
+
+    def ops_of(self, face: Target) -> List[dict]:
+        """The ops of one of its faces: the face's own where the mode resolved them per face."""
+        return face.ops if face.ops is not None else self.ops
 
 
 # ----------------------------------------------------------------------------------------------

@@ -68,8 +68,13 @@ def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weigh
                                         .encode()).hexdigest()[:24] for tag, c in cfgs.items()}
     required = {tag: [f"{name}/{f}" for name in names for f in method_class(c).result_files(c)]
                 for tag, c in cfgs.items()}
-    finished = {tag for tag in cfgs if check_receipt(out_dir / tag, RECEIPT, fingerprints[tag], required[tag])[1]
-                is None}
+    finished = set()
+    for tag in cfgs:
+        _, problem = check_receipt(out_dir / tag, RECEIPT, fingerprints[tag], required[tag])
+        if problem is None:
+            finished.add(tag)
+        elif problem != "missing" and main:
+            print(f"synthetic: {tag} runs again: {out_dir / tag}: {problem}", file=sys.stderr, flush=True)
     queue = WorkQueue(out_dir, runtime.lease_s, say=lambda s: print(f"synthetic: {s}", file=sys.stderr, flush=True))
     key = hashlib.sha256(json.dumps(sorted(fingerprints.items())).encode()).hexdigest()
     units = [Unit(cell_tag(n, r), float(n * len(seeds)), dict(num_steps=int(n), reg=float(r))) for n, r in grid]

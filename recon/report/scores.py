@@ -132,8 +132,25 @@ def score_mode(mode: str, degraded_dir: Path, projected_dir: Path, identity: boo
             m["lpips_consistency"] = lpips(images["generated degraded"], degraded)
         if identity:
             m["identity"] = identity_distance(images.get("original", degraded), generated)
+        m.update(found(folder, target))
         scores.faces.append(face)
     return scores
+
+
+def found(folder: Path, target: Target) -> Dict[str, float]:
+    """What was found out about a face of an observed mode: the blur estimated with it (its
+    receipt), its size in the photo and the observation's (the degrade stage's record)."""
+    out: Dict[str, float] = {}
+    receipt = json.loads((folder / "done.json").read_text())
+    for key, value in (receipt.get("estimates") or {}).items():
+        out["sigma" if key == "sigma" else key] = float(value)
+    detected = target.detected or {}
+    if detected.get("quad_side") is not None:
+        out["face_px"] = float(detected["quad_side"])
+        out["observation_px"] = float(detected["observation"])
+    if "grayscale" in detected:
+        out["grayscale_found"] = float(detected["grayscale"])
+    return out
 
 
 @dataclass

@@ -9,7 +9,7 @@ black = known**.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -62,6 +62,22 @@ def gaussian_blur(img: torch.Tensor, kernel_size: int = 21, sigma: float = 6.0) 
     x = F.pad(img, [p, p, p, p], mode="reflect")
     x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def gaussian_blur_per_image(img: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur, reflect padding, each image with its own ``sigma`` ``[N]`` (a
+    tensor: differentiable in it, what an estimated blur is). ``[N, C, H, W]`` -> same shape."""
+    n, c = img.shape[:2]
+    if kernel_size >= min(img.shape[-2:]):
+        raise DegradationError(f"blur kernel size {kernel_size} is not smaller than the {min(img.shape[-2:])} px image")
+    x = torch.arange(kernel_size, device=img.device, dtype=img.dtype) - (kernel_size - 1) / 2
+    taps = torch.exp(-0.5 * (x[None] / sigma.to(img.dtype)[:, None]) ** 2)
+    taps = (taps / taps.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)      # [N * C, K]
+    p = kernel_size // 2
+    y = F.pad(img, [p, p, p, p], mode="reflect").reshape(1, n * c, img.shape[2] + 2 * p, img.shape[3] + 2 * p)
+    y = F.conv2d(y, taps[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, taps[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, *img.shape[2:])
 
 
 def grayscale(img: torch.Tensor) -> torch.Tensor:
@@ -180,12 +196,19 @@ def brush_mask(size: int, strokes: int, seed: int) -> torch.Tensor:
     return (1 - x).clamp(0, 1)
 
 
+def resized_mask(mask: torch.Tensor, size) -> torch.Tensor:
+    """A mask ``[N or 1, 1, h, w]`` resized for multiplying a smaller (or larger) image, as the
+    robust method's reference does: ``F.interpolate(mode='bicubic', align_corners=False)`` without
+    antialiasing. Bicubic overshoots: values a little outside [0, 1] near the mask's edges are kept."""
+    return F.interpolate(mask, size=tuple(size), mode="bicubic", align_corners=False)
+
+
 def apply_mask(img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Multiply by the mask in [0, 1] terms, as the reference does: known pixels (1) kept, missing
-    ones (0) black. ``img`` in [-1, 1]; ``mask`` ``[N or 1, 1, h, w]``, area-resized to the image
-    when their sizes differ (a mask after a downsample)."""
+    ones (0) black. ``img`` in [-1, 1]; ``mask`` ``[N or 1, 1, h, w]``, bicubic-resized to the
+    image when their sizes differ (a mask after a downsample: :func:`resized_mask`)."""
     if mask.shape[-1] != img.shape[-1]:
-        mask = F.interpolate(mask, size=img.shape[-2:], mode="area")
+        mask = resized_mask(mask, img.shape[-2:])
     return (img + 1) * mask - 1
 
 
@@ -257,6 +280,10 @@ class Degradation:
 
     def __post_init__(self):
         self.ops = parse_ops(self.ops)
+        from recon.config import AutoOp
+        if any(isinstance(op, AutoOp) or (isinstance(op, DownsampleOp) and op.factor == "auto") for op in self.ops):
+            raise DegradationError("type auto and factor auto are resolved per face (the degrade stage records "
+                                   "each face's ops) before a degradation is made")
         try:
             check_op_fits(self.ops, self.size)
         except ValueError as exc:
@@ -286,7 +313,9 @@ class Degradation:
         return observed_size(self.ops, self.size)
 
     def known(self, device) -> Optional[torch.Tensor]:
-        """The masks at the observation's size (area-resized), 1 = known; None without a mask."""
+        """The masks at the observation's size, area-resized (what the robust loss's hole noise
+        uses, as the reference does; the images are multiplied by the bicubic-resized mask), 1 =
+        known; None without a mask."""
         if self.masks is None or not self.has_mask:
             return None
         m = self.masks.to(device, torch.float32)
@@ -307,14 +336,38 @@ class Degradation:
         g = torch.Generator().manual_seed(self.seed + 15485863 + sum(tag.encode()))
         return torch.randn(1, *shape, generator=g)
 
-    def _apply(self, img: torch.Tensor, target: bool, batch_index=None, draws: Optional[Draws] = None) -> torch.Tensor:
+    @property
+    def unknowns(self) -> List[Tuple[str, int, str, float, float]]:
+        """What this degradation leaves to be estimated with each target's latent: ``(key, op
+        index, parameter, low, high)`` per unknown (a blur's ``sigma: auto``)."""
+        out = []
+        blurs = [i for i, op in enumerate(self.ops) if isinstance(op, BlurOp) and op.sigma == "auto"]
+        for i in blurs:
+            op = self.ops[i]
+            assert isinstance(op, BlurOp) and op.sigma_range is not None
+            key = "sigma" if len(blurs) == 1 else f"sigma.{i}"
+            out.append((key, i, "sigma", float(op.sigma_range[0]), float(op.sigma_range[1])))
+        return out
+
+    def _apply(self, img: torch.Tensor, target: bool, batch_index=None, draws: Optional[Draws] = None,
+               params: Optional[Dict[int, Dict[str, torch.Tensor]]] = None) -> torch.Tensor:
         x = img
-        for op in self.ops:
-            if isinstance(op, BlurOp):
+        for i, op in enumerate(self.ops):
+            if isinstance(op, BlurOp) and op.sigma == "auto":
+                if target or not params or i not in params:
+                    raise DegradationError("a blur with sigma auto needs each target's estimate (it is found with "
+                                           "the latent: recon.restore.estimate)")
+                sigma = params[i]["sigma"]
+                if batch_index is not None:
+                    sigma = sigma[batch_index]
+                x = gaussian_blur_per_image(x, op.kernel, sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma)
+            elif isinstance(op, BlurOp):
+                assert isinstance(op.sigma, float)          # auto is handled above
                 x = gaussian_blur(x, op.kernel, op.sigma)
             elif isinstance(op, GrayscaleOp):
                 x = grayscale(x)
             elif isinstance(op, DownsampleOp):
+                assert isinstance(op.factor, int)           # auto is resolved per face before
                 x = downsample(x, op.factor, op.filter if target else "box")
             elif isinstance(op, MaskOp) and self.masks is not None:     # checked when made
                 m = self.masks.to(x.device, x.dtype)
@@ -341,7 +394,8 @@ class Degradation:
                     x = poisson_approx(x, op.photons, op.dropout, n, u)
         return x
 
-    def __call__(self, img: torch.Tensor, batch_index=None, draws: Optional[Draws] = None) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor, batch_index=None, draws: Optional[Draws] = None,
+                 params: Optional[Dict[int, Dict[str, torch.Tensor]]] = None) -> torch.Tensor:
         """Degrade generated images (differentiable). ``draws(tag, shape)`` gives the fresh
         randomness of a stochastic operator, ``[N or 1, *shape]``, one row per image (a
         projector passes each target's own draws for the step); without it the draws are fixed
@@ -349,7 +403,7 @@ class Degradation:
         cheap, and what the loss compares with the target (a bfloat16 filter moved the loss of a
         downsampled observation out of the precision gate's tolerance)."""
         with torch.autocast(img.device.type, enabled=False):
-            return self._apply(img.float(), target=False, batch_index=batch_index, draws=draws)
+            return self._apply(img.float(), target=False, batch_index=batch_index, draws=draws, params=params)
 
     def target(self, img: torch.Tensor, batch_index=None) -> torch.Tensor:
         """Degrade clean targets once (adds observation noise where configured)."""

@@ -35,6 +35,7 @@ from recon.config import ProjectorConfig
 from recon.data.imageio import from_uint8, load_photo, save_npz, save_png, to_uint8, write_atomic
 from recon.errors import ProjectionError
 
+from .estimate import bind
 from .precision import forward as precision_forward
 from .precision import numerics
 from .randomness import RandomSource, TorchRandom, step_draws
@@ -66,6 +67,7 @@ class Restoration:
     phase_images: Dict[str, torch.Tensor] = field(default_factory=dict)
     trajectory: Dict[str, List[torch.Tensor]] = field(default_factory=dict)
     samples: Optional["Samples"] = None
+    estimates: Dict[str, float] = field(default_factory=dict)     # the degradation's unknowns found (sigma)
 
     def save(self, out_dir) -> List[str]:
         """Write ``image.png``, ``degraded.png``, ``image_<phase>.png``, ``latents.npz`` and
@@ -103,7 +105,9 @@ class Restoration:
             history = [{k: (v if k == "phase" else int(v) if k == "step" else float(v)) for k, v in row.items()
                         if v != ""} for row in csv.DictReader(f)]
         phases = {p.stem[len("image_"):]: image(p.name) for p in sorted(out.glob("image_*.png"))}
-        return cls(out.name, image("image.png"), image("degraded.png"), latents, history, phases)
+        from .estimate import ESTIMATE_PREFIX
+        estimates = {k[len(ESTIMATE_PREFIX):]: float(v) for k, v in latents.items() if k.startswith(ESTIMATE_PREFIX)}
+        return cls(out.name, image("image.png"), image("degraded.png"), latents, history, phases, estimates=estimates)
 
 
 UNCERTAINTY_FULL_SCALE = 0.25     # a per-pixel std of this much of the [-1, 1] range is white
@@ -381,28 +385,22 @@ class Method(ABC):
 
         targets = targets.to(self.device, torch.float32)
         states = [r.get_state() for r in rngs]      # a run made twice draws the same starting values
-
-        def new_run() -> Run:
-            for r, state in zip(rngs, states):
-                r.set_state(state)
-            run = self.start(targets, degradation, rngs, init)
-            if self.cfg.tune.steps:
-                if self.tune_features is None:
-                    raise ValueError("tuning needs the method's tune_features (make the method with make_method)")
-                from .tune import TunedRun
-                run = TunedRun(run, self.G, self.tune_features, self.cfg.tune, targets, degradation, rngs,
-                               self.forward_precision)
-            return run
-        run = new_run()
+        run, est = self._new_run(targets, degradation, rngs, init, states)
         history: List[List[dict]] = [[] for _ in range(B)]
         trajectory: List[Dict[str, List[torch.Tensor]]] = [{} for _ in range(B)]
-        if snapshot_path is not None and not self._resume(run, snapshot_path, names, history, trajectory):
-            run = new_run()                 # a snapshot that failed half-way through loading: start clean
+        if snapshot_path is not None and not self._resume(run, est, snapshot_path, names, history, trajectory):
+            # a snapshot that failed half-way through loading: start clean
+            run, est = self._new_run(targets, degradation, rngs, init, states)
         pending: list = []
         bar = tqdm(total=run.total, initial=run.step, desc=desc, unit="step", disable=desc is None)
         while run.step < run.total:
             step = run.step
+            if est is not None:
+                est.zero_grad()
             phase, terms, scalars = run.advance(step_draws(rngs, step))
+            if est is not None:         # the unknowns step with the latents, on the same loss
+                est.step()
+                terms = dict(terms, **{k: v.detach() for k, v in est.values().items()})
             if pending and list(terms) != pending[-1][3]:        # a phase with other terms (tuning)
                 self._flush(pending, history, names, snapshot_path)
             pending.append((step, phase, scalars, list(terms), torch.stack([t.detach() for t in terms.values()])))
@@ -417,12 +415,35 @@ class Method(ABC):
             if on_step is not None:
                 on_step(run.step)
             if due:
-                self._snapshot(run, snapshot_path, names, history, trajectory)
+                self._snapshot(run, est, snapshot_path, names, history, trajectory)
                 if on_snapshot is not None:
                     on_snapshot(run.step, run.render())
         bar.close()
-        return [Restoration(names[i], history=history[i], trajectory=trajectory[i], **out)
-                for i, out in enumerate(run.finish())]
+        results = [Restoration(names[i], history=history[i], trajectory=trajectory[i], **out)
+                   for i, out in enumerate(run.finish())]
+        if est is not None:
+            from .estimate import ESTIMATE_PREFIX
+            for res, found in zip(results, est.per_target()):
+                res.estimates = found
+                res.latents.update({f"{ESTIMATE_PREFIX}{k}": torch.tensor(v, dtype=torch.float32)
+                                    for k, v in found.items()})
+        return results
+
+    def _new_run(self, targets, degradation, rngs, init, states):
+        """``(run, estimates)``: the batch's run from the random sources' ``states``, with the
+        degradation's unknowns (:mod:`recon.restore.estimate`) bound in; the tuning phase after
+        the method's when configured."""
+        for r, state in zip(rngs, states):
+            r.set_state(state)
+        bound, est = bind(degradation, targets.shape[0], self.device)
+        run = self.start(targets, bound, rngs, init)
+        if self.cfg.tune.steps:
+            if self.tune_features is None:
+                raise ValueError("tuning needs the method's tune_features (make the method with make_method)")
+            from .tune import TunedRun
+            run = TunedRun(run, self.G, self.tune_features, self.cfg.tune, targets, bound, rngs,
+                           self.forward_precision)
+        return run, est
 
     # -- history and snapshots, the same for every method ----------------------------------------
 
@@ -445,14 +466,14 @@ class Method(ABC):
                 hist.append(dict(step=step, phase=phase, **{k: r[i] for k, r in zip(keys, rows)}, **scalars))
         pending.clear()
 
-    def _snapshot(self, run: Run, path: Path, names, history, trajectory) -> None:
+    def _snapshot(self, run: Run, est, path: Path, names, history, trajectory) -> None:
         data = dict(format=SNAPSHOT_FORMAT, method=self.name, fingerprint=self.fingerprint(self.cfg),
                     names=list(names), step=run.step, history=json.dumps(history),
                     trajectory=[{p: torch.stack(v) for p, v in t.items()} for t in trajectory],
-                    run=run.state_dict())
+                    run=run.state_dict(), estimates=est.state_dict() if est is not None else None)
         write_atomic(path, lambda tmp: torch.save(data, tmp))
 
-    def _resume(self, run: Run, path: Path, names, history, trajectory) -> bool:
+    def _resume(self, run: Run, est, path: Path, names, history, trajectory) -> bool:
         """Continue ``run`` from the snapshot at ``path``; False when ``run`` must be made anew. A
         snapshot that cannot be read or whose contents are not a snapshot's (a truncated file,
         a forged one: anything the run cannot load) is removed with a warning naming it, and the
@@ -471,7 +492,11 @@ class Method(ABC):
             if data.get("fingerprint") != self.fingerprint(self.cfg) or data.get("names") != list(names):
                 raise _OtherRun()
             saved = _snapshot_history(data, len(names))
+            if (est is None) != (data.get("estimates") is None):
+                raise ValueError("its estimates are not this run's")
             run.load_state_dict(data["run"])
+            if est is not None:
+                est.load_state_dict(data["estimates"])
             step = data["step"]
             if not isinstance(step, int) or step != run.step:
                 raise ValueError(f"its step {step!r} is not its run's ({run.step})")
@@ -520,7 +545,8 @@ def gather_samples(name: str, runs: List[Restoration]) -> Restoration:
     best = int(np.argmin(dist))
     chosen = runs[best]
     return Restoration(name, chosen.image, chosen.degraded, chosen.latents, chosen.history, chosen.phase_images,
-                       chosen.trajectory, Samples(torch.stack([r.image for r in runs]), dist, best))
+                       chosen.trajectory, Samples(torch.stack([r.image for r in runs]), dist, best),
+                       estimates=chosen.estimates)
 
 
 def snapshot_step(path) -> int:

@@ -77,6 +77,16 @@ class BlurOp(_Model):
     sigma_range: Optional[Annotated[List[Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]],
                                     Field(min_length=2, max_length=2)]] = None
 
+    @field_validator("sigma", mode="wrap")
+    @classmethod
+    def _sigma(cls, v, handler):
+        """A number > 0 or auto, with one message for both (not one per member of the union)."""
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"must be a number greater than 0, or auto, got {v!r}")
+        return float(v)
+
     @model_validator(mode="before")
     @classmethod
     def _auto(cls, data):
@@ -146,11 +156,14 @@ class DownsampleOp(_Model):
     factor: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = 4
     filter: Literal["box", "bilinear", "bicubic", "lanczos"] = "box"
 
-    @field_validator("factor")
+    @field_validator("factor", mode="wrap")
     @classmethod
-    def _at_least_two(cls, v):
-        if v == 1:
-            raise ValueError("must be at least 2 (or auto), got 1")
+    def _at_least_two(cls, v, handler):
+        """An integer >= 2 or auto, with one message for both."""
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+            raise ValueError(f"must be an integer of at least 2, or auto, got {v!r}")
         return v
 
 

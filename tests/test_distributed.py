@@ -69,7 +69,7 @@ def stage(root, name, out, *extra, params="params.yaml", **popen):
             "benchmark": ["--weights", "weights", "--out", out]}[name]
     env = dict(os.environ, RECON_NO_CUDA_OPS="1", OMP_NUM_THREADS="1", RECON_PROGRESS_INTERVAL="0.5")
     env.pop("RANK", None)
-    cmd = [sys.executable, str(ROOT / "stages" / f"{name}.py"), *args, "--params", params, *extra]
+    cmd = [sys.executable, "-m", f"recon.stages.{name}", *args, "--params", params, *extra]
     return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **popen)
 

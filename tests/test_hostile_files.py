@@ -79,7 +79,7 @@ def stage(root, name, out, *extra, params="params.yaml", env=None, check=True):
             "synthetic": ["--weights", "weights", "--out", out, "--losses", f"{out}.csv"],
             "benchmark": ["--weights", "weights", "--out", out]}[name]
     run_env = dict(os.environ, RECON_NO_CUDA_OPS="1", OMP_NUM_THREADS="1", **(env or {}))
-    res = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), *args, "--params", params, *extra],
+    res = subprocess.run([sys.executable, "-m", f"recon.stages.{name}", *args, "--params", params, *extra],
                          cwd=root, env=run_env, capture_output=True, text=True, timeout=300)
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
     if check:

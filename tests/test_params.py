@@ -47,7 +47,7 @@ BAD = [
      "params.yaml: degrade.mask.fracton: unknown key (did you mean fraction?)"),
     ("degrade", "blur", {"degrade.blur.kernel": 3.7}, "params.yaml: degrade.blur.kernel: must be an integer, got 3.7"),
     ("degrade", "blur", {"degrade.blur.kernel": 4}, "params.yaml: degrade.blur.kernel: must be odd"),
-    ("degrade", "blur", {"degrade.blur.sigma": 0}, "params.yaml: degrade.blur.sigma: must be greater than 0"),
+    ("degrade", "blur", {"degrade.blur.sigma": 0}, "params.yaml: degrade.blur.sigma: must be a number greater than 0, or auto, got 0"),
     ("degrade", "mask", {"degrade.mask.fraction": 1.5}, "params.yaml: degrade.mask.fraction: must be less than 1"),
     ("degrade", "mask", {"degrade.mask.source": "disk"}, "params.yaml: degrade.mask.source: must be 'center', 'brush', 'file' or 'color', got 'disk'"),
     ("degrade", "blur", {"degrade.blur.type": "blurr"}, "params.yaml: degrade.blur.type: unknown degradation 'blurr' "
@@ -149,21 +149,16 @@ def stage_argv(stage: str, mode=None):
 
 def run_stage(cwd: Path, stage: str, mode=None, timeout=120):
     """The real stage script in a process of its own (for the few smoke tests)."""
-    cmd = [sys.executable, str(ROOT / "stages" / f"{stage}.py")] + stage_argv(stage, mode)
+    cmd = [sys.executable, "-m", f"recon.stages.{stage}"] + stage_argv(stage, mode)
     env = dict(os.environ, RECON_NO_CUDA_OPS="1")
     env.pop("RECON_DEBUG", None)
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def stage_module(stage: str):
-    """A stage script as a module: its ``main(argv)`` is what DVC runs."""
-    import importlib.util
-    if str(ROOT / "stages") not in sys.path:
-        sys.path.insert(0, str(ROOT / "stages"))
-    spec = importlib.util.spec_from_file_location(f"stage_{stage}", ROOT / "stages" / f"{stage}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A stage command as a module: its ``main(argv)`` is what DVC runs."""
+    import importlib
+    return importlib.import_module(f"recon.stages.{stage}")
 
 
 def write_params(path: Path, data) -> None:

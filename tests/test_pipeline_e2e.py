@@ -168,14 +168,31 @@ def test_repro_report_rerun_and_experiments(project):
     assert set(json.loads(sh(["dvc", "status", "--json"], repo, env).stdout)) == {"project@grayscale"}
     sh(["dvc", "repro"], repo, env)
 
-    # A damaged output of a finished face: that face is redone, to the same bytes, and dvc.lock
-    # records the good ones.
+    # A damaged output of a finished face: DVC reruns the stage, which finds every face done in its
+    # work folder (.recon/state) and copies them out again: the same bytes, and dvc.lock records
+    # the good ones. Damaged in the work folder too, that face is redone, to the same bytes.
     lock = (repo / "dvc.lock").read_text()
     latents = repo / "data" / "projected" / "blur" / "luciano_0" / "latents.npz"
+    kept = repo / ".recon" / "state" / "projected" / "blur" / "luciano_0" / "latents.npz"
     good = latents.read_bytes()
+    assert kept.read_bytes() == good
     latents.write_bytes(good[:len(good) // 2])
     redo = sh(["dvc", "repro"], repo, env)
+    assert ran_stages(redo.stdout) == {"project@blur"} and "2 of 2 faces already done" in redo.stderr
+    assert latents.read_bytes() == good and (repo / "dvc.lock").read_text() == lock
+    for damaged in (latents, kept):
+        damaged.write_bytes(good[:len(good) // 2])
+    redo = sh(["dvc", "repro"], repo, env)
     assert "project blur: luciano_0 runs again" in redo.stderr and "1 of 2 faces already done" in redo.stderr
+    assert latents.read_bytes() == good and (repo / "dvc.lock").read_text() == lock
+
+    # Back to an earlier setting, the projections come back from DVC's run-cache: nothing projected.
+    set_params(repo / "params.yaml", {"degrade.blur.sigma": 3.0})
+    sh(["dvc", "repro"], repo, env)
+    set_params(repo / "params.yaml", {"degrade.blur.sigma": 2.0})
+    back = sh(["dvc", "repro"], repo, env)
+    assert {"project@blur", "project@old"}.isdisjoint(ran_stages(back.stdout)), back.stdout[-2000:]
+    assert "Stage 'project@blur' is cached - skipping run, checking out outputs" in back.stdout
     assert latents.read_bytes() == good and (repo / "dvc.lock").read_text() == lock
 
     # Experiments

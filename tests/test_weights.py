@@ -188,7 +188,7 @@ def _stage(tmp_path, params: dict, resolution: int = 1024):
     base["align"]["resolution"] = resolution
     with open(tmp_path / "params.yaml", "w") as f:
         YAML().dump(base, f)
-    return subprocess.run([sys.executable, str(ROOT / "stages" / "download_weights.py"), "--out", "weights"],
+    return subprocess.run([sys.executable, "-m", "recon.stages.download_weights", "--out", "weights"],
                           cwd=tmp_path,
                           capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, RECON_NO_CUDA_OPS="1", RECON_CACHE_DIR=str(tmp_path / "cache")))

@@ -49,6 +49,7 @@ from recon.restore.randomness import TorchRandom
 
 from .distributed import is_main
 from .progress import StageProgress
+from .publish import mirror
 from .records import ReceiptRecord, check_receipt, write_receipt
 from .runtime import resolve_batch
 from .synthetic import sample_faces
@@ -193,15 +194,17 @@ MEAN_ROW = " mean"          # a samples method's second row: the per-pixel mean 
 
 def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, vgg, lpips, out_dir,
                   weights_digest: str = "", batch_size: Union[int, str] = 1, lease_s: float = 300.0,
-                  wait: bool = True) -> dict:
+                  wait: bool = True, state_dir=None) -> dict:
     """Run every (task, level) x method cell that is not done yet, as one of any number of
     workers (each cell and method is a unit of work of cost budget x seeds,
     :mod:`recon.pipeline.units`); once every cell is done, write ``results.json`` and return it
     (an empty dict when this worker returns before that, without ``wait``). A cell's
     ``cell.json`` is its receipt (:mod:`recon.pipeline.records`): a fingerprint of what made the
     cell and the digest of each restored image; a cell is skipped only when the receipt vouches
-    for it, and done again (with a line saying why) otherwise."""
-    out_dir = Path(out_dir)
+    for it, and done again (with a line saying why) otherwise. ``state_dir``: where the work is
+    done (default ``out_dir``), mirrored into ``out_dir`` once every cell is."""
+    final_dir = Path(out_dir)
+    out_dir = Path(state_dir) if state_dir is not None else final_dir      # where the cells are made
     out_dir.mkdir(parents=True, exist_ok=True)
     R = G.img_resolution
     seeds = list(cfg.seeds)
@@ -277,7 +280,9 @@ def run_benchmark(cfg: BenchmarkConfig, methods: Dict[str, ProjectorConfig], G, 
     progress.close()
     if not queue.all_done():
         return {}
-    return _results(cfg, list(methods_budgeted), methods_budgeted, truth, targets, lpips, out_dir, R)
+    doc = _results(cfg, list(methods_budgeted), methods_budgeted, truth, targets, lpips, out_dir, R)
+    mirror(out_dir, final_dir)
+    return doc
 
 
 def _finished_cells(out_dir: Path, fingerprints: Dict[Tuple[str, str], str],

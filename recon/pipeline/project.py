@@ -38,6 +38,7 @@ from . import distributed
 from .degrade import degradation_for
 from .faults import fault_point
 from .progress import StageProgress, slow_settings_warning
+from .publish import mirror
 from .records import OTHER_SETTINGS, Target, Targets, check_receipt, write_receipt
 from .runtime import resolve_batch
 from .starts import init_path, read_init, read_tuning, require_init
@@ -97,7 +98,7 @@ def face_fingerprint(cfg: ProjectorConfig, targets: Targets, face: Target, degra
 
 def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weights="weights",
                   runtime: Runtime = Runtime(batch_size=1, compile="off"), device: str = "cpu", replace: bool = True,
-                  wait: bool = True, workers: int = 1) -> List[str]:
+                  wait: bool = True, workers: int = 1, state_dir=None) -> List[str]:
     """Restore every degraded target of a mode, in batches, as one of any number of workers; the
     pipeline's stage and ``recon project`` both run this. Returns the names this worker restored.
 
@@ -105,7 +106,9 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     ``runtime``: the batch size, ``compile`` setting and lease; ``device``: this worker's resolved
     device. ``wait``: return only once every unit is done (by any worker), then finalize;
     without it, return when nothing is left to claim. ``workers``: how many workers are expected
-    (``batch_size: auto`` cuts at least that many batches).
+    (``batch_size: auto`` cuts at least that many batches). ``state_dir``: where the work is done
+    (finished faces, units, snapshots; default the output folder itself), mirrored into
+    ``out_dir`` once every unit is done (:mod:`recon.pipeline.publish`).
 
     A finished face is skipped when its ``done.json`` vouches for it (the current fingerprint,
     every file with its recorded digest); otherwise its batch runs again (whole: a face's bits
@@ -116,6 +119,7 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     alone.
     """
     degraded_dir, out_dir = Path(degraded_dir), Path(out_dir)
+    work_dir = Path(state_dir) if state_dir is not None else out_dir
     main = distributed.is_main()
     check_precision(runtime.precision, device)
     targets = Targets.load(degraded_dir)
@@ -129,14 +133,14 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
     starts, tunings = _read_starts(mode, cfg, faces, start_paths, G_config)
     cls = method_class(cfg)
     required = {f.name: cls.result_files(cfg, starts[f.name]) + ["target.png"] for f in faces}
-    finished = finished_faces(mode, faces, out_dir, fingerprints, replace, say=main, required=required)
+    finished = finished_faces(mode, faces, work_dir, fingerprints, replace, say=main, required=required)
     work = _Work(targets, degraded_dir, R, starts, tunings, fingerprints, finished, required)
     for face in faces:                          # every target readable and the right size, before any work
         if face.name not in finished:
             work.image(face)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    queue = WorkQueue(out_dir, runtime.lease_s, say=lambda s: log(f"project {mode}: {s}"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    queue = WorkQueue(work_dir, runtime.lease_s, say=lambda s: log(f"project {mode}: {s}"))
     steps = cls.total_steps(cfg)
     key = hashlib.sha256("|".join(fingerprints[f.name] for f in faces).encode()).hexdigest()
     models = _plan(queue, key, targets, finished, runtime, device, files, steps, workers)
@@ -158,10 +162,10 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
         # faces another worker finished since this one started (or before it was killed, between
         # writing their receipts and marking the unit done) are done: never projected twice
         work.finished.update(f.name for f in batch if f.name not in work.finished and check_receipt(
-            out_dir / f.name, RECEIPT, fingerprints[f.name], required[f.name])[1] is None)
+            work_dir / f.name, RECEIPT, fingerprints[f.name], required[f.name])[1] is None)
         if all(f.name in work.finished for f in batch):
             log(f"project {mode}: {unit.id}: every face is already done (their receipts vouch for them)")
-            return _snapshot_remover(work, batch, out_dir)
+            return _snapshot_remover(work, batch, work_dir)
         if "method" not in made:
             from recon.restore.compiled import resolve_compile
 
@@ -175,15 +179,17 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
             chosen = resolve_precision(runtime.precision, G, vgg, say=lambda s: log(f"project {mode}: {s}") if main
                                        else None)
             made["method"] = make_method(G, vgg, cfg, compile=compiled, precision=chosen)
-        restored.extend(_restore_batch(mode, made["method"], work, batch, out_dir, progress))
-        return _snapshot_remover(work, batch, out_dir)      # once the unit is marked done, not before
+        restored.extend(_restore_batch(mode, made["method"], work, batch, work_dir, progress))
+        return _snapshot_remover(work, batch, work_dir)      # once the unit is marked done, not before
     restored: List[str] = []
     drive(queue, do, wait=wait, on_poll=progress.update)
     progress.close()
     if queue.all_done():                       # whoever sees the last unit done tidies up
         if replace:
-            _remove_stale(out_dir, set(by_name))
-        remove(out_dir / ".snapshots")         # every batch is done: what is left there is nobody's
+            _remove_stale(work_dir, set(by_name))
+        remove(work_dir / ".snapshots")        # every batch is done: what is left there is nobody's
+        if work_dir != out_dir:
+            mirror(work_dir, out_dir)
     return restored
 
 

@@ -27,6 +27,7 @@ from recon.restore.randomness import TorchRandom
 
 from . import distributed
 from .progress import StageProgress, slow_settings_warning
+from .publish import mirror
 from .records import check_receipt, write_receipt
 from .units import Unit, WorkQueue, drive
 
@@ -50,11 +51,14 @@ def cell_tag(steps: int, reg: float) -> str:
 
 
 def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weights="weights",
-                    device: str = "cpu", runtime: Runtime = Runtime(), wait: bool = True) -> dict:
+                    device: str = "cpu", runtime: Runtime = Runtime(), wait: bool = True, state_dir=None) -> dict:
     """Sample one image per seed, then restore all of them for every (num_steps, reg weight) cell
     of the grid (``num_steps``: the method's budget of steps, :meth:`Method.budgeted`), as one of
-    any number of workers. ``wait``: return once every cell is done, then write ``runs.json``."""
-    out_dir = Path(out_dir)
+    any number of workers. ``wait``: return once every cell is done, then write ``runs.json``.
+    ``state_dir``: where the work is done (default ``out_dir``), mirrored into ``out_dir`` once
+    every cell is (:mod:`recon.pipeline.publish`)."""
+    final_dir = Path(out_dir)
+    out_dir = Path(state_dir) if state_dir is not None else final_dir      # where the cells are made
     out_dir.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main()
     files = resolve_weights(weights)
@@ -122,4 +126,5 @@ def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weigh
         if not (out_dir / "truth").is_dir():        # every cell was done before: the truth is still needed
             models()
         write_json(out_dir / "runs.json", dict(seeds=seeds, truncation_psi=psi, runs=runs))
+        mirror(out_dir, final_dir)
     return runs

@@ -2,11 +2,10 @@
 import sys
 from pathlib import Path
 
-from _common import stage_main
-
 from recon.data.align import align_paths
 from recon.model.weights import RECORD, resolve_weights
 from recon.pipeline.download import check_resolution
+from recon.stages._common import stage_main
 
 
 def align(params, args) -> None:

@@ -1,17 +1,12 @@
-"""Shared by the stage scripts: make the checkout's own recon importable (DVC runs `python
-stages/x.py`, which puts stages/ first on sys.path), read the validated params, and end through
-recon's one runner."""
+"""Shared by the stage commands (``python -m recon.stages.<stage>``, as dvc.yaml runs them from the
+project folder, whose own recon ``-m`` puts first on the path): read the validated params, and
+end through recon's one runner."""
 import argparse
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from recon.config import Params, load_params  # noqa: E402
-from recon.pipeline import distributed  # noqa: E402
-from recon.runner import run  # noqa: E402
+from recon.config import Params, load_params
+from recon.pipeline import distributed
+from recon.runner import run
 
 
 def stage_main(name: str, body, doc: str, paths: dict, mode: bool = False, argv=None, units: bool = False) -> int:
@@ -29,6 +24,8 @@ def stage_main(name: str, body, doc: str, paths: dict, mode: bool = False, argv=
     if units:
         ap.add_argument("--no-wait", dest="wait", action="store_false",
                         help="return when no unit of work is left to claim (other workers finish the rest)")
+        ap.add_argument("--state", help="the stage's work folder, outside its outputs (finished work, units, "
+                                         "snapshots; default: the output folder itself)")
     args = ap.parse_args(argv)
     label = distributed.label(f"{name} {args.mode}" if mode else name)   # "[worker k]" under torchrun
 
@@ -53,4 +50,4 @@ def start_worker(name: str, runtime):
     return device, None
 
 
-__all__ = ["ROOT", "Params", "stage_main", "start_worker"]
+__all__ = ["Params", "stage_main", "start_worker"]

@@ -5,10 +5,9 @@ is left); `recon work project@<mode>` starts one more."""
 import os
 import sys
 
-from _common import stage_main, start_worker
-
 from recon.pipeline.losses import write_loss_table
 from recon.pipeline.project import project_stage
+from recon.stages._common import stage_main, start_worker
 
 
 def project(params, args) -> int:
@@ -18,7 +17,8 @@ def project(params, args) -> int:
     if status is not None:
         return status
     done = project_stage(args.mode, params.project.for_mode(args.mode), args.degraded, args.out, args.weights,
-                         runtime, device, wait=args.wait, workers=int(os.environ.get("WORLD_SIZE", "1")))
+                         runtime, device, wait=args.wait, workers=int(os.environ.get("WORLD_SIZE", "1")),
+                         state_dir=args.state)
     write_loss_table(args.out, args.losses)
     print(f"project {args.mode}: restored {len(done)} faces here, on {device}")
     return 0

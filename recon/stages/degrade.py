@@ -1,10 +1,9 @@
 """DVC stage `degrade@<mode>`: write each aligned face's degraded target (8-bit PNG) for one mode."""
 import sys
 
-from _common import stage_main
-
 from recon.pipeline.degrade import degrade_stage
 from recon.pipeline.records import aligned_faces
+from recon.stages._common import stage_main
 
 
 def degrade(params, args) -> None:

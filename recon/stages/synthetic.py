@@ -4,10 +4,9 @@ Any number of these may run at once (each claims cells of the grid); `recon work
 starts one more."""
 import sys
 
-from _common import stage_main, start_worker
-
 from recon.pipeline.losses import write_loss_table
 from recon.pipeline.synthetic import synthetic_stage
+from recon.stages._common import stage_main, start_worker
 
 
 def synthetic(params, args) -> int:
@@ -16,7 +15,7 @@ def synthetic(params, args) -> int:
     if status is not None:
         return status
     runs = synthetic_stage(params.synthetic, params.project.default, args.out, args.weights, device, runtime,
-                           wait=args.wait)
+                           wait=args.wait, state_dir=args.state)
     write_loss_table(args.out, args.losses, path_columns=("setting", "seed"))
     print(f"synthetic: {len(runs)} runs of {len(params.synthetic.seeds)} seeds")
     return 0

@@ -12,9 +12,8 @@ converted to the same bytes) changes nothing downstream.
 """
 import sys
 
-from _common import stage_main
-
 from recon.pipeline.download import weights_stage
+from recon.stages._common import stage_main
 
 
 def download_weights(params, args) -> None:

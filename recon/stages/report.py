@@ -3,10 +3,9 @@ import json
 import sys
 from pathlib import Path
 
-from _common import stage_main
-
 from recon.model.weights import RECORD, resolve_weights
 from recon.report.render import build_report
+from recon.stages._common import stage_main
 
 
 def report(params, args) -> None:

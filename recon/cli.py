@@ -20,12 +20,47 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_info(args) -> int:
+    from .errors import CheckpointError
     from .model.checkpoint import load_generator
 
+    kind = sniff(Path(args.path))
+    if kind is not None:
+        raise CheckpointError(f"{args.path}: {kind}, not a generator checkpoint (recon info reads an official .pkl "
+                              "or recon's .safetensors)")
     G = load_generator(args.path)
     info = dict(G.config, num_ws=G.num_ws, num_params=sum(p.numel() for p in G.parameters()))
     print(json.dumps(info, indent=2))
     return 0
+
+
+def sniff(path: Path):
+    """What a file is when it is plainly not a generator checkpoint (from its first bytes), or None."""
+    import zipfile
+
+    if not path.is_file():
+        return "no such file" if not path.exists() else "a folder"
+    with open(path, "rb") as f:
+        head = f.read(16)
+    images = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+              b"BM": "a BMP image", b"RIFF": "a RIFF file (WebP or audio)"}
+    for magic, what in images.items():
+        if head.startswith(magic):
+            return what
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return "a damaged zip file"
+        if names and all(n.endswith(".npy") for n in names):
+            keys = ", ".join(n[:-4] for n in names[:6]) + (", ..." if len(names) > 6 else "")
+            return f"a numpy archive (.npz) of {len(names)} arrays ({keys}): latents.npz holds a face's latents"
+        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+            return "a TorchScript module (NVIDIA's vgg16.pt is one)"
+        return "a zip archive (a torch.save file or other)"
+    if head[:1] in (b"{", b"["):
+        return "a JSON file"
+    return None
 
 
 def _cmd_align(args) -> int:
@@ -41,28 +76,29 @@ def _cmd_align(args) -> int:
     return 0
 
 
-def _cmd_project(args) -> int:
-    """The pipeline's own degrade and project functions, on a folder of aligned faces."""
+def _settings(args, default_method: str = "official"):
+    """``(params, ops, cfg, runtime, device, observed)`` for ``recon project`` and ``recon restore``:
+    ``--degrade`` a mode of ``--params`` or a degradation type with its defaults, the projector's
+    settings with the command line's overrides."""
     from .config import OP_TYPES, Params, Runtime, load_params, validated
-    from .data.imageio import list_photos
     from .errors import ParamsError
-    from .pipeline.degrade import degrade_stage
-    from .pipeline.project import project_stage
-    from .pipeline.records import Face
     from .pipeline.runtime import resolve_device
     from .restore.degrade import parse_ops
 
     params = load_params(args.params) if args.params else Params()
     if args.degrade in params.degrade:
-        ops = params.ops(args.degrade)
-        cfg = params.project.for_mode(args.degrade)
+        ops, cfg = params.ops(args.degrade), params.project.for_mode(args.degrade)
+        observed = params.observed(args.degrade)
     elif args.degrade in OP_TYPES:
-        ops, cfg = parse_ops(args.degrade), params.project.default
+        ops, cfg, observed = parse_ops(args.degrade), params.project.default, None
     else:
         raise ParamsError(f"--degrade: {args.degrade!r} is neither a degradation type ({', '.join(OP_TYPES)}) "
                           f"nor a mode of {args.params or 'the params'} ({', '.join(params.degrade) or 'none'})")
-    overrides = dict(num_steps=args.steps, latent_space=args.space, latent_dist_reg_weight=args.latent_reg,
-                     seed=args.seed)
+    overrides = dict(num_steps=args.steps, latent_space=getattr(args, "space", None),
+                     latent_dist_reg_weight=getattr(args, "latent_reg", None), seed=args.seed,
+                     method=getattr(args, "method", None))
+    if args.degrade not in params.degrade and overrides["method"] is None and default_method != cfg.method:
+        overrides["method"] = default_method
     cfg = validated(type(cfg), {**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}},
                     "command line")
     runtime = params.project.runtime
@@ -70,20 +106,81 @@ def _cmd_project(args) -> int:
                                       batch_size=args.batch if args.batch is not None else runtime.batch_size,
                                       precision=args.precision or runtime.precision),
                         "command line")
-    device = resolve_device(runtime.device, key="--device")
+    return params, ops, cfg, runtime, resolve_device(runtime.device, key="--device"), observed
 
+
+def _cmd_project(args) -> int:
+    """The pipeline's own degrade and project functions, on a folder of aligned faces."""
+    from .data.imageio import list_photos
+    from .errors import ParamsError
+    from .pipeline.degrade import degrade_stage
+    from .pipeline.project import project_stage
+    from .pipeline.records import Face
+
+    params, ops, cfg, runtime, device, observed = _settings(args)
     paths = list_photos(args.targets)
+    check_aligned(paths, args.generator)
     faces = [Face(name=p.stem, file=str(p), photo=p.name) for p in paths]
     if len({f.name for f in faces}) != len(faces):
         raise ParamsError("targets: two images have the same name; results are written per name")
     out = Path(args.out)
-    observed = params.observed(args.degrade) if args.degrade in params.degrade else False
-    degrade_stage(args.degrade, ops, faces, out / ".targets", seed=params.seeds.degrade, observed=observed)
+    degrade_stage(args.degrade, ops, faces, out / ".targets", seed=params.seeds.degrade, observed=bool(observed))
     done = project_stage(args.degrade, cfg, out / ".targets", out, (args.generator, args.vgg), runtime, device,
                          replace=args.force)
     print(f"projected {len(done)} of {len(faces)} images into {out}"
           + (f" ({len(faces) - len(done)} already done with these settings)" if len(done) < len(faces) else ""))
     return 0
+
+
+def _cmd_restore(args) -> int:
+    """A one-off: photos as they are (already degraded), aligned, restored and pasted back."""
+    from .config import Align
+    from .data.align import align_paths
+    from .data.imageio import list_photos
+    from .errors import ParamsError
+    from .model.checkpoint import read_config
+    from .model.weights import resolve_weights
+    from .pipeline.degrade import degrade_stage
+    from .pipeline.project import project_stage
+    from .pipeline.records import aligned_faces
+    from .pipeline.results import results_stage
+
+    weights = (args.generator, args.vgg) if args.generator or args.vgg else args.weights
+    if isinstance(weights, tuple) and not all(weights):
+        raise ParamsError("--generator and --vgg: give both (or neither, to use the --weights folder)")
+    files = resolve_weights(weights)
+    params, ops, cfg, runtime, device, _ = _settings(args, default_method="robust")
+    photos = list_photos(args.photos)
+    names = [p.name for p in photos]
+    if len(set(names)) != len(names):
+        raise ParamsError("photos: two photos have the same file name; results are written per name")
+    out = Path(args.out)
+    work = out / ".recon"
+    R = read_config(files.generator)["img_resolution"]
+    align_paths(photos, work / "aligned", Align(resolution=R), overwrite=True)
+    mode = args.degrade
+    degrade_stage(mode, ops, aligned_faces(work / "aligned"), work / "degraded" / mode, seed=params.seeds.degrade,
+                  observed=True)
+    project_stage(mode, cfg, work / "degraded" / mode, work / "projected" / mode, weights, runtime, device,
+                  replace=True)
+    index = results_stage([mode], work, None, out, photos={p.name: p for p in photos}, flat=True)
+    print(f"restored {len(index[mode]['faces'])} faces of {len(photos)} photos into {out} "
+          f"({', '.join(index[mode]['photos'])}; the faces in {out / 'faces'})")
+    return 0
+
+
+def check_aligned(paths, generator) -> None:
+    """Every image given to ``recon project`` is an aligned face of the generator's size (refused,
+    naming the user's file, before any work)."""
+    from .data.imageio import PhotoError, load_photo
+    from .model.checkpoint import read_config
+
+    R = read_config(generator)["img_resolution"]
+    for p in paths:
+        rgb, _ = load_photo(p)
+        if rgb.shape[:2] != (R, R):
+            raise PhotoError(f"{p}: {rgb.shape[1]}x{rgb.shape[0]}, not an aligned face of the generator's {R}x{R} "
+                             f"(align photos first: recon align PHOTO --out DIR --size {R}; or recon restore PHOTO)")
 
 
 def _cmd_work(args) -> int:
@@ -212,9 +309,11 @@ non_negative_float = _number(float, 0.0, "a finite number >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .config import OP_TYPES
 
     parser = argparse.ArgumentParser(prog="recon", description="Face restoration by StyleGAN2 inversion.")
+    parser.add_argument("--version", action="version", version=f"recon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert an official .pkl to the project's .safetensors format "
@@ -261,6 +360,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace results in --out that were made with other settings")
     p.set_defaults(func=_cmd_project)
+
+    p = sub.add_parser("restore", help="restore photos as they are (already degraded): align every face, restore "
+                                       "it, paste it back; writes OUT/<photo>.png and OUT/faces/<face>.png")
+    p.add_argument("photos", nargs="+", metavar="PHOTO_OR_DIR")
+    p.add_argument("--out", required=True, help="where the restored photos go")
+    p.add_argument("--degrade", default="auto", help="how the photos were degraded: auto (nothing known: grayscale "
+                   "detected, the face's own resolution, the blur estimated), a degradation type, or a mode of "
+                   "--params (default auto)")
+    p.add_argument("--method", choices=("official", "robust"), help="default robust (fixed noise maps)")
+    p.add_argument("--steps", type=positive_int, help="num_steps (default: the params', 1000)")
+    p.add_argument("--weights", default="weights", help="a download_weights folder (default weights)")
+    p.add_argument("--generator", help=".pkl or .safetensors (instead of --weights, with --vgg)")
+    p.add_argument("--vgg", help="NVIDIA's vgg16.pt (instead of --weights, with --generator)")
+    p.add_argument("--params", help="a params.yaml to take the settings and modes from")
+    p.add_argument("--seed", type=non_negative_int, help="random seed (default 303)")
+    p.add_argument("--batch", type=positive_int, help="targets per forward pass")
+    p.add_argument("--precision", choices=("auto", "fp32", "tf32", "bf16"))
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=_cmd_restore)
 
     p = sub.add_parser("work", help="one more worker of a stage whose work is shared (project@<mode>, synthetic, "
                                     "benchmark): start any number, anywhere the project folder is shared")

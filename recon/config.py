@@ -572,10 +572,31 @@ class Report(_Model):
 
 
 class Mode(_Model):
-    """One degradation mode: its op, and whether its photos are already degraded (``observed:
-    true``: the aligned photo is the target as it is; the op only models how it was degraded)."""
+    """One degradation mode: its op, whether its photos are already degraded (``observed: true``:
+    the aligned photo is the target as it is; the op only models how it was degraded), and which
+    photos it is for (``photos``: file-name patterns of data/raw, ``*`` and ``?`` as in a shell;
+    default every photo)."""
     op: Any
     observed: bool = False
+    photos: Optional[List[str]] = None
+
+    def is_for(self, photo: str) -> bool:
+        import fnmatch
+        return self.photos is None or any(fnmatch.fnmatch(photo, p) for p in self.photos)
+
+
+def auto_profile(data: dict) -> str:
+    """``profile: auto``: ``full`` where the projection runs on a GPU (``project.runtime.device``,
+    or a visible CUDA device for ``auto``), else ``quick`` (a 1024 px projection is about 10 s a
+    step on a CPU: the full profile would take days)."""
+    runtime = data.get("project", {}).get("runtime", {}) if isinstance(data.get("project"), dict) else {}
+    device = runtime.get("device", "auto") if isinstance(runtime, dict) else "auto"
+    if isinstance(device, str) and device.startswith("cuda"):
+        return "full"
+    if device == "auto":
+        import torch
+        return "full" if torch.cuda.is_available() else "quick"
+    return "quick"
 
 
 QUICK_DIVISOR = 50        # profile: quick runs about 1/50 of the steps (never more than full, at most 10 fewer)
@@ -597,7 +618,9 @@ def _quick(data: dict) -> dict:
     project = data.get("project")
     if isinstance(project, dict):
         default = project.setdefault("default", {}) if isinstance(project.get("default", {}), dict) else {}
-        default["num_steps"] = quick_steps(default.get("num_steps", ProjectorConfig().num_steps))
+        steps = default.get("num_steps", ProjectorConfig().num_steps)
+        if isinstance(steps, int) and not isinstance(steps, bool):     # a bad value is left for validation to name
+            default["num_steps"] = quick_steps(steps)
         for key, section in project.items():
             if key not in PROJECT_SECTIONS and isinstance(section, dict) and isinstance(section.get("num_steps"), int):
                 section["num_steps"] = quick_steps(section["num_steps"])
@@ -629,7 +652,9 @@ def _quick(data: dict) -> dict:
 
 class Params(_Model):
     # full: the settings as written; quick: about 1/50 of the work (README, Quick start)
-    profile: Literal["full", "quick"] = "full"
+    # auto (the default): quick without a GPU, full with one; full: the settings as written;
+    # quick: about 1/50 of the work (README, Quick start). Validation resolves auto.
+    profile: Literal["auto", "full", "quick"] = "auto"
     seeds: Seeds = Seeds()
     weights: Weights = Weights()
     align: Align = Align()
@@ -642,6 +667,8 @@ class Params(_Model):
     @model_validator(mode="before")
     @classmethod
     def _profile(cls, data):
+        if isinstance(data, dict) and data.get("profile", "auto") == "auto":
+            data = dict(data, profile=auto_profile(data))
         if isinstance(data, dict) and data.get("profile") == "quick":
             return _quick(data)
         return data
@@ -654,18 +681,26 @@ class Params(_Model):
             if not MODE_NAME.match(mode) or mode in PROJECT_SECTIONS:
                 raise _OpError(mode, "a mode name is letters, digits, '_' and '-' (and not "
                                f"{' or '.join(PROJECT_SECTIONS)})")
-            observed = False
+            observed, photos = False, None
             if isinstance(spec, dict) and "observed" in spec:
                 spec = dict(spec)
                 observed = spec.pop("observed")
                 if not isinstance(observed, bool):
                     raise _OpError(f"{mode}.observed", f"must be true or false, got {observed!r}")
+            if isinstance(spec, dict) and "photos" in spec:
+                spec = dict(spec)
+                photos = spec.pop("photos")
+                if isinstance(photos, str):
+                    photos = [photos]
+                if not (isinstance(photos, list) and photos and all(isinstance(x, str) and x for x in photos)):
+                    raise _OpError(f"{mode}.photos", "must be a file name pattern or a list of them (blurry_*.jpg, "
+                                   f"old/*.png), got {photos!r}")
             op = parse_op(spec, mode)
             unknown = needs_observed(flatten_ops(op))
             if unknown and not observed:
                 raise _OpError(mode, f"{unknown} is for a photo that is already degraded, whose degradation nobody "
                                "knows: add observed: true (a mode that degrades sharp photos must say how)")
-            out[mode] = Mode(op=op, observed=observed)
+            out[mode] = Mode(op=op, observed=observed, photos=photos)
         return out
 
     @model_validator(mode="after")
@@ -735,6 +770,11 @@ class Params(_Model):
         for mode in self.degrade:
             want = self.project.start_dependency(mode)
             init = self.project.for_mode(mode).init
+            if mode not in (self.project.model_extra or {}):
+                also = "" if mode in starts else f", and under project.starts: {mode}: {want}"
+                raise _OpError(f"project.{mode}", f"missing: DVC's project@{mode} stage reads it; every mode under "
+                               f"degrade needs its entry under project: {mode}: {{}} (no overrides of "
+                               f"project.default){also}")
             if mode not in starts:
                 raise _OpError(f"project.starts.{mode}", f"missing: every mode needs one, here {want} "
                                f"(DVC reruns project@{mode} when it changes; init is {init})")
@@ -752,6 +792,10 @@ class Params(_Model):
     def observed(self, mode: str) -> bool:
         self.ops(mode)
         return self.degrade[mode].observed
+
+    def mode(self, mode: str) -> "Mode":
+        self.ops(mode)
+        return self.degrade[mode]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -117,6 +117,8 @@ GLOSSARY = {
                           "the degraded target"),
     "psnr_degraded_input": ("PSNR of the input", "dB", "higher", "the degraded target (bicubic-upscaled when "
                             "smaller) against the original: the baseline that a restoration should beat"),
+    "lpips_degraded_input": ("LPIPS of the input", "", "lower", "the degraded target (bicubic-upscaled when "
+                             "smaller) against the original: the baseline that a restoration should beat"),
     "consistency_psnr": ("consistency PSNR", "dB", "higher", "the generated face degraded again against the "
                          "degraded target, over known pixels: how well the result explains what was observed"),
     "psnr_mask": ("PSNR in the hole", "dB", "higher", "PSNR against the original inside the missing region only"),
@@ -130,6 +132,9 @@ GLOSSARY = {
                     "(range [-1, 1]), averaged over the image: how much the observation leaves open"),
     "identity": ("identity distance", "", "lower", "distance of dlib face embeddings of result and original; "
                  f"below {IDENTITY_THRESHOLD} dlib calls them the same person"),
+    "seconds": ("s", "s", "lower", "seconds per restoration in the benchmark, on the machine that ran it"),
+    "lpips_wins": ("rows won (LPIPS)", "", "higher", "in how many of the benchmark's rows (task and level) the "
+                   "method had the lowest LPIPS"),
     "sigma": ("blur found", "px", "–", "the Gaussian blur's sigma estimated with the face (sigma: auto), in pixels "
               "at the generator's resolution"),
     "face_px": ("face in the photo", "px", "–", "how many photo pixels the side of the face's crop covers (the "

@@ -208,7 +208,7 @@ def test_an_estimated_parameter_is_for_observed_modes_only():
         parse_params({"degrade": {"s": {"type": "downsample", "factor": "auto"}}})
     p = parse_params({"degrade": {"s": {"type": "chain", "ops": [{"type": "blur", "sigma": "auto"},
                                                                  {"type": "downsample", "factor": "auto"}],
-                                        "observed": True}}, "project": {"starts": {"s": "data/degraded/s"}}})
+                                        "observed": True}}, "project": {"s": {}, "starts": {"s": "data/degraded/s"}}})
     assert [op.type for op in p.ops("s")] == ["blur", "downsample"]
     with pytest.raises(ParamsError, match=r"degrade.b.sigma_range: is for sigma: auto"):
         parse_params({"degrade": {"b": {"type": "blur", "sigma": 2.0, "sigma_range": [0.3, 4]}}})

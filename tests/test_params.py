@@ -92,10 +92,13 @@ BAD = [
     ("project", "blur", {"project.default.robust": {"steps": [150, 150, 150]}},
      "params.yaml: project.default.robust: got steps [150, 150, 150], which is gone: the robust method runs "
      "num_steps steps in all, shared by its phases as robust.phases says"),
-    ("project", "blur", {"profile": "fast"}, "params.yaml: profile: must be 'full' or 'quick', got 'fast'"),
+    ("project", "blur", {"profile": "fast"}, "params.yaml: profile: must be 'auto', 'full' or 'quick', got 'fast'"),
     ("project", "mask", {"project.mask.init": "blur"},
      "params.yaml: project.starts.mask: must be data/projected/blur, because project.mask.init is blur"),
     ("project", "blur", {"degrade.sr4": {"type": "downsample", "factor": 4}},
+     "params.yaml: project.sr4: missing: DVC's project@sr4 stage reads it; every mode under degrade needs its entry "
+     "under project: sr4: {} (no overrides of project.default), and under project.starts: sr4: data/degraded/sr4"),
+    ("project", "blur", {"degrade.sr4": {"type": "downsample", "factor": 4}, "project.sr4": {}},
      "params.yaml: project.starts.sr4: missing: every mode needs one, here data/degraded/sr4"),
     ("project", "blur", {"project.runtime.device": "gpu"}, "params.yaml: project.runtime.device: must be auto, cpu"),
     ("project", "blur", {"project.runtime.device": "cpu", "project.runtime.precision": "tf32"},
@@ -139,7 +142,7 @@ PATHS = {  # as dvc.yaml's cmd gives them
                 "--losses", "reports/losses/{mode}.csv"],
     "synthetic": ["--weights", "weights", "--out", "data/synthetic", "--losses", "reports/losses/synthetic.csv"],
     "benchmark": ["--weights", "weights", "--out", "data/benchmark"],
-    "report": ["--data", "data", "--photos", "data/raw", "--weights", "weights", "--out", "reports"],
+    "report": ["--data", "data", "--weights", "weights", "--results", "results", "--out", "reports"],
 }
 
 

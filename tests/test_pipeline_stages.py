@@ -14,7 +14,7 @@ from PIL import Image
 import recon
 from recon.config import ProjectorConfig, RobustConfig
 from recon.data.imageio import PhotoError, save_png, to_uint8
-from recon.errors import DegradationError, MissingInputError, ParamsError
+from recon.errors import MissingInputError, ParamsError
 from recon.metrics import identity_distance, psnr, ssim
 from recon.model.weights import resolve_weights
 from recon.pipeline.degrade import degrade_stage
@@ -67,7 +67,8 @@ def test_degrade_writes_8bit_targets_and_masks(setup):
 
 def test_faces_a_mode_cannot_use_are_skipped_and_listed(setup, capfd):
     """A face without the mask colour, without its mask file, or unreadable is skipped with a
-    warning and listed in targets.json; a mode with no usable face is an error."""
+    warning and listed in targets.json; a mode with no usable face says so and has nothing to do
+    (it does not stop the run), and its project stage restores nothing."""
     tmp, _, aligned = setup
     faces = aligned_faces(aligned)
     painted = np.asarray(Image.open(faces[1].file)).copy()
@@ -79,9 +80,14 @@ def test_faces_a_mode_cannot_use_are_skipped_and_listed(setup, capfd):
     assert [s["name"] for s in t.skipped] == ["p0_0", "p2_0"] and "covers nothing" in t.skipped[0]["reason"]
     assert "degrade green: warning: p0_0 skipped: " in capfd.readouterr().err
     assert json.loads((tmp / "green" / "targets.json").read_text())["skipped"] == t.skipped
-    with pytest.raises(DegradationError, match=r"degrade\.file: no face can be a target of this mode \(p0_0: p0\.png: "
-                                               r"the mask source is file, but the photo has no <stem>_mask\.png"):
-        degrade_stage("file", ops({"type": "mask", "source": "file"}), faces, tmp / "file")
+    capfd.readouterr()
+    empty = degrade_stage("file", ops({"type": "mask", "source": "file"}), faces, tmp / "file")
+    assert empty.faces == [] and len(empty.skipped) == 3
+    assert ("degrade file: warning: no face can be a target of this mode (p0_0: p0.png: the mask source is file, but "
+            "the photo has no <stem>_mask.png") in capfd.readouterr().err
+    from recon.pipeline.project import project_stage
+    assert project_stage("file", ProjectorConfig(**CFG), tmp / "file", tmp / "file-out", setup[1]) == []
+    assert [p.name for p in (tmp / "file-out").iterdir() if not p.name.startswith(".")] == []
     (aligned / "p2_0.png").write_bytes(b"not a png")
     t = degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), faces, tmp / "blur")
     assert [f.name for f in t.faces] == ["p0_0", "p1_0"] and "not an image" in t.skipped[0]["reason"]

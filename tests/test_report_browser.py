@@ -49,9 +49,23 @@ def make_report(tmp_path):
                                                                   for i in range(steps)))
             runs[tag] = dict(num_steps=steps, latent_dist_reg_weight=reg, faces=["seed0000"])
     write_json(syn / "runs.json", dict(seeds=[0], truncation_psi=0.7, runs=runs))
+    # a benchmark of the default's breadth: nine tasks, five methods (a samples method's mean row too)
+    methods = ["official", "robust", "robust_tune", "robust_samples", "robust_samples mean"]
+    cells = [f"{t}-M" for t in ("upsample", "noise", "jpeg", "inpaint_brush", "inpaint_center", "blur", "blur_blind",
+                                "upsample_blind")] + ["grayscale"]
+    scores = dict(psnr=21.5, ssim=0.61, lpips=0.31, identity=0.45, seconds=123.4)
+    table = {c: {n: dict(scores) for n in ["input"] + methods} for c in cells}
+    blind = [dict(task="blur_blind", level="M", method=n, known=dict(scores),
+                  blind=dict(scores, sigma=5.8, sigma_true=6.0, sigma_error=0.2)) for n in methods]
+    write_json(data / "benchmark" / "results.json", dict(
+        seeds=[0], truncation_psi=0.7, budget=450, resolution=64, methods={n: {} for n in methods[:-1]}, rows=methods,
+        table=table, headline={n: dict(scores, lpips_wins=1) for n in ["input"] + methods}, blind=blind))
     save_png(tmp_path / "raw" / "p.png", np.full((80, 80, 3), 128, np.uint8))
     from recon.config import Report
-    build_report(["blur"], data, tmp_path / "raw", tmp_path / "reports", "degrade: {}", Report(identity=False))
+    from recon.pipeline.results import results_stage
+    results_stage(["blur"], data, tmp_path / "raw", tmp_path / "results")
+    build_report(["blur"], data, tmp_path / "reports", "degrade: {}", Report(identity=False),
+                 results_dir=tmp_path / "results")
     page = tmp_path / "alone" / "index.html"
     page.parent.mkdir()
     shutil.copy(tmp_path / "reports" / "index.html", page)  # nothing beside it: it must stand alone
@@ -87,12 +101,20 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium installed")
 def test_report_fits_a_1400_px_window(tmp_path):
-    """Nothing overflows sideways at 1400 px: the page's scroll width is its client width."""
+    """Nothing overflows sideways at 1400 px: the page's scroll width is its client width, and
+    every table's box ends inside the page, with no scrolling box of its own."""
     page = make_report(tmp_path)
     probe = page.with_name("probe.html")
-    probe.write_text(page.read_text().replace("</body>", "<script>document.body.setAttribute('data-fit', "
-                                              "document.documentElement.scrollWidth + ' ' + "
-                                              "document.documentElement.clientWidth)</script></body>"))
+    script = ("<script>var w = document.documentElement.clientWidth, bad = [];"
+              "document.querySelectorAll('table').forEach(function (t, i) {"
+              "  var r = t.getBoundingClientRect(); if (r.right > w + 0.5) bad.push('table' + i + ':' + r.right); });"
+              "document.querySelectorAll('*').forEach(function (e) {"
+              "  if (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX != 'visible')"
+              "    bad.push(e.tagName + '.' + e.className + ':' + e.scrollWidth); });"
+              "document.body.setAttribute('data-fit', document.documentElement.scrollWidth + ' ' + w);"
+              "document.body.setAttribute('data-bad', bad.join(',') || 'none');"
+              "document.body.setAttribute('data-tables', document.querySelectorAll('table').length);</script></body>")
+    probe.write_text(page.read_text().replace("</body>", script))
     cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1400,1000", "--dump-dom", probe.as_uri()]
@@ -100,3 +122,5 @@ def test_report_fits_a_1400_px_window(tmp_path):
     import re
     scroll, client = map(int, re.search(r'data-fit="(\d+) (\d+)"', dom).groups())
     assert client > 1300 and scroll <= client, (scroll, client)
+    assert re.search(r'data-bad="([^"]*)"', dom).group(1) == "none"
+    assert int(re.search(r'data-tables="(\d+)"', dom).group(1)) >= 10        # the summary, faces, study, benchmark

@@ -356,7 +356,7 @@ def align_paths(inputs, out_dir, opts: Align = Align(), manifest_name: str = "ma
     (``no_face``, ``unreadable``); the other photos go on. A run that yields no face at all is
     an :class:`AlignError`.
     """
-    from tqdm import tqdm
+    from recon.progress import StageProgress
 
     photos = list_photos(inputs)
     out_dir = Path(out_dir)
@@ -366,18 +366,24 @@ def align_paths(inputs, out_dir, opts: Align = Align(), manifest_name: str = "ma
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest: Dict[str, Any] = dict(options=opts.model_dump(), images={}, no_face=[], unreadable=[])
 
+    shown = StageProgress("align", len(photos), unit="photos", enabled=progress)
+
     def log(*a, **k):
-        tqdm.write(" ".join(map(str, a)), file=k.get("file"))
-    for path in tqdm(photos, desc="align", unit="photo", disable=not progress):
+        text = " ".join(map(str, a))
+        shown.write(text.removeprefix("align: "))
+    for path in photos:
         try:
             entry = align_photo(path, out_dir, opts, log=log)
         except PhotoError as exc:
             log(f"align: warning: {path.name} skipped: {exc}", file=sys.stderr)
             manifest["unreadable"].append(dict(photo=path.name, reason=str(exc)))
+            shown.item_done(f"{path.name}: unreadable")
             continue
         manifest["images"][path.name] = entry
         if not entry["faces"]:
             manifest["no_face"].append(path.name)
+        shown.item_done(f"{path.name}: {len(entry['faces'])} face{'s' * (len(entry['faces']) != 1)}")
+    shown.close()
     if not any(e["faces"] for e in manifest["images"].values()):
         problems = [f"{p}: no face found" for p in manifest["no_face"]]
         problems += [f"{u['photo']}: {u['reason']}" for u in manifest["unreadable"]]

@@ -42,15 +42,15 @@ from recon.config import (
 from recon.data.imageio import from_uint8, save_png, to_uint8, write_json
 from recon.data.ownfiles import own_dir, read_record, remove
 from recon.metrics import at_size, identity_distance, psnr, ssim
+from recon.progress import StageProgress
 from recon.restore import make_method, method_class
 from recon.restore.degrade import Degradation, brush_mask, centre_mask
 from recon.restore.method import Method
 from recon.restore.randomness import TorchRandom
 
 from .distributed import is_main
-from .progress import StageProgress
 from .publish import mirror
-from .records import ReceiptRecord, check_receipt, write_receipt
+from .records import ReceiptRecord, check_receipt, say_reruns, write_receipt
 from .runtime import resolve_batch
 from .synthetic import sample_faces
 from .units import Unit, WorkQueue, check_batch, drive
@@ -289,16 +289,17 @@ def _finished_cells(out_dir: Path, fingerprints: Dict[Tuple[str, str], str],
                     required: Dict[str, List[str]]) -> List[str]:
     """The units whose receipt vouches for them (every image its method makes: ``required``); a
     line for each one that runs again and why."""
-    finished = []
+    finished, reruns = [], []
     for (cell, name), fp in fingerprints.items():
         if (out_dir / cell).is_symlink():
             remove(out_dir / cell)
         _, problem = check_receipt(out_dir / cell / name, CELL_RECEIPT, fp, required[name])
         if problem is None:
             finished.append(f"{cell}.{name}")
-        elif problem != "missing" and is_main():
-            print(f"benchmark: {cell} {name} runs again: {out_dir / cell / name}: {problem}", file=sys.stderr,
-                  flush=True)
+        elif problem != "missing":
+            reruns.append((f"{cell} {name}", str(out_dir / cell / name), problem))
+    if is_main():
+        say_reruns("benchmark", reruns, lambda s: print(s, file=sys.stderr, flush=True))
     return finished
 
 

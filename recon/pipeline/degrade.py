@@ -99,15 +99,16 @@ def _mask_for(face: Face, op: MaskOp, rgb: np.ndarray, seed: int) -> torch.Tenso
 
 
 def degrade_stage(mode: str, ops: Sequence[Op], faces: List[Face], out_dir, seed: int = 0,
-                  observed: bool = False) -> Targets:
+                  observed: bool = False, photos: Optional[List[str]] = None) -> Targets:
     """Write each face's degraded target as an 8-bit PNG (plus its mask) and targets.json.
 
     ``ops``: the mode's typed ops (``Params.ops(mode)``). ``observed``: the photos are already
     degraded: each is its own target, as it is (the ops then only model, for the generated image,
     how the photo was degraded; masks are still made). A face that cannot be a target of this
     mode (unreadable, no mask file, no pixel of the mask colour) is skipped with a warning and
-    listed under ``skipped``; a mode left with no target at all is an error."""
-    from tqdm import tqdm
+    listed under ``skipped``; a mode left with no target at all says so and has nothing to do
+    (it never stops the other modes). ``photos``: the patterns the faces were chosen by (recorded)."""
+    from recon.progress import StageProgress
 
     mask_op = next((op for op in ops if isinstance(op, MaskOp)), None)
     per_face = needs_observed(list(ops)) is not None
@@ -118,7 +119,10 @@ def degrade_stage(mode: str, ops: Sequence[Op], faces: List[Face], out_dir, seed
     out_dir.mkdir(parents=True, exist_ok=True)
     records: List[Target] = []
     skipped: List[dict] = []
-    for face in tqdm(faces, desc=f"degrade {mode}", unit="face"):
+    shown = StageProgress(f"degrade {mode}", len(faces))
+    for k, face in enumerate(faces):
+        shown.base = float(k)
+        shown.update()
         try:
             rgb, _ = load_photo(face.file)
             if rgb.shape[0] != rgb.shape[1]:
@@ -143,11 +147,15 @@ def degrade_stage(mode: str, ops: Sequence[Op], faces: List[Face], out_dir, seed
         records.append(Target(name=face.name, source=face.file, photo=face.photo, degraded=f"{face.name}.png",
                               quad=face.quad, mask=mask_name, mask_source=mask_op.source if mask_op else None,
                               ops=[op_record(op) for op in own] if per_face else None, detected=detected))
+    shown.base = float(len(faces))
+    shown.close()
     if not records:
-        why = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped) or "no aligned faces"
-        raise DegradationError(f"degrade.{mode}: no face can be a target of this mode ({why})")
+        why = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped) or (
+            f"no face of a photo matching {', '.join(photos)}" if photos else "no aligned faces")
+        print(f"degrade {mode}: warning: no face can be a target of this mode ({why}); it has nothing to do",
+              file=sys.stderr, flush=True)
     targets = Targets(mode=mode, ops=[op_record(op) for op in ops], seed=seed, observed=observed,
-                      faces=records, skipped=skipped)
+                      faces=records, skipped=skipped, photos=photos)
     targets.save(out_dir)
     return targets
 

@@ -29,6 +29,7 @@ from recon.model import load_models
 from recon.model.checkpoint import read_config
 from recon.model.networks import latent_shapes
 from recon.model.weights import resolve_weights, sha256_of
+from recon.progress import StageProgress, slow_settings_warning
 from recon.restore import make_method, method_class
 from recon.restore.degrade import parse_ops
 from recon.restore.method import snapshot_step, stack_starts
@@ -37,9 +38,8 @@ from recon.restore.randomness import TorchRandom
 from . import distributed
 from .degrade import degradation_for
 from .faults import fault_point
-from .progress import StageProgress, slow_settings_warning
 from .publish import mirror
-from .records import OTHER_SETTINGS, Target, Targets, check_receipt, write_receipt
+from .records import OTHER_SETTINGS, Target, Targets, check_receipt, say_reruns, write_receipt
 from .runtime import resolve_batch
 from .starts import init_path, read_init, read_tuning, require_init
 from .units import Unit, WorkQueue, check_batch, drive
@@ -277,6 +277,7 @@ def finished_faces(mode: str, faces: List[Target], out_dir: Path, fingerprints: 
     result must have); a line for each one that runs again and why. A result made with other
     settings is refused unless ``replace``."""
     finished = set()
+    reruns = []
     for face in faces:
         _, problem = check_receipt(out_dir / face.name, RECEIPT, fingerprints[face.name],
                                    (required or {}).get(face.name))
@@ -285,8 +286,10 @@ def finished_faces(mode: str, faces: List[Target], out_dir: Path, fingerprints: 
         elif problem == OTHER_SETTINGS and not replace:
             raise ParamsError(f"{out_dir / face.name}: already holds a result made with other settings or inputs "
                               "(add --force to replace it)")
-        elif problem != "missing" and say:
-            log(f"project {mode}: {face.name} runs again: {out_dir / face.name}: {problem}")
+        elif problem != "missing":
+            reruns.append((face.name, str(out_dir / face.name), problem))
+    if say:
+        say_reruns(f"project {mode}", reruns, log)
     return finished
 
 

@@ -76,6 +76,7 @@ class Targets:
     observed: bool
     faces: List[Target]
     skipped: List[dict] = field(default_factory=list)
+    photos: Optional[List[str]] = None          # the file-name patterns of the photos it is for (None: all)
 
     FILE = "targets.json"
 
@@ -87,7 +88,7 @@ class Targets:
         data = json.loads(path.read_text())
         return cls(mode=data["mode"], ops=data["ops"], seed=int(data.get("seed", 0)),
                    observed=bool(data.get("observed")), faces=[Target(**t) for t in data["faces"]],
-                   skipped=data.get("skipped", []))
+                   skipped=data.get("skipped", []), photos=data.get("photos"))
 
     def save(self, folder) -> Path:
         return write_json(Path(folder) / self.FILE, asdict(self))
@@ -101,6 +102,22 @@ class Targets:
 # Receipts
 
 OTHER_SETTINGS = "made with other settings or inputs"
+MANY_RERUNS = 3
+
+
+def say_reruns(label: str, reruns: List[Tuple[str, str, str]], say) -> None:
+    """The faces or cells that run again (``(name, folder, why)``): a line each, or, when more than
+    :data:`MANY_RERUNS` run again for the same reason (a setting changed), one line for them all."""
+    by_reason: Dict[str, List[Tuple[str, str]]] = {}
+    for name, folder, why in reruns:
+        by_reason.setdefault(why, []).append((name, folder))
+    for why, items in by_reason.items():
+        if len(items) > MANY_RERUNS:
+            names = ", ".join(n for n, _ in items[:MANY_RERUNS])
+            say(f"{label}: {len(items)} run again ({why}): {names} and {len(items) - MANY_RERUNS} more")
+        else:
+            for name, folder in items:
+                say(f"{label}: {name} runs again: {folder}: {why}")
 
 
 def write_receipt(folder, name: str, data: dict, files: List[str]) -> Path:

@@ -22,13 +22,13 @@ from recon.data.imageio import from_uint8, save_png, to_uint8, write_json
 from recon.data.ownfiles import own_dir, remove
 from recon.model import load_models
 from recon.model.weights import resolve_weights
+from recon.progress import StageProgress, slow_settings_warning
 from recon.restore import make_method, method_class
 from recon.restore.randomness import TorchRandom
 
 from . import distributed
-from .progress import StageProgress, slow_settings_warning
 from .publish import mirror
-from .records import check_receipt, write_receipt
+from .records import check_receipt, say_reruns, write_receipt
 from .units import Unit, WorkQueue, drive
 
 RECEIPT = "cell.json"
@@ -72,13 +72,15 @@ def synthetic_stage(params: Synthetic, base_cfg: ProjectorConfig, out_dir, weigh
                                         .encode()).hexdigest()[:24] for tag, c in cfgs.items()}
     required = {tag: [f"{name}/{f}" for name in names for f in method_class(c).result_files(c)]
                 for tag, c in cfgs.items()}
-    finished = set()
+    finished, reruns = set(), []
     for tag in cfgs:
         _, problem = check_receipt(out_dir / tag, RECEIPT, fingerprints[tag], required[tag])
         if problem is None:
             finished.add(tag)
-        elif problem != "missing" and main:
-            print(f"synthetic: {tag} runs again: {out_dir / tag}: {problem}", file=sys.stderr, flush=True)
+        elif problem != "missing":
+            reruns.append((tag, str(out_dir / tag), problem))
+    if main:
+        say_reruns("synthetic", reruns, lambda s: print(s, file=sys.stderr, flush=True))
     queue = WorkQueue(out_dir, runtime.lease_s, say=lambda s: print(f"synthetic: {s}", file=sys.stderr, flush=True))
     key = hashlib.sha256(json.dumps(sorted(fingerprints.items())).encode()).hexdigest()
     units = [Unit(cell_tag(n, r), float(n * len(seeds)), dict(num_steps=int(n), reg=float(r))) for n, r in grid]

@@ -22,7 +22,6 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from PIL import Image
 
-from recon.data.align import paste_back
 from recon.data.imageio import load_photo, write_atomic
 from recon.metrics import GLOSSARY
 from recon.pipeline.benchmark import MEAN_ROW
@@ -108,7 +107,7 @@ def describe_ops(ops) -> str:
     """``blur (kernel 21, sigma 6.0), grayscale``: a mode's typed ops in words."""
     parts = []
     for op in ops:
-        fields = {k: v for k, v in op.model_dump().items() if k != "type"}
+        fields = {k: v for k, v in op.model_dump(exclude_none=True).items() if k != "type"}
         parts.append(op.type + (f" ({', '.join(f'{k} {v}' for k, v in fields.items())})" if fields else ""))
     return ", ".join(parts) or "none (plain reconstruction)"
 
@@ -118,20 +117,36 @@ ROLE_HEADS = {"original": "Original", "degraded": "Original degraded", "generate
               "uncertainty": f"Uncertainty (samples' std; white = {UNCERTAINTY_FULL_SCALE:g})"}
 
 
-def mode_section(s: ModeScores, raw_dir: Path) -> str:
+TABLE_PX = 1300           # what the images of a row may take (a 1400 px window, less the face and metrics columns)
+THUMB_PX = 320            # a pasted-back photo's thumbnail; it opens the full image in results/
+
+
+def ordered_roles(images: Dict[str, np.ndarray], phases: Dict[str, int]) -> List[str]:
+    """The image columns in the order of the run: the earlier phases as they ran (W, W+, W++), not
+    as their file names sort ("W+" sorts before "W")."""
+    order = {f"after {p}": k for k, p in enumerate(phases)}
+    roles = list(images)
+    first = next((i for i, r in enumerate(roles) if r.startswith("after ")), None)
+    if first is None:
+        return roles
+    after = sorted((r for r in roles if r.startswith("after ")), key=lambda r: (order.get(r, len(order)), r))
+    rest = [r for r in roles if not r.startswith("after ")]
+    return rest[:first] + after + rest[first:]
+
+
+def mode_section(s: ModeScores, results: Optional[Path], out_dir: Path) -> str:
+    """One mode: each face's images in the order of the run at one size that fits the page, its
+    metrics; the loss curves; the restored photos (thumbnails that open results/<mode>/)."""
     rows: List[str] = []
-    pasted_into: Dict[str, list] = {}
     heads: List[str] = []
     for face in s.faces:
         images = s.images(face)
         if not heads:
-            heads = list(images)
-        cells = "".join(f"<td>{_img_tag(images[r], r)}</td>" if r in images else "<td></td>" for r in heads)
+            heads = ordered_roles(images, face.phases)
+        size = max(64, min(IMAGE_PX, (TABLE_PX - 280) // max(len(heads), 1) - 10))
+        cells = "".join(f"<td>{_img_tag(images[r], r, size)}</td>" if r in images else "<td></td>" for r in heads)
         rows.append(f"<tr><th>{html.escape(face.target.name)}</th>{cells}<td class=m>{_metric_rows(face.metrics)}"
                     "</td></tr>")
-        # paste back what is shown as the result: the composite where the mode has one
-        pasted_into.setdefault(face.target.photo, []).append((face.target.quad, images.get("composited",
-                                                                                           images["generated"])))
 
     def head(role):
         if role == "degraded" and s.observed:
@@ -139,37 +154,49 @@ def mode_section(s: ModeScores, raw_dir: Path) -> str:
         if role == "composited" and s.composite is not None:
             return f"Composited ({s.composite[0]})"
         return ROLE_HEADS.get(role, role)
+    n = len(s.faces)
     section = [f'<h2 id="{html.escape(s.mode)}">{html.escape(s.mode)}</h2>',
                f"<p>operations: {html.escape(describe_ops(s.ops))}."
+               + (f" For the photos {html.escape(', '.join(s.photos))}." if s.photos else "")
                + (" The photos were already degraded (observed): no ground truth, so only consistency with the "
-                  "photo and identity are measured." if s.observed else "") + "</p>",
-               f"<p class=means>mean over {len(s.faces)} faces: {_metric_rows(s.means).replace('<br>', ' · ')}</p>"]
+                  "photo and identity are measured." if s.observed else "") + "</p>"]
+    if n:
+        section.append(f"<p class=means>mean over {n} face{'s' * (n != 1)}: "
+                       f"{_metric_rows(s.means).replace('<br>', ' · ')}</p>")
+    else:
+        section.append("<p class=means>No face of this mode has a result.</p>")
     if s.skipped:
         section.append("<p class=skipped>Skipped (not a usable target of this mode): " + "; ".join(
             f"{html.escape(k['name'])}: {html.escape(k['reason'])}" for k in s.skipped) + "</p>")
-    section += [f"<table><tr><th>face</th>{''.join(f'<th>{html.escape(head(r))}</th>' for r in heads)}"
-                "<th>metrics</th></tr>", *rows, "</table>"]
+    if rows:
+        section += [f"<table><tr><th>face</th>{''.join(f'<th>{html.escape(head(r))}</th>' for r in heads)}"
+                    "<th>metrics</th></tr>", *rows, "</table>"]
     curves = {f.target.name: f.curve for f in s.faces}
     phases = next((f.phases for f in s.faces if f.phases), {})
     if curves:
         section.append(_plot_curves(curves, f"{s.mode}: distance per face (the loss without regularizers)",
                                     phases=phases))
-    pasted = []
-    for photo, items in sorted(pasted_into.items()):
-        path = raw_dir / photo
-        if not path.is_file() or any(q is None for q, _ in items):
-            continue
-        rgb, _ = load_photo(path)
-        restored = rgb
-        for quad, face_img in items:
-            restored = paste_back(restored, face_img, np.asarray(quad))
-        pasted.append(f"<tr><th>{html.escape(photo)}</th><td>{_img_tag(rgb, 'original', 360, 'JPEG', 720)}</td>"
-                      f"<td>{_img_tag(restored, 'restored', 360, 'JPEG', 720)}</td></tr>")
+    pasted = _pasted_photos(s, results, out_dir)
     if pasted:
         what = f"the composited result ({s.composite[0]})" if s.composite else "the generated face"
-        section += [f"<h3>Pasted back into the photos</h3><p>Pasted: {what}.</p><table><tr><th>photo</th>"
-                    "<th>original</th><th>restored</th></tr>", *pasted, "</table>"]
+        section += [f"<h3>Restored photos</h3><p>Pasted back: {what}; click a photo for the full image "
+                    f"(<code>results/{html.escape(s.mode)}/</code>).</p><div class=imgs>", *pasted, "</div>"]
     return "\n".join(section)
+
+
+def _pasted_photos(s: ModeScores, results: Optional[Path], out_dir: Path) -> List[str]:
+    """Thumbnails of the mode's restored photos, each a link to its file in the results folder."""
+    import os
+
+    if results is None or not (results / s.mode).is_dir():
+        return []
+    out = []
+    for path in sorted((results / s.mode).glob("*.png")):
+        rgb, _ = load_photo(path)
+        href = os.path.relpath(path, out_dir).replace(os.sep, "/")
+        out.append(f'<figure><a href="{html.escape(href)}">{_img_tag(rgb, path.name, THUMB_PX, "JPEG", THUMB_PX)}'
+                   f"</a><figcaption>{html.escape(path.name)}</figcaption></figure>")
+    return out
 
 
 def synthetic_section(synthetic_dir: Path):
@@ -207,9 +234,10 @@ def synthetic_section(synthetic_dir: Path):
 
 
 def benchmark_section(bench_dir: Path):
-    """The methods compared: one row per task and level, per method its mean PSNR, SSIM, LPIPS,
-    identity and seconds per restoration (the best LPIPS of a row marked), a plot of LPIPS per
-    row, and the first seed's images. Returns ``(html, results.json)``."""
+    """The methods compared: per score a table of the tasks and levels (rows) by method (columns,
+    the degraded input first; the best LPIPS of a row marked), so that each fits the page; the
+    seconds per restoration; a plot of LPIPS per row; the blind tasks beside the known ones; the
+    first seed's images. Returns ``(html, results.json)``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -219,22 +247,22 @@ def benchmark_section(bench_dir: Path):
     table, headline = res["table"], res["headline"]
     cols = ("psnr", "ssim", "lpips", "identity")
     present = [c for c in cols if any(c in v for t in table.values() for v in t.values())]
-    head = "".join(f"<th colspan={len(present) + (name != 'input')}>{html.escape(name)}</th>"
-                   for name in ["input"] + methods)
-    sub = "".join("".join(f"<th>{GLOSSARY[c][0]}</th>" for c in present) + ("<th>s</th>" if name != "input" else "")
-                  for name in ["input"] + methods)
-    rows, strips = [], []
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in ["input"] + methods)
+    per_score = []
+    for c in present + ["seconds"]:
+        names = methods if c == "seconds" else ["input"] + methods
+        rows = []
+        for cell, by in table.items():
+            best = best_lpips(by, methods) if c == "lpips" else None
+            tds = "".join(f"<td{' class=best' if n == best else ''}>{_fmt(by.get(n, {}).get(c), c)}</td>"
+                          for n in names)
+            rows.append(f"<tr><th>{html.escape(cell)}</th>{tds}</tr>")
+        label = GLOSSARY[c][0] + (f" ({GLOSSARY[c][2]} is better)" if GLOSSARY[c][2] in ("higher", "lower") else "")
+        heads = head if c != "seconds" else "".join(f"<th>{html.escape(n)}</th>" for n in methods)
+        per_score.append(f"<h3>{html.escape(label)}</h3><table><tr><th>task</th>{heads}</tr>{''.join(rows)}</table>")
+    strips = []
     seed0 = f"seed{res['seeds'][0]:04d}"
-    for cell, by in table.items():
-        best = best_lpips(by, methods)
-        tds = []
-        for name in ["input"] + methods:
-            v = by.get(name, {})
-            tds += [f"<td{' class=best' if name == best and c == 'lpips' else ''}>{_fmt(v.get(c), c)}</td>"
-                    for c in present]
-            if name != "input":
-                tds.append(f"<td>{_fmt(v.get('seconds'))}</td>")
-        rows.append(f"<tr><th>{html.escape(cell)}</th>{''.join(tds)}</tr>")
+    for cell in table:
         imgs = [(bench_dir / "truth" / f"{seed0}.png", "truth"),
                 (bench_dir / cell / "target" / f"{seed0}.png", "input")]
         imgs += [(bench_dir / cell / n.removesuffix(MEAN_ROW) / f"{seed0}{'_mean' if n.endswith(MEAN_ROW) else ''}.png",
@@ -256,8 +284,9 @@ def benchmark_section(bench_dir: Path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     plot = _figure_tag(fig, "LPIPS per task and method")
+    n = len(res["seeds"])
     body = ['<h2 id="benchmark">Benchmark: which method restores better, at what cost</h2>',
-            f"<p>{len(res['seeds'])} faces sampled from the generator (truncation psi {res['truncation_psi']}, "
+            f"<p>{n} face{'s' * (n != 1)} sampled from the generator (truncation psi {res['truncation_psi']}, "
             f"{res['resolution']} px), degraded per task and level, restored by each method with the same budget of "
             f"{res['budget']} generator forward+backward passes per face; scores against the sampled truth, mean "
             "over faces (<i>input</i>: the degraded input itself). The best LPIPS of each row is marked; "
@@ -271,9 +300,9 @@ def benchmark_section(bench_dir: Path):
             "gets closer to a known truth at a given cost), not how faces look, and identity distances mean "
             "nothing there.</p>",
             f"<table><tr><th>mean over rows</th>{''.join(f'<th>{GLOSSARY[c][0]}</th>' for c in present)}"
-            f"<th>rows won (LPIPS)</th></tr>{means}</table>",
-            f"<div class=wide><table><tr><th rowspan=2>task</th>{head}</tr><tr>{sub}</tr>", *rows, "</table></div>",
-            plot, blind_table(res.get("blind", []), present), f"<h3>{seed0}</h3><table>", *strips, "</table>"]
+            f"<th>{GLOSSARY['lpips_wins'][0]}</th></tr>{means}</table>",
+            *per_score, plot, blind_table(res.get("blind", []), present), f"<h3>{seed0}</h3><table>", *strips,
+            "</table>"]
     return "\n".join(body), res
 
 
@@ -307,15 +336,34 @@ def glossary_section() -> str:
             f"<th>better</th><th>meaning</th></tr>{rows}</table>")
 
 
-def header_section(weights: Optional[dict], photos: Optional[dict]) -> str:
-    """When, from which revision, with which weights; the photos that gave no face."""
+def _git(*args: str) -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        rev = ""
+        return ""
+
+
+def provenance(params_file: str = "params.yaml", inputs=("data/raw",)) -> str:
+    """``from git revision abc1234`` and, when the params file or the photos differ from that
+    revision, which (a run of a dirty workspace is not that revision's)."""
+    rev = _git("rev-parse", "--short", "HEAD")
+    if not rev:
+        return ""
+    dirty = [line[3:].strip('"') for line in _git("status", "--porcelain", "--", params_file, *inputs).splitlines()
+             if line]
+    changed = [x for x in (params_file, *inputs) if any(d == x or d.startswith(x.rstrip("/") + "/") for d in dirty)]
+    return f"from git revision {rev}" + (f", with uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+def header_section(weights: Optional[dict], photos: Optional[dict], params_file: str = "params.yaml",
+                   profile: str = "") -> str:
+    """When, from which revision (and whether the params or photos had uncommitted changes), with
+    which weights and profile; the photos that gave no face."""
+    where = provenance(params_file)
     lines = [f"made {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
-             + (f" from git revision {html.escape(rev)}" if rev else "")]
+             + (f" {html.escape(where)}" if where else "")]
+    if profile:
+        lines.append(f"profile: {html.escape(profile)}")
     for key, w in (weights or {}).items():
         lines.append(f"{html.escape(key)}: {html.escape(str(w.get('source', '?')))} "
                      f"(sha256 {html.escape(str(w.get('sha256', '?'))[:16])}…)")
@@ -328,71 +376,115 @@ def header_section(weights: Optional[dict], photos: Optional[dict]) -> str:
     return "<p class=header>" + "<br>".join(lines) + "</p>"
 
 
+def summary_section(all_scores: List[ModeScores]) -> str:
+    """At the top: per mode its faces, restored against the input (PSNR, LPIPS), consistency with
+    the observation; a mode whose results are worse than its degraded input is marked."""
+    rows = []
+    for sc in all_scores:
+        m = sc.means
+        worse = [label for key, base, label, higher in (("psnr", "psnr_degraded_input", "PSNR", True),
+                                                       ("lpips", "lpips_degraded_input", "LPIPS", False))
+                 if key in m and base in m and (m[key] < m[base] if higher else m[key] > m[base])]
+        note = ("observed photos: no ground truth" if sc.observed else
+                f"worse than the input ({', '.join(worse)})" if worse else "")
+        cls = " class=worse" if worse else ""
+        rows.append(f"<tr{cls}><th><a href=\"#{html.escape(sc.mode)}\">{html.escape(sc.mode)}</a></th>"
+                    f"<td>{len(sc.faces)}</td><td>{_fmt(m.get('psnr'), 'psnr')}</td>"
+                    f"<td>{_fmt(m.get('psnr_degraded_input'), 'psnr')}</td><td>{_fmt(m.get('lpips'), 'lpips')}</td>"
+                    f"<td>{_fmt(m.get('lpips_degraded_input'), 'lpips')}</td>"
+                    f"<td>{_fmt(m.get('consistency_psnr'), 'consistency_psnr')}</td>"
+                    f"<td>{_fmt(m.get('lpips_consistency'), 'lpips_consistency')}</td>"
+                    f"<td>{'⚠ ' if worse else ''}{html.escape(note)}</td></tr>")
+    if not rows:
+        return ""
+    return ('<h2 id="summary">Summary</h2><p>Means over each mode\'s faces: the restored face against the original '
+            "and, beside it, the degraded input against the original (what a restoration should beat); consistency "
+            "is the restored face degraded again against the observation.</p><table><tr><th>mode</th><th>faces</th>"
+            "<th>PSNR restored</th><th>PSNR input</th><th>LPIPS restored</th><th>LPIPS input</th>"
+            "<th>consistency PSNR</th><th>consistency LPIPS</th><th></th></tr>" + "".join(rows) + "</table>")
+
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1320px}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}
 td.m{font-size:12px;min-width:190px}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}
 img{max-width:100%;height:auto}figure{display:inline-block;margin:2px;text-align:center}figcaption{font-size:11px}
 td.best{outline:3px solid #1a7f37;background:#eefbf0}.study{display:flex;gap:1em;align-items:flex-start}
-.truth{display:flex;flex-direction:column;margin-top:1em}.imgs{white-space:nowrap}.wide{overflow-x:auto}
+.truth{display:flex;flex-direction:column;margin-top:1em}td.imgs{white-space:nowrap}div.imgs{display:flex;
+flex-wrap:wrap;gap:4px}tr.worse td,tr.worse th{background:#fff1f0}
 table.glossary td{font-size:13px}p.means{font-size:14px}p.header,p.skipped{font-size:13px;color:#444}"""
 
-HEADLINE = ("psnr", "lpips")              # per mode in metrics.json; the rest is in metrics_detail.json
+
+def headline_of(sc: ModeScores) -> Dict[str, float]:
+    """A mode's one headline number (``dvc exp show`` stays narrow): PSNR to the original, or for
+    observed photos the consistency LPIPS."""
+    m = sc.means
+    if "psnr" in m:
+        return {"psnr": m["psnr"]}
+    return {"consistency": m["lpips_consistency"]} if "lpips_consistency" in m else {}
 
 
-def build_report(modes: List[str], data_dir, raw_dir, out_dir, params_text: str = "", report=None,
-                 vgg=None, weights: Optional[dict] = None) -> dict:
-    """Write ``index.html`` (self-contained), the DVC metrics ``metrics.json`` (per mode PSNR and
-    LPIPS; consistency LPIPS for observed photos) and ``metrics_study.json`` (the study's best cell,
-    each benchmark method's LPIPS and PSNR), and ``metrics_detail.json`` (every face and cell). ``vgg``:
-    NVIDIA's ``vgg16.pt``, for LPIPS (left out without it); ``weights``: the download_weights
-    record, named in the header. Returns the headline metrics."""
+def build_report(modes: List[str], data_dir, out_dir, params_text: str = "", report=None,
+                 vgg=None, weights: Optional[dict] = None, results_dir=None, params_file: str = "params.yaml",
+                 profile: str = "") -> dict:
+    """Write ``index.html`` (self-contained: every image embedded; the restored photos as
+    thumbnails that link to ``results_dir``), the DVC metrics ``metrics.json`` (per mode one
+    headline: PSNR, or consistency LPIPS for observed photos) and ``metrics_study.json`` (the
+    study's best PSNR, the benchmark's best LPIPS and its method), and ``metrics_detail.json``
+    (every face and cell). ``params_text``: the params as they ran (the profile applied);
+    ``vgg``: NVIDIA's ``vgg16.pt``, for LPIPS (left out without it); ``weights``: the
+    download_weights record, named in the header. Returns the headline metrics."""
     from recon.config import Report
     from recon.metrics import LPIPSMetric
 
     report = report if report is not None else Report()
     lpips = LPIPSMetric(vgg) if vgg is not None else None
-    data_dir, raw_dir, out_dir = Path(data_dir), Path(raw_dir), Path(out_dir)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    results = Path(results_dir) if results_dir is not None else None
     sections: List[str] = []
     detail: Dict[str, Any] = {}
     headline: Dict[str, Any] = {}
+    study: Dict[str, Any] = {}
+    all_scores = []
     for mode in modes:
         d, p = data_dir / "degraded" / mode, data_dir / "projected" / mode
         if not (d / "targets.json").is_file():
             continue
         scores = score_mode(mode, d, p, report.identity, lpips)
-        sections.append(mode_section(scores, raw_dir))
-        means = scores.means
-        detail[mode] = dict(mean=means, faces={f.target.name: f.metrics for f in scores.faces}, skipped=scores.skipped)
-        keys = HEADLINE if "psnr" in means else ("lpips_consistency",)
-        headline[mode] = {k: means[k] for k in keys if k in means}
+        all_scores.append(scores)
+        sections.append(mode_section(scores, results, out_dir))
+        detail[mode] = dict(mean=scores.means, faces={f.target.name: f.metrics for f in scores.faces},
+                            skipped=scores.skipped)
+        headline[mode] = headline_of(scores)
     if (data_dir / "synthetic" / "runs.json").is_file():
         text, cells, best = synthetic_section(data_dir / "synthetic")
         sections.append(text)
-        detail["synthetic"] = cells
-        headline["synthetic"] = dict(best_psnr=best.psnr, best_num_steps=best.num_steps,
-                                     best_latent_dist_reg_weight=best.latent_dist_reg_weight)
+        detail["synthetic"] = dict(cells=cells, best=dict(psnr=best.psnr, num_steps=best.num_steps,
+                                                          latent_dist_reg_weight=best.latent_dist_reg_weight))
+        study["study"] = dict(psnr=best.psnr)
     if (data_dir / "benchmark" / "results.json").is_file():
         text, res = benchmark_section(data_dir / "benchmark")
         sections.append(text)
-        detail["benchmark"] = dict(table=res["table"], headline=res["headline"])
-        headline["benchmark"] = {n: {k: res["headline"].get(n, {}).get(k) for k in ("lpips", "psnr")
-                                     if res["headline"].get(n, {}).get(k) is not None} for n in res["methods"]}
+        detail["benchmark"] = dict(table=res["table"], headline=res["headline"], blind=res.get("blind", []))
+        scored = [(h["lpips"], n) for n, h in res["headline"].items() if n != "input" and h.get("lpips") is not None]
+        if scored:
+            best_lpips_value, best_method = min(scored)
+            study["bench"] = dict(lpips=best_lpips_value, best=best_method)
     manifest = data_dir / "aligned" / "manifest.json"
     photos = json.loads(manifest.read_text()) if manifest.is_file() else None
-    nav = " · ".join(f'<a href="#{html.escape(k)}">{html.escape(k)}</a>' for k in list(detail) + ["glossary"])
+    nav = " · ".join(f'<a href="#{html.escape(k)}">{html.escape(k)}</a>'
+                     for k in ["summary"] * bool(all_scores) + list(detail) + ["glossary"])
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>recon report</title><style>{STYLE}</style>"
-            f"</head><body><h1>recon: restoration report</h1>{header_section(weights, photos)}<p>{nav}</p>"
-            f"{''.join(sections)}{glossary_section()}<h2>Parameters</h2><pre>{html.escape(params_text)}</pre>"
-            "</body></html>")
+            f"</head><body><h1>recon: restoration report</h1>{header_section(weights, photos, params_file, profile)}"
+            f"<p>{nav}</p>{summary_section(all_scores)}{''.join(sections)}{glossary_section()}"
+            f"<h2>Parameters</h2><p>As they ran{' (profile ' + html.escape(profile) + ' applied)' if profile else ''}"
+            f":</p><pre>{html.escape(params_text)}</pre></body></html>")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "index.html", lambda tmp: Path(tmp).write_text(page))
-    modes_only = {k: v for k, v in headline.items() if k not in ("synthetic", "benchmark")}
-    study = {k: v for k, v in headline.items() if k in ("synthetic", "benchmark")}
-    for name, data, keep_order in (("metrics.json", modes_only, True), ("metrics_study.json", study, True),
+    for name, data, keep_order in (("metrics.json", headline, True), ("metrics_study.json", study, True),
                                    ("metrics_detail.json", detail, False)):
         text = json.dumps(_finite(data), indent=1, sort_keys=not keep_order)
         write_atomic(out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
-    return headline
+    return dict(headline, **study)
 
 
 def _finite(obj):

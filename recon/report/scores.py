@@ -62,6 +62,7 @@ class ModeScores:
     faces: List[FaceScores]
     skipped: List[dict]                         # faces the degrade stage could not use
     composite: Optional[Tuple[str, Callable]]   # (what, combine) where the input tells something
+    photos: Optional[List[str]] = None          # the photos the mode is for (patterns), None: all
 
     @property
     def means(self) -> Dict[str, float]:
@@ -96,7 +97,8 @@ def score_mode(mode: str, degraded_dir: Path, projected_dir: Path, identity: boo
     """Every finished face of a mode scored against its original (not for observed photos: there
     is no ground truth) and its degraded target."""
     targets = Targets.load(degraded_dir)
-    scores = ModeScores(mode, targets.observed, parse_ops(targets.ops), Path(degraded_dir), [], targets.skipped, None)
+    scores = ModeScores(mode, targets.observed, parse_ops(targets.ops), Path(degraded_dir), [], targets.skipped, None,
+                        targets.photos)
     scores.composite = composite_for(scores.ops)
     for target in targets.faces:
         folder = Path(projected_dir) / target.name
@@ -129,6 +131,7 @@ def score_mode(mode: str, degraded_dir: Path, projected_dir: Path, identity: boo
         if lpips is not None:
             if not scores.observed:
                 m["lpips"] = lpips(generated, images["original"])
+                m["lpips_degraded_input"] = lpips(at_size(degraded, images["original"].shape[0]), images["original"])
             m["lpips_consistency"] = lpips(images["generated degraded"], degraded)
         if identity:
             m["identity"] = identity_distance(images.get("original", degraded), generated)

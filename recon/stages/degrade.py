@@ -7,10 +7,14 @@ from recon.stages._common import stage_main
 
 
 def degrade(params, args) -> None:
-    targets = degrade_stage(args.mode, params.ops(args.mode), aligned_faces(args.aligned), args.out,
-                            seed=params.seeds.degrade, observed=params.observed(args.mode))
+    mode = params.mode(args.mode)
+    faces = aligned_faces(args.aligned)
+    mine = [f for f in faces if mode.is_for(f.photo)]
+    targets = degrade_stage(args.mode, params.ops(args.mode), mine, args.out, seed=params.seeds.degrade,
+                            observed=mode.observed, photos=mode.photos)
     skipped = f" ({len(targets.skipped)} skipped)" if targets.skipped else ""
-    print(f"degrade {args.mode}: {len(targets.faces)} targets{skipped}")
+    others = f"; {len(faces) - len(mine)} faces of photos not for this mode" if len(mine) < len(faces) else ""
+    print(f"degrade {args.mode}: {len(targets.faces)} targets{skipped}{others}")
 
 
 def main(argv=None) -> int:

@@ -4,15 +4,18 @@ the settings make a run impractically long.
 
 On a terminal the display is a tqdm bar. Anywhere else (``dvc repro | tee log``, a batch job's
 output file) it is one plain line per update, at most every :data:`LINE_INTERVAL_S` seconds
-(``RECON_PROGRESS_INTERVAL``), so a log reads line by line instead of one carriage-return-joined
-line. Both take their ETA from the same rate: the items done since the display started.
+(``RECON_PROGRESS_INTERVAL``), each with the time of day, so a log reads line by line instead of
+one carriage-return-joined line; the last one says how long the whole took. Both take their ETA
+from the same rate: the items done since the display started (what a resumed run had done before
+does not count as done now). Once the first steps are timed, the display says how long the work
+left will take on this device, once.
 """
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -55,6 +58,7 @@ class StageProgress:
         self.count_done = count_done
         self.base, self.own, self.polled_at = float(done), 0.0, 0.0
         self.start_n, self.start_t, self.printed_at = float(done), time.perf_counter(), 0.0
+        self.estimated = False
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.bar = None
         if enabled and self.tty:
@@ -68,9 +72,25 @@ class StageProgress:
 
     def track(self, size: int, steps_per_item: int, start_step: int = 0) -> Callable[[int], None]:
         """The ``on_step`` callback of a batch of ``size`` items of ``steps_per_item`` steps each
-        (resumed at ``start_step``)."""
+        (resumed at ``start_step``: that part was done before, so it does not count in the rate).
+        After the second step timed here, one line estimates the work left on this device."""
+        self.start_n += size * start_step / max(steps_per_item, 1)
+        timed: Dict[str, Optional[Tuple[int, float]]] = {"from": None}
+
         def on_step(step: int) -> None:
             self.own = size * step / max(steps_per_item, 1)
+            if step == start_step:
+                pass
+            elif timed["from"] is None:
+                timed["from"] = (step, time.perf_counter())        # the first step warms up: timed after it
+            elif not self.estimated and step >= timed["from"][0] + 2:
+                first, t0 = timed["from"]
+                per_step = (time.perf_counter() - t0) / (step - first)
+                left = (self.total - self.n) / max(size, 1) * steps_per_item * per_step
+                self.estimated = True
+                self.write(f"a step of {size} {self.unit if size != 1 else self.unit.rstrip('s')} takes "
+                           f"{per_step:.2g} s here: about {duration(left)} for the {self.total - self.n:.1f} "
+                           f"{self.unit} left")
             self.update()
         on_step(start_step)
         return on_step
@@ -86,14 +106,14 @@ class StageProgress:
             self.bar.update(max(self.n - self.bar.n, 0))
         elif force or now - self.printed_at >= LINE_INTERVAL_S:
             self.printed_at = now
-            print(f"{self.label}: {self.status()}", file=self.stream, flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {self.label}: {self.status()}", file=self.stream, flush=True)
 
     def status(self) -> str:
         """``3.2/10 faces (32%), 41 s per face, about 5 min left``."""
         elapsed = time.perf_counter() - self.start_t
         text = f"{self.n:.1f}/{self.total} {self.unit} ({100 * self.n / max(self.total, 1):.0f}%)"
         gained = self.n - self.start_n
-        if gained > 0 and elapsed > 0:
+        if gained > 0.01 and elapsed > 1.0:
             rate = elapsed / gained
             left = duration(rate * (self.total - self.n))
             text += f", {duration(rate)} per {self.unit.rstrip('s')}, about {left} left"
@@ -111,10 +131,17 @@ class StageProgress:
             if self.bar is not None:
                 tqdm.write(f"{self.label}: {text}", file=self.stream)
             else:
-                print(f"{self.label}: {text}", file=self.stream, flush=True)
+                print(f"{time.strftime('%H:%M:%S')} {self.label}: {text}", file=self.stream, flush=True)
 
     def close(self) -> None:
         self.own = 0.0
-        self.update(force=True)
         if self.bar is not None:
+            self.update(force=True)
             self.bar.close()
+        elif self.count_done is not None:
+            self.base = float(self.count_done())
+        if self.enabled:
+            made = self.n - self.start_n
+            took = time.perf_counter() - self.start_t
+            per = f" ({duration(took / made)} per {self.unit.rstrip('s')})" if made >= 1 else ""
+            self.write(f"{self.n:.0f}/{self.total} {self.unit} done; {made:.0f} here in {duration(took)}{per}")

@@ -615,9 +615,11 @@ def _quick(data: dict) -> dict:
     import copy
 
     data = copy.deepcopy(data)
-    project = data.get("project")
+    project = data.setdefault("project", {})
     if isinstance(project, dict):
-        default = project.setdefault("default", {}) if isinstance(project.get("default", {}), dict) else {}
+        if "default" not in project:            # the schema's default settings, scaled like written ones
+            project["default"] = Project.model_fields["default"].default.model_dump()
+        default = project["default"] if isinstance(project["default"], dict) else {}
         steps = default.get("num_steps", ProjectorConfig().num_steps)
         if isinstance(steps, int) and not isinstance(steps, bool):     # a bad value is left for validation to name
             default["num_steps"] = quick_steps(steps)

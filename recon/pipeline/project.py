@@ -169,8 +169,8 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
         if "method" not in made:
             from recon.restore.compiled import resolve_compile
 
-            compiled = cls.compilable and resolve_compile(runtime.compile, device, steps, R)
-            if compiled and main:
+            compiled = resolve_compile(runtime.compile, device) if cls.compilable else False
+            if compiled is True and main:
                 log(f"project {mode}: compiling the projection step (project.runtime.compile: {runtime.compile}); "
                     "the first step waits for it, minutes the first time")
             G, vgg = models or load_models(files, device)
@@ -178,7 +178,9 @@ def project_stage(mode: str, cfg: ProjectorConfig, degraded_dir, out_dir, weight
 
             chosen = resolve_precision(runtime.precision, G, vgg, say=lambda s: log(f"project {mode}: {s}") if main
                                        else None)
-            made["method"] = make_method(G, vgg, cfg, compile=compiled, precision=chosen)
+            made["method"] = make_method(G, vgg, cfg, compile=compiled, precision=chosen, planned=lambda: steps * sum(
+                not queue.is_done(u.id) for u in queue.units) // max(workers, 1),
+                say=lambda s: log(f"project {mode}: {s}") if main else None)
         restored.extend(_restore_batch(mode, made["method"], work, batch, work_dir, progress))
         return _snapshot_remover(work, batch, work_dir)      # once the unit is marked done, not before
     restored: List[str] = []

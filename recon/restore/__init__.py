@@ -23,14 +23,16 @@ def method_class(which: Union[str, "ProjectorConfig"]) -> Type["Method"]:
     return getattr(importlib.import_module(module), cls)
 
 
-def make_method(G, vgg, cfg: "ProjectorConfig", compile: bool = False, precision: str = "fp32") -> "Method":
+def make_method(G, vgg, cfg: "ProjectorConfig", compile=False, precision: str = "fp32", planned=None,
+                say=None) -> "Method":
     """The method ``cfg.method`` on generator ``G`` with NVIDIA's VGG16 module ``vgg``;
-    ``compile``: ``torch.compile`` its step where the method supports it; ``precision``: the
-    arithmetic of its steps (:mod:`recon.restore.precision`: fp32, tf32 or bf16, resolved)."""
+    ``compile``: ``torch.compile`` its step where the method supports it (``"auto"``: when it pays
+    for the steps ``planned()``, said with ``say``: :mod:`recon.restore.compiled`); ``precision``:
+    the arithmetic of its steps (:mod:`recon.restore.precision`: fp32, tf32 or bf16, resolved)."""
     from .precision import unavailable
 
     cls = method_class(cfg)
-    kwargs = dict(compile=compile) if cls.compilable else {}
+    kwargs = dict(compile=compile, planned=planned, say=say or (lambda s: None)) if cls.compilable else {}
     method = cls(G, cls.perceptual_from_vgg(vgg), cfg, **kwargs)
     problem = unavailable(precision, method.device)
     if problem:

@@ -1,16 +1,19 @@
 """``torch.compile`` where it pays, and never at the cost of a run: a compiled function that
 fails to compile or to run warns once and falls back to the eager one.
 
-``project.runtime.compile``: ``on``, ``off`` or ``auto``. ``auto``, from measurements (README,
-Speed), compiles on CPU for generators of ``CPU_MIN_RESOLUTION`` px and up and runs of
-``CPU_MIN_STEPS`` steps or more, and nowhere else. On CPU (1 thread) the compiled step is 10-15 %
-faster, but a cold compilation takes minutes of wall time (107 s at 128 px against 3 s eager,
-138 s against 7 s at 256 px; about a second once torch's on-disk cache holds the graph): at
-256 px a step saves 0.19-0.28 s, repaid within 470-690 steps; at 128 px 0.04-0.06 s, which needs
-1700-2900 steps. On CUDA nowhere: on an H200 (torch 2.11) compiling the 256 px config-f step took
-over two minutes, longer than a whole batch-1 projection there, and with CUDA graphs
-(``mode="reduce-overhead"``) the compiled backward crashed the process. ``on`` compiles with
-torch.compile's default mode on every device.
+``project.runtime.compile``: ``on``, ``off`` or ``auto``. ``auto`` decides from the stage's own
+work (:class:`AutoCompile`): the first :data:`PROBE_STEPS` steps run eagerly and are timed; then
+the step is compiled when what compilation saves on the steps still planned, ``planned x
+eager step x`` :data:`SAVING`, exceeds what it costs: :data:`COLD_COMPILE_S` the first time,
+:data:`WARM_COMPILE_S` when torch's on-disk cache already holds this step (recon notes each step
+it compiled, per torch version, device, generator and precision, in its per-user cache). The
+stage says which, with the numbers. Measured on CPU (1 thread, fp32): the compiled step saves 9 %
+at 128 px and 13 % at 256 px (against NVIDIA's projector: 1.48x -> 1.63x and 1.25x -> 1.44x); a
+cold compilation took 107-138 s of wall time (half of it in inductor's C++ compiler), a warm one
+about a second. On CUDA ``auto`` never compiles: on an H200 (torch 2.11) compiling the 256 px
+config-f step took over two minutes, longer than a whole batch-1 projection there, and with CUDA
+graphs (``mode="reduce-overhead"``) the compiled backward crashed the process. ``on`` compiles
+with torch.compile's default mode on every device.
 """
 from __future__ import annotations
 
@@ -22,20 +25,102 @@ import torch
 
 SETTINGS = ("auto", "on", "off")
 
+PROBE_STEPS = 3              # eager steps timed before auto decides
+SAVING = 0.10                # of an eager CPU step, what the compiled one saves (9-13 % measured)
+COLD_COMPILE_S = 150.0       # a first compilation (107-138 s measured at 128-256 px, more at 1024)
+WARM_COMPILE_S = 5.0         # with torch's on-disk cache holding the step
+MARKS = "compiled-steps.json"
 
-CPU_MIN_STEPS = 500          # runs this long repay a cold compilation on CPU at 256 px (see above)
-CPU_MIN_RESOLUTION = 256
 
-
-def resolve_compile(setting: str, device, num_steps: int, resolution: int) -> bool:
-    """Whether to compile a run of ``num_steps`` steps of a ``resolution`` px generator on
-    ``device`` (``auto``: see the module's docstring)."""
+def resolve_compile(setting: str, device) -> "bool | str":
+    """``True``, ``False`` or ``"auto"`` (decided by the run itself, :class:`AutoCompile`) for
+    ``project.runtime.compile: setting`` on ``device`` (auto never compiles on CUDA)."""
     if setting not in SETTINGS:
         raise ValueError(f"compile must be one of {', '.join(SETTINGS)}, got {setting!r}")
     if setting == "auto":
-        return (torch.device(device).type == "cpu" and num_steps >= CPU_MIN_STEPS
-                and resolution >= CPU_MIN_RESOLUTION)
+        return "auto" if torch.device(device).type == "cpu" else False
     return setting == "on"
+
+
+def compile_pays(planned_steps: int, eager_step_s: float, warm: bool) -> "tuple[bool, str]":
+    """``(whether to compile, the reason in words)``: compile when ``planned_steps`` steps of
+    ``eager_step_s`` save more than a compilation costs (cold or warm)."""
+    saved = planned_steps * eager_step_s * SAVING
+    cost = WARM_COMPILE_S if warm else COLD_COMPILE_S
+    what = "a compilation from torch's warm cache" if warm else "a first compilation"
+    verdict = saved > cost
+    return verdict, (f"{planned_steps} steps planned at {eager_step_s:.2g} s (eager, measured) would save about "
+                     f"{saved:.0f} s ({SAVING:.0%}), {'more' if verdict else 'less'} than {what} costs (about "
+                     f"{cost:.0f} s): {'compiling' if verdict else 'not compiling'}")
+
+
+def _marks_path():
+    from recon.model.weights import cache_dir
+    return cache_dir() / MARKS
+
+
+def step_key(G, precision: str, batch: int, device) -> str:
+    """What identifies a compiled step in torch's cache: torch, device type, generator, precision, batch."""
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps([torch.__version__, torch.device(device).type, G.config, precision, batch],
+                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def is_warm(key: str) -> bool:
+    """Whether this step was compiled here before (and torch's cache is where it was)."""
+    import json
+    try:
+        return key in json.loads(_marks_path().read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def mark_warm(key: str) -> None:
+    import json
+
+    from recon.data.imageio import write_json
+    path = _marks_path()
+    try:
+        marks = json.loads(path.read_text())
+        marks = marks if isinstance(marks, dict) else {}
+    except (OSError, ValueError):
+        marks = {}
+    marks[key] = True
+    write_json(path, marks)
+
+
+class AutoCompile:
+    """``compile: auto`` for one run: calls ``fn`` eagerly for :data:`PROBE_STEPS` calls (one per
+    step) and times the steps between them; then compiles it (:class:`CompiledOrEager`) when
+    :func:`compile_pays` for the steps still planned (``planned()``, read then), saying so with
+    ``say``; ``key(*args)``: the step's :func:`step_key` for these arguments (warm or cold)."""
+
+    def __init__(self, fn: Callable, device, planned: Callable[[], int], key: Callable[..., str],
+                 say: Callable[[str], None] = lambda s: None, clock=None):
+        import time
+        self.fn, self.device, self.planned, self.key, self.say = fn, device, planned, key, say
+        self.clock = clock or time.perf_counter
+        self.calls: list = []
+        self.impl: Optional[Callable] = None
+
+    def __call__(self, *args, **kwargs):
+        if self.impl is None:
+            self.calls.append(self.clock())
+            if len(self.calls) > PROBE_STEPS:
+                per_step = (self.calls[-1] - self.calls[0]) / (len(self.calls) - 1)
+                key = self.key(*args)
+                go, why = compile_pays(max(self.planned() - len(self.calls) + 1, 0), per_step, is_warm(key))
+                self.say(f"compile auto: {why}")
+                self.impl = CompiledOrEager(self.fn, self.device) if go else self.fn
+                if go:
+                    out = self.impl(*args, **kwargs)
+                    if isinstance(self.impl, CompiledOrEager) and self.impl.failed is None:
+                        mark_warm(key)
+                    return out
+            else:
+                return self.fn(*args, **kwargs)
+        return self.impl(*args, **kwargs)
 
 
 class CompiledOrEager:

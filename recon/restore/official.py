@@ -19,7 +19,7 @@ maps them to [0, 255] itself (:class:`recon.model.perceptual.VGGFeatures`).
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -101,18 +101,26 @@ def renormalize_noise(noise: Dict[str, torch.Tensor]) -> None:
 
 class OfficialMethod(Method):
     """NVIDIA's projector. ``perceptual``: ``img [-1, 1] -> [N, D]`` features (the distance is
-    their squared L2); ``compile``: run the step through ``torch.compile`` (:mod:`recon.restore.compiled`)."""
+    their squared L2); ``compile``: run the step through ``torch.compile`` (:mod:`recon.restore.compiled`;
+    ``"auto"``: when the eager steps timed and the steps ``planned()`` say it pays, ``say`` telling
+    which)."""
     name = "official"
     init_keys = ("wp", "ws", "w")
     compilable = True
 
-    def __init__(self, G, perceptual: FeatureFn, cfg: ProjectorConfig = ProjectorConfig(), compile: bool = False):
+    def __init__(self, G, perceptual: FeatureFn, cfg: ProjectorConfig = ProjectorConfig(),
+                 compile: Union[bool, str] = False, planned: Optional[Callable[[], int]] = None,
+                 say: Callable[[str], None] = lambda s: None):
         super().__init__(G, perceptual, cfg)
         self.w_avg, self.w_std = w_stats(G, cfg.w_avg_samples, cfg.w_avg_seed)
         self.w_avg = self.w_avg.to(self.device)
         self.layers = G.synthesis.noise_layers()
         self.terms = self.loss_terms
-        if compile:
+        if compile == "auto":           # decided by the run's own eager steps (recon.restore.compiled)
+            from .compiled import AutoCompile, step_key
+            self.terms = AutoCompile(self.loss_terms, self.device, planned or (lambda: cfg.num_steps),
+                                     lambda w_opt, *a: step_key(G, self.precision, w_opt.shape[0], self.device), say)
+        elif compile:
             from .compiled import CompiledOrEager
             self.terms = CompiledOrEager(self.loss_terms, self.device)
         self._weights_key: Optional[tuple] = None

@@ -587,7 +587,7 @@ class Mode(_Model):
 
 def auto_profile(data: dict) -> str:
     """``profile: auto``: ``full`` where the projection runs on a GPU (``project.runtime.device``,
-    or a visible CUDA device for ``auto``), else ``quick`` (a 1024 px projection is about 10 s a
+    or a visible CUDA device for ``auto``), else ``quick`` (a 1024 px projection is 15-20 s a
     step on a CPU: the full profile would take days)."""
     runtime = data.get("project", {}).get("runtime", {}) if isinstance(data.get("project"), dict) else {}
     device = runtime.get("device", "auto") if isinstance(runtime, dict) else "auto"

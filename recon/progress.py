@@ -126,8 +126,10 @@ class StageProgress:
         self.write(text)
         self.update()
 
-    def write(self, text: str) -> None:
-        if self.enabled:
+    def write(self, text: str, always: bool = False) -> None:
+        """One line (beside the bar on a terminal); ``always``: also with progress disabled (a
+        warning the user must see)."""
+        if self.enabled or always:
             if self.bar is not None:
                 tqdm.write(f"{self.label}: {text}", file=self.stream)
             else:

@@ -55,7 +55,8 @@ def test_equal_budgets_count_generator_passes(models):
 
 def test_cells_are_scored_and_kept(models, tmp_path, monkeypatch):
     G, vgg, lpips = models
-    p = parse_params({"align": {"resolution": 32}, "project": {"default": {"w_avg_samples": 200}},
+    p = parse_params({"profile": "full",            # as written (auto would cut the seeds to one on a CPU)
+                      "align": {"resolution": 32}, "project": {"default": {"w_avg_samples": 200}},
                       "benchmark": {"seeds": [0, 1], "tasks": ["inpaint_center", "noise", "upsample"], "levels": ["M"],
                                     "budget": 4, "identity": False,
                                     "methods": {"official": {}, "robust": {"method": "robust",

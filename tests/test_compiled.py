@@ -71,14 +71,18 @@ def test_compile_settings():
 
 
 def test_compile_auto_pays_from_the_planned_work_and_the_measured_step():
-    from recon.restore.compiled import COLD_COMPILE_S, SAVING, WARM_COMPILE_S, compile_pays
-    go, why = compile_pays(1000, 2.5, warm=False)          # 1000 steps at 256 px: 250 s saved > 150 s
-    assert go and why == ("1000 steps planned at 2.5 s (eager, measured) would save about 250 s (10%), more than a "
-                          "first compilation costs (about 150 s): compiling")
-    assert not compile_pays(20, 0.5, warm=False)[0]        # the quick profile's 20 steps: 1 s saved
-    assert compile_pays(200, 0.5, warm=True)[0]            # 10 s saved > a warm cache's 5 s
-    assert not compile_pays(int(COLD_COMPILE_S / SAVING), 1.0, warm=False)[0]
-    assert compile_pays(int(WARM_COMPILE_S / SAVING) + 1, 1.0, warm=True)[0]
+    from recon.restore.compiled import COLD_COMPILE_S, WARM_COMPILE_S, compile_pays, saving
+    go, why = compile_pays(1000, 2.5, warm=False, resolution=256)     # 1000 steps at 256 px: 325 s saved > 150 s
+    assert go and why == ("1000 steps planned at 2.5 s (eager, measured) would save about 325 s (13% at 256 px), more "
+                          "than a first compilation costs (about 150 s): compiling")
+    assert not compile_pays(20, 0.5, False, 128)[0]        # the quick profile's 20 steps: 1 s saved
+    assert compile_pays(200, 0.5, True, 128)[0]            # 9 s saved > a warm cache's 5 s
+    assert compile_pays(40, 17.0, False, 1024)[0]          # 40 steps at 1024 px: 306 s saved
+    assert not compile_pays(int(COLD_COMPILE_S / 0.09), 1.0, False, 128)[0]
+    assert compile_pays(int(WARM_COMPILE_S / 0.09) + 1, 1.0, True, 128)[0]
+    # the measured shares, interpolated between the measured sizes and held beyond them
+    assert [saving(r) for r in (32, 128, 256, 1024, 2048)] == [0.09, 0.09, 0.13, 0.45, 0.45]
+    assert saving(512) == pytest.approx((0.13 + 0.45) / 2)
 
 
 def test_compile_auto_times_its_first_steps_then_decides(monkeypatch, tmp_path):
@@ -96,13 +100,14 @@ def test_compile_auto_times_its_first_steps_then_decides(monkeypatch, tmp_path):
     monkeypatch.setattr(compiled, "CompiledOrEager", Fake)
     t = iter(range(0, 100, 2))                             # every step takes 2 s
     said = []
-    auto = compiled.AutoCompile(lambda x: x, "cpu", lambda: 1000, lambda x: "key1", said.append, clock=lambda: next(t))
+    auto = compiled.AutoCompile(lambda x: x, "cpu", lambda: 1000, lambda x: "key1", 256, said.append,
+                                clock=lambda: next(t))
     assert [auto(k) for k in range(3)] == [0, 1, 2] and not made          # the probe: eager
-    assert auto(3) == ("compiled", 3) and len(made) == 1                   # 997 x 2 s x 10 % > 150 s
-    assert said == ["compile auto: 997 steps planned at 2 s (eager, measured) would save about 199 s (10%), more "
-                    "than a first compilation costs (about 150 s): compiling"]
+    assert auto(3) == ("compiled", 3) and len(made) == 1                   # 997 x 2 s x 13 % > 150 s
+    assert said == ["compile auto: 997 steps planned at 2 s (eager, measured) would save about 259 s (13% at 256 "
+                    "px), more than a first compilation costs (about 150 s): compiling"]
     assert compiled.is_warm("key1") and not compiled.is_warm("key2")
-    short = compiled.AutoCompile(lambda x: x, "cpu", lambda: 20, lambda x: "key2", said.append,
+    short = compiled.AutoCompile(lambda x: x, "cpu", lambda: 20, lambda x: "key2", 256, said.append,
                                  clock=lambda: next(t))
     assert [short(k) for k in range(6)] == list(range(6)) and len(made) == 1    # 17 steps left: not worth it
     assert said[-1].endswith("not compiling")

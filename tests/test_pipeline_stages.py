@@ -4,6 +4,7 @@ keeps only the current run's progress images, and refuses bad targets and starti
 any model loads; the command line gives the pipeline's bytes; metrics behave."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -427,12 +428,14 @@ def test_bad_starting_latents_are_refused_before_any_model_loads(setup, content,
     assert not (tmp / "out").exists() or not any((tmp / "out").glob("*/*"))
 
 
-def test_compile_auto_follows_the_generator_and_the_run_length(setup, monkeypatch, capsys):
-    """``compile: auto`` decides from the loaded generator's resolution and the run's steps (the
-    thresholds lowered here to the tiny generator and a short run); a compiled run says so."""
+def test_compile_auto_decides_from_the_stages_own_steps(setup, monkeypatch, capsys, tmp_path):
+    """``compile: auto`` times the stage's first eager steps and compiles only when the steps still
+    planned repay a compilation (its cost lowered here to the tiny generator's short run), saying
+    which with the numbers; the results are the same bytes either way."""
     import recon.restore.compiled as compiled
     from recon.config import Runtime
     tmp, weights, aligned = setup
+    monkeypatch.setattr(compiled, "_marks_path", lambda: tmp_path / "compiled-steps.json")
     degrade_stage("blur", ops({"type": "blur", "kernel": 5, "sigma": 1.0}), aligned_faces(aligned), tmp / "deg")
     compiles = []
 
@@ -443,12 +446,19 @@ def test_compile_auto_follows_the_generator_and_the_run_length(setup, monkeypatc
     cfg = ProjectorConfig(**CFG)
     auto = Runtime(batch_size=3, compile="auto")
     project_stage("blur", cfg, tmp / "deg", tmp / "a", weights, auto)
-    assert compiles == [] and "compiling" not in capsys.readouterr().err      # 32 px, 6 steps: eager
-    monkeypatch.setattr(compiled, "CPU_MIN_RESOLUTION", 32)
-    monkeypatch.setattr(compiled, "CPU_MIN_STEPS", 6)
+    err = capsys.readouterr().err
+    assert compiles == []                                # 6 steps of a 32 px generator repay nothing
+    assert re.search(r"project blur: compile auto: 3 steps planned at \S+ s \(eager, measured\) would save about "
+                     r"0 s \(9% at 32 px\), less than a first compilation costs \(about 150 s\): not compiling", err), err
+    monkeypatch.setattr(compiled, "COLD_COMPILE_S", 0.0)
     project_stage("blur", cfg, tmp / "deg", tmp / "b", weights, auto)
     assert compiles == [dict(dynamic=False, mode=None)]
-    assert "project blur: compiling the projection step (project.runtime.compile: auto)" in capsys.readouterr().err
-    monkeypatch.setattr(compiled, "CPU_MIN_STEPS", 7)
+    assert "more than a first compilation costs (about 0 s): compiling" in capsys.readouterr().err
+    # the step is now noted as compiled here: the next run counts a warm compilation
+    monkeypatch.setattr(compiled, "WARM_COMPILE_S", 1e9)
     project_stage("blur", cfg, tmp / "deg", tmp / "c", weights, auto)
     assert len(compiles) == 1
+    assert "less than a compilation from torch's warm cache costs" in capsys.readouterr().err
+    for face in ("p0_0", "p1_0", "p2_0"):
+        images = [(tmp / run / face / "image.png").read_bytes() for run in "abc"]
+        assert images[0] == images[1] == images[2]

@@ -36,7 +36,8 @@ def test_modes_and_where_they_run():
 @bf16_cpu
 def test_the_golden_official_run_in_bf16(golden_dir, G):
     """The official run replayed in bf16: different arithmetic (the latents move apart), the same
-    outcome (final loss within 1 % of the recorded fp32 run's, PSNR within 0.1 dB of fp32's)."""
+    outcome (final loss within the gate's 1 % of the recorded fp32 run's, PSNR to the target within
+    0.1 dB of fp32's)."""
     from test_projector import standin_features
 
     from recon.restore.randomness import RecordedRandom
@@ -56,7 +57,7 @@ def test_the_golden_official_run_in_bf16(golden_dir, G):
     assert (out["bf16"].latents["ws"] - out["fp32"].latents["ws"]).abs().max() > 1e-3   # it did run in bf16
     truth = P["target_uint8"].permute(1, 2, 0).numpy()
     p32, p16 = (psnr(to_uint8(out[m].image[None])[0], truth) for m in ("fp32", "bf16"))
-    assert abs(p16 - p32) <= gate.TOLERANCE["psnr"]
+    assert abs(p16 - p32) <= 0.1
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +75,15 @@ def verdict(G, lpips_only):
 
 
 def test_bf16_passes_the_gate_on_the_benchmark_tasks(verdict):
-    """The gate's own numbers with LPIPS-like features: bf16 within the stated tolerances of fp32
-    in every task."""
+    """The gate's own numbers with LPIPS-like features: in every task bf16 moves the images from
+    fp32's less than fp32 moves them with other random draws, and ends within 1 % of its loss."""
     assert verdict["tasks"] == ["clean", "upsample-M", "inpaint_center-M", "blur-M"] and verdict["steps"] == 100
     ref, bf16 = verdict["modes"]["fp32"]["tasks"], verdict["modes"]["bf16"]["tasks"]
+    chance = verdict["spread"]["tasks"]
     for task in verdict["tasks"]:
         assert bf16[task]["loss"] == pytest.approx(ref[task]["loss"], rel=0.01), task
-        assert bf16[task]["psnr"] == pytest.approx(ref[task]["psnr"], abs=0.1), task
-        assert bf16[task]["lpips"] == pytest.approx(ref[task]["lpips"], abs=0.005), task
+        assert chance[task]["moved_db"] < bf16[task]["moved_db"] < gate.SAME_DB, task   # moved, less than chance
+        assert ref[task]["moved_db"] == gate.SAME_DB
         assert bf16[task] != ref[task]                 # a different computation, not the same one twice
     assert verdict["modes"]["bf16"]["passed"] and verdict["modes"]["bf16"]["problems"] == []
     faster = min(("fp32", "bf16"), key=lambda m: verdict["modes"][m]["seconds_per_step"])
@@ -91,27 +93,35 @@ def test_bf16_passes_the_gate_on_the_benchmark_tasks(verdict):
     # beside it, how far fp32 moves with other random draws (the same faces and tasks)
     spread = verdict["spread"]["tasks"]
     assert set(spread) == set(ref) and all(spread[t] != ref[t] for t in ref)
-    assert "| fp32, other random draws |" in table and "fp32's own spread (not a verdict)" in table
+    assert "| fp32, other random draws |" in table and "chance: what a mode must beat" in table
 
 
 @bf16_cpu
 def test_the_gate_fails_bf16_where_the_loss_needs_more_bits(G, vgg):
     """The tests' small feature network weighs the raw pixels 30x: a bfloat16 image (8 bits of
-    mantissa) moves that loss out of tolerance, and the gate says so, task by task; auto then
-    keeps fp32."""
-    v = gate.run_gate(G, vgg, modes=["fp32", "bf16"], tasks=("clean",), steps=60)
+    mantissa) moves that loss by more than 1 % in some of the gate's tasks (1.2 % to 13 % measured),
+    although the images stay closer to fp32's than chance moves them; the gate fails bf16 on the
+    loss, task by task, and auto keeps fp32."""
+    v = gate.run_gate(G, vgg, modes=["fp32", "bf16"])
     assert not v["modes"]["bf16"]["passed"] and v["choice"] == "fp32"
     problems = v["modes"]["bf16"]["problems"]
-    assert problems and all(p.startswith("clean: ") for p in problems)
+    assert problems and all(p.split(": ")[0] in v["tasks"] and ": final loss " in p for p in problems)
     assert f"failed: {problems[0]}" in gate.verdict_table(v)
 
 
 def test_a_mode_out_of_tolerance_fails_and_says_where(verdict):
     modes = verdict["modes"]
-    problems = gate.judge(modes["fp32"], modes["bf16"], dict(loss=0.0, psnr=0.0, lpips=0.0))
-    assert len(problems) >= len(verdict["tasks"])
-    assert any(p.startswith("clean: final loss") and "> 0%" in p for p in problems)
-    assert gate.judge(modes["fp32"], modes["fp32"], dict(loss=0.0, psnr=0.0, lpips=0.0)) == []
+    spread = verdict["spread"]
+    problems = gate.judge(modes["fp32"], modes["bf16"], spread, dict(loss=0.0))
+    assert len(problems) == len(verdict["tasks"])
+    assert all(p.startswith(f"{t}: final loss") and "> 0%" in p for p, t in zip(problems, verdict["tasks"]))
+    assert gate.judge(modes["fp32"], modes["fp32"], spread, dict(loss=0.0)) == []
+    # chance that moves the images less than bf16 does: bf16 fails every task on it, saying so
+    luckier = {"tasks": {t: dict(r, moved_db=modes["bf16"]["tasks"][t]["moved_db"] + 0.5)
+                         for t, r in spread["tasks"].items()}}
+    problems = gate.judge(modes["fp32"], modes["bf16"], luckier)
+    assert len(problems) == len(verdict["tasks"]) and all("no closer than fp32 with other random draws" in p
+                                                          for p in problems)
 
 
 def test_auto_runs_the_gate_once_and_follows_its_verdict(G, vgg, verdict, monkeypatch, tmp_path):
@@ -121,9 +131,10 @@ def test_auto_runs_the_gate_once_and_follows_its_verdict(G, vgg, verdict, monkey
     def fake_gate(G, vgg, say=print):
         calls.append(1)
         return json.loads(json.dumps(failing))
-    failing = dict(verdict, choice="fp32")
-    failing["modes"] = dict(verdict["modes"], bf16=dict(verdict["modes"]["bf16"], passed=False,
-                                                        problems=["blur-M: PSNR 10.1 vs 10.4 dB"]))
+    failing = json.loads(json.dumps(dict(verdict, choice="fp32")))
+    bf16 = failing["modes"]["bf16"]
+    bf16["tasks"]["blur-M"]["loss"] *= 1.5               # numbers that fail, as a cached verdict is re-judged
+    bf16.update(passed=False, problems=["blur-M: final loss 1.5 vs 1.0"])
     monkeypatch.setattr(gate, "run_gate", fake_gate)
     said = []
     assert gate.resolve_precision("auto", G, vgg, say=said.append) == "fp32"
@@ -133,7 +144,7 @@ def test_auto_runs_the_gate_once_and_follows_its_verdict(G, vgg, verdict, monkey
     # a mode asked for by name still runs, and says it failed the gate
     assert gate.resolve_precision("bf16", G, vgg, say=said.append) == "bf16"
     assert said[-1] == ("precision bf16: FAILED the quality gate on this device, results are not equivalent to "
-                        "fp32's: blur-M: PSNR 10.1 vs 10.4 dB")
+                        "fp32's: blur-M: final loss 1.5 vs 1.0")
     # a verdict where bf16 passed: auto takes it
     (tmp_path / "precision-gate.json").write_text("{damaged")
     monkeypatch.setattr(gate, "run_gate", lambda G, vgg, say=print: json.loads(json.dumps(verdict)))

@@ -63,7 +63,7 @@ def run_recipe(project, tmp_path, first_line: str, knobs: dict):
     assert res.returncode == 0, res.stderr[-4000:]
     assert "[0, 0]" in res.stdout.splitlines()                      # both workers exited 0
     assert results(repo / "data" / "projected" / "blur") == one
-    done = [line for p in (repo / "data" / "projected" / "blur" / ".work" / "log").iterdir()
+    done = [line for p in (repo / ".recon" / "state" / "projected" / "blur" / ".work" / "log").iterdir()
             for line in p.read_text().splitlines()]
     assert len(done) == 3                                             # each batch once, by either worker
     again = sh(["dvc", "repro", "project@blur"], repo, env)

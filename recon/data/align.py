@@ -370,7 +370,7 @@ def align_paths(inputs, out_dir, opts: Align = Align(), manifest_name: str = "ma
 
     def log(*a, **k):
         text = " ".join(map(str, a))
-        shown.write(text.removeprefix("align: "))
+        shown.write(text.removeprefix("align: "), always=True)     # what was skipped, and why
     for path in photos:
         try:
             entry = align_photo(path, out_dir, opts, log=log)

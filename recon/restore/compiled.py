@@ -4,13 +4,15 @@ fails to compile or to run warns once and falls back to the eager one.
 ``project.runtime.compile``: ``on``, ``off`` or ``auto``. ``auto`` decides from the stage's own
 work (:class:`AutoCompile`): the first :data:`PROBE_STEPS` steps run eagerly and are timed; then
 the step is compiled when what compilation saves on the steps still planned, ``planned x
-eager step x`` :data:`SAVING`, exceeds what it costs: :data:`COLD_COMPILE_S` the first time,
+eager step x`` :func:`saving` (the share a compiled step saves at the generator's resolution),
+exceeds what it costs: :data:`COLD_COMPILE_S` the first time,
 :data:`WARM_COMPILE_S` when torch's on-disk cache already holds this step (recon notes each step
 it compiled, per torch version, device, generator and precision, in its per-user cache). The
 stage says which, with the numbers. Measured on CPU (1 thread, fp32): the compiled step saves 9 %
-at 128 px and 13 % at 256 px (against NVIDIA's projector: 1.48x -> 1.63x and 1.25x -> 1.44x); a
-cold compilation took 107-138 s of wall time (half of it in inductor's C++ compiler), a warm one
-about a second. On CUDA ``auto`` never compiles: on an H200 (torch 2.11) compiling the 256 px
+at 128 px, 13 % at 256 px (against NVIDIA's projector: 1.48x -> 1.63x and 1.25x -> 1.44x) and
+45 % at 1024 px (16.6 -> 9.1 s a step: fused elementwise work on the top layers' 67-134 MB
+tensors); a cold compilation took 107-138 s of wall time (half of it in inductor's C++
+compiler), a warm one about a second. On CUDA ``auto`` never compiles: on an H200 (torch 2.11) compiling the 256 px
 config-f step took over two minutes, longer than a whole batch-1 projection there, and with CUDA
 graphs (``mode="reduce-overhead"``) the compiled backward crashed the process. ``on`` compiles
 with torch.compile's default mode on every device.
@@ -26,7 +28,8 @@ import torch
 SETTINGS = ("auto", "on", "off")
 
 PROBE_STEPS = 3              # eager steps timed before auto decides
-SAVING = 0.10                # of an eager CPU step, what the compiled one saves (9-13 % measured)
+# (resolution, share of an eager CPU step the compiled one saves), measured (fp32, 1 thread)
+SAVINGS = ((128, 0.09), (256, 0.13), (1024, 0.45))
 COLD_COMPILE_S = 150.0       # a first compilation (107-138 s measured at 128-256 px, more at 1024)
 WARM_COMPILE_S = 5.0         # with torch's on-disk cache holding the step
 MARKS = "compiled-steps.json"
@@ -42,15 +45,31 @@ def resolve_compile(setting: str, device) -> "bool | str":
     return setting == "on"
 
 
-def compile_pays(planned_steps: int, eager_step_s: float, warm: bool) -> "tuple[bool, str]":
+def saving(resolution: int) -> float:
+    """The share of an eager CPU step that compiling saves at a generator ``resolution``: the
+    measured :data:`SAVINGS`, interpolated in log2(resolution), the ends held beyond them."""
+    import math
+    x = math.log2(max(resolution, 1))
+    points = [(math.log2(r), v) for r, v in SAVINGS]
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, v0), (x1, v1) in zip(points, points[1:]):
+        if x <= x1:
+            return v0 + (v1 - v0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def compile_pays(planned_steps: int, eager_step_s: float, warm: bool, resolution: int) -> "tuple[bool, str]":
     """``(whether to compile, the reason in words)``: compile when ``planned_steps`` steps of
-    ``eager_step_s`` save more than a compilation costs (cold or warm)."""
-    saved = planned_steps * eager_step_s * SAVING
+    ``eager_step_s`` at a generator ``resolution`` save more than a compilation costs (cold or
+    warm)."""
+    share = saving(resolution)
+    saved = planned_steps * eager_step_s * share
     cost = WARM_COMPILE_S if warm else COLD_COMPILE_S
     what = "a compilation from torch's warm cache" if warm else "a first compilation"
     verdict = saved > cost
     return verdict, (f"{planned_steps} steps planned at {eager_step_s:.2g} s (eager, measured) would save about "
-                     f"{saved:.0f} s ({SAVING:.0%}), {'more' if verdict else 'less'} than {what} costs (about "
+                     f"{saved:.0f} s ({share:.0%} at {resolution} px), {'more' if verdict else 'less'} than {what} costs (about "
                      f"{cost:.0f} s): {'compiling' if verdict else 'not compiling'}")
 
 
@@ -96,10 +115,11 @@ class AutoCompile:
     :func:`compile_pays` for the steps still planned (``planned()``, read then), saying so with
     ``say``; ``key(*args)``: the step's :func:`step_key` for these arguments (warm or cold)."""
 
-    def __init__(self, fn: Callable, device, planned: Callable[[], int], key: Callable[..., str],
+    def __init__(self, fn: Callable, device, planned: Callable[[], int], key: Callable[..., str], resolution: int,
                  say: Callable[[str], None] = lambda s: None, clock=None):
         import time
         self.fn, self.device, self.planned, self.key, self.say = fn, device, planned, key, say
+        self.resolution = resolution
         self.clock = clock or time.perf_counter
         self.calls: list = []
         self.impl: Optional[Callable] = None
@@ -110,7 +130,8 @@ class AutoCompile:
             if len(self.calls) > PROBE_STEPS:
                 per_step = (self.calls[-1] - self.calls[0]) / (len(self.calls) - 1)
                 key = self.key(*args)
-                go, why = compile_pays(max(self.planned() - len(self.calls) + 1, 0), per_step, is_warm(key))
+                go, why = compile_pays(max(self.planned() - len(self.calls) + 1, 0), per_step, is_warm(key),
+                                       self.resolution)
                 self.say(f"compile auto: {why}")
                 self.impl = CompiledOrEager(self.fn, self.device) if go else self.fn
                 if go:

@@ -119,7 +119,8 @@ class OfficialMethod(Method):
         if compile == "auto":           # decided by the run's own eager steps (recon.restore.compiled)
             from .compiled import AutoCompile, step_key
             self.terms = AutoCompile(self.loss_terms, self.device, planned or (lambda: cfg.num_steps),
-                                     lambda w_opt, *a: step_key(G, self.precision, w_opt.shape[0], self.device), say)
+                                     lambda w_opt, *a: step_key(G, self.precision, w_opt.shape[0], self.device),
+                                     G.img_resolution, say)
         elif compile:
             from .compiled import CompiledOrEager
             self.terms = CompiledOrEager(self.loss_terms, self.device)

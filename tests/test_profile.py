@@ -24,11 +24,12 @@ def test_parts_sum_to_the_step(degrade):
 
 
 def test_one_step_adds_up(monkeypatch):
+    import torch
+
     from recon.bench import random_generator, vgg_module
     from recon.config import ProjectorConfig
     from recon.restore import make_method
     from recon.restore.randomness import TorchRandom, step_draws
-    import torch
 
     G = random_generator(32, 512, 64, torch.device("cpu"))
     vgg, _ = vgg_module("", torch.device("cpu"))

@@ -69,8 +69,8 @@ def compile_pays(planned_steps: int, eager_step_s: float, warm: bool, resolution
     what = "a compilation from torch's warm cache" if warm else "a first compilation"
     verdict = saved > cost
     return verdict, (f"{planned_steps} steps planned at {eager_step_s:.2g} s (eager, measured) would save about "
-                     f"{saved:.0f} s ({share:.0%} at {resolution} px), {'more' if verdict else 'less'} than {what} costs (about "
-                     f"{cost:.0f} s): {'compiling' if verdict else 'not compiling'}")
+                     f"{saved:.0f} s ({share:.0%} at {resolution} px), {'more' if verdict else 'less'} than {what} "
+                     f"costs (about {cost:.0f} s): {'compiling' if verdict else 'not compiling'}")
 
 
 def _marks_path():

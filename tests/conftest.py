@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # A test may skip only for what this machine lacks, and says which with one of these prefixes.
 # Under RECON_CI=1 (.ci/run) any other skip (a missing fixture, Chromium, git) fails the run.
-ALLOWED_SKIPS = ("needs CUDA", "needs native bfloat16", "needs NVIDIA's checkout")
+ALLOWED_SKIPS = ("needs CUDA", "needs NVIDIA's checkout")
 _skips: dict = {}
 
 

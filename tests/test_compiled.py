@@ -1,5 +1,6 @@
 """Compilation where it pays: the compiled step gives the eager step's results; a step that
 cannot be compiled warns once and runs eagerly; batch size from measured memory; recon doctor."""
+import json
 import subprocess
 import sys
 import warnings
@@ -111,6 +112,13 @@ def test_compile_auto_times_its_first_steps_then_decides(monkeypatch, tmp_path):
                                  clock=lambda: next(t))
     assert [short(k) for k in range(6)] == list(range(6)) and len(made) == 1    # 17 steps left: not worth it
     assert said[-1].endswith("not compiling")
+    # the marks are recon's own file read back: damaged or hostile, it marks nothing and is rewritten
+    marks = tmp_path / compiled.MARKS
+    for hostile in ("[" * 100000, '["key1"]', '{"key1": "yes"}', "{"):
+        marks.write_text(hostile)
+        assert not compiled.is_warm("key1")
+        compiled.mark_warm("key1")
+        assert compiled.is_warm("key1") and json.loads(marks.read_text()) == {"key1": True}
 
 
 @pytest.mark.slow

@@ -84,3 +84,24 @@ def test_fp16_tolerance_is_looser_but_still_catches_a_bad_kernel():
     good = selfcheck.check_op("upfirdn2d", FakeKernels(), "cpu", torch.float32)
     assert good < 1e-6
     assert selfcheck.check_op("bias_act", FakeKernels(bias_act_error=0.05), "cpu", torch.float32) > 0.04
+
+
+@pytest.mark.parametrize("label, forge", [
+    ("a forged pass", lambda v: {**v, "upfirdn2d": dict(v["upfirdn2d"], ok=True)}),
+    ("an op missing", lambda v: {"bias_act": v["bias_act"]}),
+    ("an entry as text", lambda v: {**v, "bias_act": "ok"}),
+    ("nested deep", None),
+])
+def test_a_cached_verdict_that_does_not_follow_is_checked_again(tmp_path, label, forge):
+    """The cache is recon's own file read back: a verdict whose ``ok`` does not follow from its error,
+    one that lacks an op or is malformed, or a file nested past the parser, is not trusted."""
+    cache = tmp_path / "selfcheck.json"
+    bad = FakeKernels(upfirdn2d_error=1e-3)
+    with pytest.warns(RuntimeWarning):
+        honest = selfcheck.cached_verify(bad, "cpu", cache)
+    key = next(iter(json.loads(cache.read_text())))
+    cache.write_text("[" * 100000 if forge is None else json.dumps({key: forge(honest)}))
+    with pytest.warns(RuntimeWarning, match="CUDA upfirdn2d kernel failed its self-check"):
+        again = selfcheck.cached_verify(bad, "cpu", cache)
+    assert not again["upfirdn2d"]["ok"] and again["bias_act"]["ok"]
+    assert json.loads(cache.read_text())[key] == again

@@ -290,3 +290,24 @@ def test_an_interrupted_download_is_named_as_one_the_next_run_resumes(tmp_path, 
             weights_stage(params, tmp_path / "weights")
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("label, text, problem", [
+    ("nested deep", "[" * 100000, "nested more than 32 levels deep"),
+    ("a digest that is a path", '{"generator": {"converted_sha256": "../../etc/passwd"}, "vgg16": {"sha256": "'
+     + "0" * 64 + '"}}', "a sha256 that is not one"),
+    ("a list", "[1, 2]", "TypeError"),
+    ("no vgg16", '{"generator": {"converted_sha256": "' + "0" * 64 + '"}}', "KeyError"),
+])
+def test_a_weights_record_that_is_not_recons_is_refused_in_one_line(tmp_path, label, text, problem):
+    """weights/weights.json is recon's own file read back: a hostile one is refused naming it and the
+    fix, before any path is made from it."""
+    from recon.errors import MissingInputError
+    from recon.model.weights import resolve_weights
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "weights.json").write_text(text)
+    with pytest.raises(MissingInputError) as err:
+        resolve_weights(tmp_path / "weights")
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(f"{tmp_path / 'weights' / 'weights.json'}: unreadable (")
+    assert problem in line and line.endswith("run `dvc repro -f download_weights`")

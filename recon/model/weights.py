@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
+import re
 import shutil
 import time
 import urllib.error
@@ -136,9 +136,12 @@ def resolve_weights(weights) -> WeightFiles:
                 raise MissingInputError(f"{p}: no such file")
         return WeightFiles(generator, vgg16, sha256_of(generator) + sha256_of(vgg16))
     record_path = Path(weights) / RECORD
-    try:
-        record = json.loads(record_path.read_text())
+    from recon.data.ownfiles import read_json
+    try:       # recon's own file read back: bounded, and digests that are digests
+        record = read_json(record_path, max_bytes=1 << 20)
         digests = record["generator"]["converted_sha256"], record["vgg16"]["sha256"]
+        if not all(isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d) for d in digests):
+            raise ValueError("a sha256 that is not one")
     except FileNotFoundError:
         raise MissingInputError(f"{record_path}: missing (run the download_weights stage first)") from None
     except (ValueError, KeyError, TypeError) as exc:

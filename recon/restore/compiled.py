@@ -86,25 +86,26 @@ def step_key(G, precision: str, batch: int, device) -> str:
                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _marks() -> dict:
+    """The marks file's entries; a missing, damaged or hostile file holds none (the bounded reader:
+    a cold compilation assumed where a warm one was is the only cost)."""
+    from recon.data.ownfiles import read_json
+    try:
+        marks = read_json(_marks_path(), max_bytes=1 << 20)
+    except (OSError, ValueError):
+        return {}
+    return marks if isinstance(marks, dict) else {}
+
+
 def is_warm(key: str) -> bool:
     """Whether this step was compiled here before (and torch's cache is where it was)."""
-    import json
-    try:
-        return key in json.loads(_marks_path().read_text())
-    except (OSError, ValueError, TypeError):
-        return False
+    return _marks().get(key) is True
 
 
 def mark_warm(key: str) -> None:
-    import json
-
     from recon.data.imageio import write_json
     path = _marks_path()
-    try:
-        marks = json.loads(path.read_text())
-        marks = marks if isinstance(marks, dict) else {}
-    except (OSError, ValueError):
-        marks = {}
+    marks = _marks()
     marks[key] = True
     write_json(path, marks)
 

@@ -88,17 +88,38 @@ def cache_key(device, build: str = "") -> str:
     return h.hexdigest()[:20]
 
 
+MAX_CACHE_BYTES = 1 << 20
+
+
+def follows(verdict) -> bool:
+    """Whether a cached ``verdict`` is one :func:`verify` writes: every registered op, each entry's
+    ``ok`` following from its error and tolerance (a forged or damaged verdict is checked again)."""
+    if not isinstance(verdict, dict) or set(verdict) != set(CHECKS):
+        return False
+    for v in verdict.values():
+        if not (isinstance(v, dict) and isinstance(v.get("ok"), bool) and isinstance(v.get("detail"), str)
+                and type(v.get("error")) in (int, float) and v.get("dtype") in ("float32", "float16")):
+            return False
+        if v["ok"] != (v["error"] <= TOLERANCE[getattr(torch, v["dtype"])]):
+            return False
+    return True
+
+
 def cached_verify(plugin, device, cache_file: Optional[Path], build: str = "") -> Dict[str, dict]:
     """:func:`verify`, or the verdict cached in ``cache_file`` for this device and ``build``; warns
     once per failing op (naming it, the error and the tolerance) that the reference is used."""
     key = cache_key(device, build)
     cache = {}
     if cache_file is not None and cache_file.is_file():
-        try:
+        try:       # a damaged cache (deep nesting included) is no cache
+            if cache_file.stat().st_size > MAX_CACHE_BYTES:
+                raise ValueError("too large")
             cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             cache = {}
+    cache = cache if isinstance(cache, dict) else {}
     verdict = cache.get(key)
+    verdict = verdict if follows(verdict) else None
     if verdict is None:
         verdict = verify(plugin, device)
         if cache_file is not None:

@@ -393,3 +393,34 @@ def test_an_honest_cached_verdict_is_used(G, vgg, tmp_path, monkeypatch):
         monkeypatch.setattr(gate, "run_gate", lambda G, vgg, say=print: verdict())
         assert gate.resolve_precision("auto", G, vgg, say=said.append) == "bf16"
         assert "the gate's cache is started afresh" in said[0]
+
+
+@pytest.mark.parametrize("record, label, text, problem", [
+    ("targets.json", "nested", "[" * 100000, "nested more than 32 levels deep"),
+    ("targets.json", "no faces", '{"mode": "blur", "ops": []}', "KeyError: 'faces'"),
+    ("targets.json", "a face as a number", '{"mode": "blur", "ops": [], "faces": [1]}', "TypeError"),
+    ("manifest.json", "nested", "{\"images\":" * 40000, "nested more than 32 levels deep"),
+    ("manifest.json", "images a list", '{"images": [1]}', "AttributeError"),
+])
+def test_an_earlier_stages_record_that_is_not_its_is_refused_in_one_line(project, record, label, text, problem):
+    """targets.json (degrade) and manifest.json (align), hand-edited or damaged: the next stage
+    refuses in one line naming the file and the stage to run again, and writes nothing."""
+    folder = project / f"rec-{record.split('.')[0]}-{label.replace(' ', '-')}"
+    if record == "targets.json":
+        shutil.copytree(project / "deg", folder)
+        args = ["project", "blur", "--degraded", folder.name, "--weights", "weights", "--out", f"{folder.name}-out",
+                "--losses", f"{folder.name}-out.csv"]
+        again = f"run `dvc repro -f degrade@{folder.name}`"
+    else:
+        shutil.copytree(project / "aligned", folder)
+        args = ["degrade", "blur", "--aligned", folder.name, "--out", f"{folder.name}-out"]
+        again = "run `dvc repro -f align`"
+    (folder / record).write_text(text)
+    before = tree(project, folder)
+    res = subprocess.run([sys.executable, "-m", f"recon.stages.{args[0]}", *args[1:], "--params", "params.yaml"],
+                         cwd=project, env=dict(os.environ, RECON_NO_CUDA_OPS="1", OMP_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    line = next(s for s in res.stderr.splitlines() if f"{folder.name}/{record}: " in s)
+    assert problem in line and line.endswith(again), line
+    assert tree(project, folder) == before and not (project / f"{folder.name}-out").exists()

@@ -77,9 +77,10 @@ def _finite(value) -> bool:
     return True
 
 
-def read_json(path, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:
-    """The JSON value of one of recon's files, bounded; :class:`OwnFileError` otherwise (a missing
-    file raises ``FileNotFoundError``, which callers treat as "not there yet")."""
+def read_json(path, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH, finite: bool = True) -> Any:
+    """The JSON value of one of recon's files, bounded (and with ``finite``, no NaN or infinity);
+    :class:`OwnFileError` otherwise (a missing file raises ``FileNotFoundError``, which callers
+    treat as "not there yet")."""
     path = Path(path)
     if path.is_symlink():
         raise OwnFileError(f"{path}: a link, not a file recon wrote")
@@ -104,7 +105,7 @@ def read_json(path, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> A
         value = json.loads(text)
     except ValueError as exc:
         raise OwnFileError(f"{path}: not valid JSON ({exc})") from None
-    if not _finite(value):
+    if finite and not _finite(value):
         raise OwnFileError(f"{path}: holds a non-finite number")
     return value
 

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Dict, List, Optional, Sequence, Tuple
@@ -18,7 +17,7 @@ from typing import Annotated, Dict, List, Optional, Sequence, Tuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from recon.data.imageio import write_json
-from recon.data.ownfiles import OwnFileError, inside, read_record
+from recon.data.ownfiles import OwnFileError, inside, read_json, read_record
 from recon.errors import MissingInputError
 from recon.model.weights import sha256_of
 
@@ -35,19 +34,31 @@ class Face:
     mask: Optional[str] = None
 
 
+def _stage_record(path: Path, stage: str, build):
+    """``build(value)`` of an earlier stage's record at ``path``, read bounded (a hand-edited or
+    damaged one is refused in one line naming it and the stage that writes it)."""
+    again = f"run `dvc repro -f {stage}`"
+    try:
+        return build(read_json(path, finite=False))      # a stage's record may hold a NaN score
+    except OwnFileError as exc:
+        raise MissingInputError(f"{exc}; {again}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MissingInputError(f"{path}: not what the {stage} stage writes ({type(exc).__name__}: "
+                                f"{str(exc)[:200]}); {again}") from None
+
+
 def aligned_faces(aligned_dir) -> List[Face]:
     """The faces the align stage wrote, from its manifest, in a fixed order."""
     aligned_dir = Path(aligned_dir)
     manifest_path = aligned_dir / "manifest.json"
     if not manifest_path.is_file():
         raise MissingInputError(f"{manifest_path}: missing (run the align stage first)")
-    manifest = json.loads(manifest_path.read_text())
-    faces = []
-    for photo, entry in sorted(manifest["images"].items()):
-        for f in entry["faces"]:
-            faces.append(Face(name=Path(f["file"]).stem, file=str(aligned_dir / f["file"]), photo=photo,
-                              quad=f["quad"], mask=str(aligned_dir / f["mask"]) if f.get("mask") else None))
-    return faces
+
+    def faces(manifest) -> List[Face]:
+        return [Face(name=Path(f["file"]).stem, file=str(aligned_dir / f["file"]), photo=photo, quad=f["quad"],
+                     mask=str(aligned_dir / f["mask"]) if f.get("mask") else None)
+                for photo, entry in sorted(manifest["images"].items()) for f in entry["faces"]]
+    return _stage_record(manifest_path, "align", faces)
 
 
 @dataclass(frozen=True)
@@ -85,10 +96,9 @@ class Targets:
         path = Path(folder) / cls.FILE
         if not path.is_file():
             raise MissingInputError(f"{path}: missing (run the degrade stage first)")
-        data = json.loads(path.read_text())
-        return cls(mode=data["mode"], ops=data["ops"], seed=int(data.get("seed", 0)),
-                   observed=bool(data.get("observed")), faces=[Target(**t) for t in data["faces"]],
-                   skipped=data.get("skipped", []), photos=data.get("photos"))
+        return _stage_record(path, f"degrade@{Path(folder).name}", lambda data: cls(
+            mode=data["mode"], ops=data["ops"], seed=int(data.get("seed", 0)), observed=bool(data.get("observed")),
+            faces=[Target(**t) for t in data["faces"]], skipped=data.get("skipped", []), photos=data.get("photos")))
 
     def save(self, folder) -> Path:
         return write_json(Path(folder) / self.FILE, asdict(self))

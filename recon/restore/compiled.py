@@ -48,15 +48,8 @@ def resolve_compile(setting: str, device) -> "bool | str":
 def saving(resolution: int) -> float:
     """The share of an eager CPU step that compiling saves at a generator ``resolution``: the
     measured :data:`SAVINGS`, interpolated in log2(resolution), the ends held beyond them."""
-    import math
-    x = math.log2(max(resolution, 1))
-    points = [(math.log2(r), v) for r, v in SAVINGS]
-    if x <= points[0][0]:
-        return points[0][1]
-    for (x0, v0), (x1, v1) in zip(points, points[1:]):
-        if x <= x1:
-            return v0 + (v1 - v0) * (x - x0) / (x1 - x0)
-    return points[-1][1]
+    import numpy as np
+    return float(np.interp(np.log2(max(resolution, 1)), np.log2([r for r, _ in SAVINGS]), [v for _, v in SAVINGS]))
 
 
 def compile_pays(planned_steps: int, eager_step_s: float, warm: bool, resolution: int) -> "tuple[bool, str]":

@@ -108,14 +108,13 @@ def follows(verdict) -> bool:
 def cached_verify(plugin, device, cache_file: Optional[Path], build: str = "") -> Dict[str, dict]:
     """:func:`verify`, or the verdict cached in ``cache_file`` for this device and ``build``; warns
     once per failing op (naming it, the error and the tolerance) that the reference is used."""
+    from recon.data.ownfiles import read_json
     key = cache_key(device, build)
     cache = {}
     if cache_file is not None and cache_file.is_file():
-        try:       # a damaged cache (deep nesting included) is no cache
-            if cache_file.stat().st_size > MAX_CACHE_BYTES:
-                raise ValueError("too large")
-            cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError, RecursionError):
+        try:       # recon's bounded reader (a failed kernel's error is infinite): a damaged cache is no cache
+            cache = read_json(cache_file, max_bytes=MAX_CACHE_BYTES, finite=False)
+        except (OSError, ValueError):
             cache = {}
     cache = cache if isinstance(cache, dict) else {}
     verdict = cache.get(key)
